@@ -1,0 +1,37 @@
+"""The op layer: every fused computation the models run, one contract each.
+
+Each op has a torch reference (``<op>_reference``) that defines it; the backend chosen with
+``use_backend`` / ``SKIPDIT_BACKEND`` decides which implementation runs.
+"""
+from ._backend import available_backends, backend_status, current_backend, use_backend
+from .adaln_modulate import adaln_modulate, adaln_modulate_reference
+from .attention import attention, attention_reference
+from .gated_residual import (
+    gated_residual,
+    gated_residual_reference,
+    linear_gated_residual,
+    linear_gated_residual_reference,
+)
+from .linear_gelu import linear_gelu, linear_gelu_reference
+from .skip_fuse import skip_fuse, skip_fuse_adaln, skip_fuse_adaln_reference, skip_fuse_reference
+
+__all__ = [
+    "adaln_modulate",
+    "adaln_modulate_reference",
+    "attention",
+    "attention_reference",
+    "available_backends",
+    "backend_status",
+    "current_backend",
+    "gated_residual",
+    "gated_residual_reference",
+    "linear_gated_residual",
+    "linear_gated_residual_reference",
+    "linear_gelu",
+    "linear_gelu_reference",
+    "skip_fuse",
+    "skip_fuse_adaln",
+    "skip_fuse_adaln_reference",
+    "skip_fuse_reference",
+    "use_backend",
+]
