@@ -1,0 +1,69 @@
+"""LayerNorm folded into the Linear that follows it (the skip fusion's weights, prepared once).
+
+    Linear(LayerNorm(z)) = rstd * (z @ W'^T - mean * rowsum(W')) + (W @ beta + b),   W' = W * gamma
+
+W' is computed in float64 and rounded once to the weight dtype; ``rowsum`` is taken from that
+rounded W' (the one the GEMM reads), so the two terms of ``acc - mean * rowsum`` cancel
+consistently. The folded tensors are cached per parameter set and rebuilt when any parameter is
+replaced (``.to()``, a new tensor) or modified in place through autograd-visible ops
+(``load_state_dict``, optimiser steps, ``torch.no_grad()`` updates). Writes through ``.data`` bypass
+PyTorch's version counters: call ``clear_folded_cache()`` after them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldedSkipWeights:
+    weight: torch.Tensor  # (out, 2*hidden), W * gamma rounded to the weight dtype, contiguous
+    rowsum: torch.Tensor  # (out,) fp32, row sums of ``weight`` as stored
+    bias: torch.Tensor  # (out,) fp32, W @ beta + b
+
+    @property
+    def weight_x(self) -> torch.Tensor:
+        return self.weight[:, : self.weight.shape[1] // 2]
+
+    @property
+    def weight_skip(self) -> torch.Tensor:
+        return self.weight[:, self.weight.shape[1] // 2 :]
+
+
+def _fingerprint(tensors) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+
+
+_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple[tuple, FoldedSkipWeights]]" = weakref.WeakKeyDictionary()
+
+
+def fold_skip_weights(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
+    """Folded weights for ``skip_fuse``; cached on ``weight`` and keyed on all four parameters."""
+    params = (norm_weight, norm_bias, weight, bias)
+    key = _fingerprint(params)
+    hit = _cache.get(weight)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        gamma, beta, w = norm_weight.double(), norm_bias.double(), weight.double()
+        folded = (w * gamma).to(weight.dtype).contiguous()
+        rowsum = folded.double().sum(dim=1).float()
+        folded_bias = (w @ beta + bias.double()).float()
+    result = FoldedSkipWeights(folded, rowsum, folded_bias)
+    _cache[weight] = (key, result)
+    return result
+
+
+def clear_folded_cache() -> None:
+    _cache.clear()
+
+
+def skip_fuse_folded_torch(x, skip, folded: FoldedSkipWeights, eps: float):
+    """The folded formula in plain torch (what the kernels compute), for tests and as a fallback."""
+    z = torch.cat([x, skip], dim=-1).float()
+    var, mean = torch.var_mean(z, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    acc = torch.cat([x, skip], dim=-1) @ folded.weight.T
+    return (rstd * (acc.float() - mean * folded.rowsum) + folded.bias).to(x.dtype)
