@@ -2,6 +2,6 @@
 __version__ = "0.1.0"
 
 from .cache import SkipCache
-from .models import DiT, SkipDiT
+from .models import CheckpointError, DiT, SkipDiT, load_checkpoint, save_checkpoint
 
-__all__ = ["DiT", "SkipDiT", "SkipCache", "__version__"]
+__all__ = ["CheckpointError", "DiT", "SkipCache", "SkipDiT", "__version__", "load_checkpoint", "save_checkpoint"]
