@@ -1,0 +1,46 @@
+// Row kernels for AVX2 CPUs (ATen's AVX2 capability), chosen at run time by ops_cpu.cpp.
+// Built without per-file compiler flags (so setuptools, the JIT build and CMake compile it alike): with
+// GCC a target pragma enables the instructions for this file only; GCC does not define the feature
+// macros for a pragma in C++, so they are defined here for ATen's and Sleef's headers. Another
+// compiler gets this variant only when the file is compiled with the flags; else the table falls back.
+#include "kernels.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#define SKIPDIT_HAVE_AVX2 1
+#elif defined(__AVX__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SKIPDIT_HAVE_AVX2 1
+#endif
+
+#ifdef SKIPDIT_HAVE_AVX2
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#include "kernels_impl.h"
+
+namespace skipdit {
+namespace cpu {
+const KernelTable& table_avx2() {
+  static const KernelTable t{"avx2", AVX2::adaln, AVX2::gated, AVX2::gelu, AVX2::pair_stats, AVX2::folded};
+  return t;
+}
+}  // namespace cpu
+}  // namespace skipdit
+#else
+namespace skipdit {
+namespace cpu {
+const KernelTable& table_avx2() { return table_default(); }
+}  // namespace cpu
+}  // namespace skipdit
+#endif

@@ -1,0 +1,13 @@
+// Row kernels for any x86-64 / other CPU (ATen's DEFAULT capability: no explicit SIMD flags).
+#define CPU_CAPABILITY DEFAULT
+#include "kernels_impl.h"
+
+namespace skipdit {
+namespace cpu {
+const KernelTable& table_default() {
+  static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::gelu, DEFAULT::pair_stats,
+                             DEFAULT::folded};
+  return t;
+}
+}  // namespace cpu
+}  // namespace skipdit

@@ -1,0 +1,304 @@
+// CPU driver: validates, lays out rows, runs the vendor GEMM (at::addmm / at::mm: MKL or oneDNN)
+// and the row kernels of the capability picked at run time, in parallel over rows.
+//
+// GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
+// with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
+// epilogue applied while its output is still in cache (measured in bench/bench_native.py).
+#include <skipdit/ops.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "kernels.h"
+
+namespace skipdit {
+
+namespace {
+
+bool cpu_has(const char* feature) {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (!std::strcmp(feature, "avx2"))
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(feature, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (!std::strcmp(feature, "bf16"))
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#endif
+  (void)feature;
+  return false;
+}
+
+std::string requested_capability() {
+  for (const char* var : {"SKIPDIT_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY"}) {
+    const char* v = std::getenv(var);
+    if (v != nullptr && *v) {
+      std::string s(v);
+      std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+      return s;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+namespace cpu {
+namespace {
+
+// The kernels for the best instruction set this CPU has, capped by SKIPDIT_CPU_CAPABILITY (or
+// ATen's ATEN_CPU_CAPABILITY): default | avx2 | avx512.
+const KernelTable& table() {
+  static const KernelTable* t = [] {
+    const std::string want = requested_capability();
+    const bool allow512 = want.empty() || want.rfind("avx512", 0) == 0;
+    const bool allow2 = allow512 || want == "avx2";
+    if (allow512 && cpu_has("avx512")) return &table_avx512();
+    if (allow2 && cpu_has("avx2")) return &table_avx2();
+    return &table_default();
+  }();
+  return *t;
+}
+
+int64_t gemm_block_rows() {
+  static const int64_t n = [] {
+    const char* v = std::getenv("SKIPDIT_CPU_GEMM_ROWS");
+    return v ? std::max<int64_t>(0, std::atoll(v)) : int64_t{0};
+  }();
+  return n;
+}
+
+Storage storage_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return Storage::f32;
+    case at::kBFloat16:
+      return Storage::bf16;
+    case at::kHalf:
+      return Storage::f16;
+    default:
+      TORCH_CHECK(false, "skipdit: unsupported dtype ", t.scalar_type());
+  }
+}
+
+Tensor unit_last(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+// A (batch, tokens, hidden) tensor with unit stride along hidden.
+Rows rows3(const Tensor& t) {
+  return Rows{const_cast<void*>(t.data_ptr()), std::max<int64_t>(t.size(1), 1), t.stride(0), t.stride(1), 0};
+}
+// A (rows, width) matrix with unit stride along width whose first row is row `first`.
+Rows rows2(const Tensor& t, int64_t first) {
+  return Rows{const_cast<void*>(t.data_ptr()), std::numeric_limits<int64_t>::max(), 0, t.stride(0), first};
+}
+BatchVec bvec(const Tensor& t) { return BatchVec{t.data_ptr(), t.stride(0)}; }
+
+int64_t grain_for(int64_t width) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(width, 1)); }
+
+void check_cpu(const char* op, const Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
+}
+
+// Row-blocked GEMM + epilogue. gemm(acc, r0, n) fills acc (n, width) for rows [r0, r0 + n);
+// epi(r0, r1, acc_rows) consumes it. `direct` (defined when the output's dtype is the GEMM's) lets the
+// GEMM write straight into the output, which the epilogue then rewrites in place.
+template <typename Gemm, typename Epi>
+void gemm_rows(int64_t M, int64_t width, at::ScalarType compute, const Tensor& direct, const at::TensorOptions& opts,
+               Gemm gemm, Epi epi) {
+  if (M == 0 || width == 0) return;
+  const int64_t block = gemm_block_rows();
+  if (block <= 0 || block >= M) {
+    Tensor acc = direct.defined() ? direct : at::empty({M, width}, opts.dtype(compute));
+    gemm(acc, 0, M);
+    at::parallel_for(0, M, grain_for(width), [&](int64_t r0, int64_t r1) { epi(r0, r1, rows2(acc, 0)); });
+    return;
+  }
+  const int64_t nblocks = (M + block - 1) / block;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * block, n = std::min(block, M - r0);
+      Tensor acc = direct.defined() ? direct.narrow(0, r0, n) : at::empty({n, width}, opts.dtype(compute));
+      gemm(acc, r0, n);
+      epi(r0, r0 + n, rows2(acc, r0));
+    }
+  });
+}
+
+Tensor as_compute(const Tensor& a, at::ScalarType compute) { return a.scalar_type() == compute ? a : a.to(compute); }
+
+void linear_into(Tensor& acc, const Tensor& a, const Tensor& wt, const std::optional<Tensor>& bias) {
+  if (bias.has_value() && bias->defined()) {
+    at::addmm_out(acc, *bias, a, wt);
+  } else {
+    at::mm_out(acc, a, wt);
+  }
+}
+
+}  // namespace
+
+Tensor adaln_modulate(const Tensor& x_in, const Tensor& shift_in, const Tensor& scale_in, double eps) {
+  check_adaln("skipdit::adaln_modulate", x_in, shift_in, scale_in);
+  check_cpu("skipdit::adaln_modulate", x_in);
+  const Tensor x = unit_last(x_in), shift = unit_last(shift_in), scale = unit_last(scale_in);
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  Tensor out = at::empty({B, N, D}, x.options());
+  if (out.numel() == 0) return out;
+  const auto& k = table();
+  const Storage st = storage_of(x);
+  at::parallel_for(0, B * N, grain_for(D), [&](int64_t r0, int64_t r1) {
+    k.adaln(st, rows3(x), bvec(shift), bvec(scale), rows3(out), N, D, static_cast<float>(eps), r0, r1);
+  });
+  return out;
+}
+
+Tensor gated_residual(const Tensor& x_in, const Tensor& gate_in, const Tensor& y_in) {
+  check_gated(x_in, gate_in, y_in);
+  check_cpu("skipdit::gated_residual", x_in);
+  const Tensor x = unit_last(x_in), gate = unit_last(gate_in), y = unit_last(y_in);
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  Tensor out = at::empty({B, N, D}, x.options());
+  if (out.numel() == 0) return out;
+  const auto& k = table();
+  const Storage st = storage_of(x);
+  at::parallel_for(0, B * N, grain_for(D), [&](int64_t r0, int64_t r1) {
+    k.gated(st, rows3(x), bvec(gate), st, rows3(y), rows3(out), N, D, r0, r1);
+  });
+  return out;
+}
+
+Tensor linear_gelu(const Tensor& h_in, const Tensor& weight, const std::optional<Tensor>& bias) {
+  check_linear("skipdit::linear_gelu", h_in, weight, bias);
+  check_cpu("skipdit::linear_gelu", h_in);
+  const int64_t K = h_in.size(-1), Nout = weight.size(0);
+  const Tensor h = h_in.reshape({-1, K});
+  const int64_t M = h.size(0);
+  auto out_sizes = h_in.sizes().vec();
+  out_sizes.back() = Nout;
+  Tensor out = at::empty({M, Nout}, h_in.options());
+  const auto compute = weight.scalar_type();
+  const Tensor wt = weight.t();
+  const auto& k = table();
+  const Storage st = storage_of(h_in), acc_st = storage_of(weight);
+  const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
+  gemm_rows(
+      M, Nout, compute, direct, h_in.options(),
+      [&](Tensor& acc, int64_t r0, int64_t n) { linear_into(acc, as_compute(h.narrow(0, r0, n), compute), wt, bias); },
+      [&](int64_t r0, int64_t r1, Rows acc) { k.gelu(st, acc_st, acc, rows2(out, 0), Nout, r0, r1); });
+  return out.view(out_sizes);
+}
+
+Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tensor& weight,
+                             const std::optional<Tensor>& bias, const Tensor& gate_in) {
+  check_linear_gated(x_in, h_in, weight, bias, gate_in);
+  check_cpu("skipdit::linear_gated_residual", x_in);
+  const Tensor x = unit_last(x_in), gate = unit_last(gate_in);
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2), K = h_in.size(2);
+  const Tensor h = h_in.reshape({B * N, K});
+  Tensor out = at::empty({B, N, D}, x.options());
+  const auto compute = weight.scalar_type();
+  const Tensor wt = weight.t();
+  const auto& k = table();
+  const Storage st = storage_of(x), acc_st = storage_of(weight);
+  Tensor out2 = out.view({B * N, D});
+  const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
+  gemm_rows(
+      B * N, D, compute, direct, x.options(),
+      [&](Tensor& acc, int64_t r0, int64_t n) { linear_into(acc, as_compute(h.narrow(0, r0, n), compute), wt, bias); },
+      [&](int64_t r0, int64_t r1, Rows acc) {
+        k.gated(st, rows3(x), bvec(gate), acc_st, acc, rows3(out), N, D, r0, r1);
+      });
+  return out;
+}
+
+namespace {
+
+// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then two GEMMs over the halves of
+// the folded weight into one accumulator, then the folded epilogue (and the adaLN modulation).
+void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
+                    const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor& h,
+                    Tensor* mod) {
+  const Tensor x = unit_last(x_in), skip = unit_last(skip_in);
+  const Tensor rowsum = rowsum_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2), Dout = weight.size(0), M = B * N;
+  if (M == 0 || Dout == 0) return;
+  const auto compute = weight.scalar_type();
+  const Tensor wx_t = weight.narrow(1, 0, D).t(), ws_t = weight.narrow(1, D, D).t();
+  const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
+  const auto& k = table();
+  const Storage st = storage_of(x), acc_st = storage_of(weight);
+  const float feps = static_cast<float>(eps);
+
+  Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
+  float* mean = stats.data_ptr<float>();
+  float* rstd = mean + M;
+  at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+    k.pair_stats(st, rows3(x), rows3(skip), D, feps, mean + r0, rstd + r0, r0, r1);
+  });
+
+  Tensor shift, scale;
+  BatchVec vshift{}, vscale{};
+  Rows rmod{};
+  if (mod != nullptr) {
+    shift = unit_last(*shift_in);
+    scale = unit_last(*scale_in);
+    vshift = bvec(shift);
+    vscale = bvec(scale);
+    rmod = rows3(*mod);
+  }
+  Tensor h2 = h.view({M, Dout});
+  const Tensor direct = compute == x.scalar_type() ? h2 : Tensor();
+  gemm_rows(
+      M, Dout, compute, direct, x.options(),
+      [&](Tensor& acc, int64_t r0, int64_t n) {
+        at::mm_out(acc, as_compute(x2.narrow(0, r0, n), compute), wx_t);
+        acc.addmm_(as_compute(s2.narrow(0, r0, n), compute), ws_t);
+      },
+      [&](int64_t r0, int64_t r1, Rows acc) {
+        k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
+                 mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
+      });
+}
+
+}  // namespace
+
+Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum, const Tensor& bias,
+                 double eps) {
+  check_skip_fuse("skipdit::skip_fuse", x, skip, weight, rowsum, bias);
+  check_cpu("skipdit::skip_fuse", x);
+  Tensor h = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
+  skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, h, nullptr);
+  return h;
+}
+
+std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,
+                                           const Tensor& rowsum, const Tensor& bias, const Tensor& shift,
+                                           const Tensor& scale, double eps) {
+  const char* op = "skipdit::skip_fuse_adaln";
+  check_skip_fuse(op, x, skip, weight, rowsum, bias);
+  check_adaln(op, x, shift, scale);
+  check_cpu(op, x);
+  TORCH_CHECK(weight.size(0) == x.size(2), op, ": weight must project back to hidden ", x.size(2), ", got ",
+              weight.sizes());
+  Tensor h = at::empty_like(x, at::MemoryFormat::Contiguous);
+  Tensor mod = at::empty_like(h);
+  skip_fuse_impl(x, skip, weight, rowsum, bias, &shift, &scale, eps, h, &mod);
+  return {h, mod};
+}
+
+}  // namespace cpu
+
+std::string cpu_capability() {
+  std::string s = cpu::table().name;
+  if (cpu_has("bf16")) s += "+bf16";
+  return s;
+}
+
+}  // namespace skipdit
