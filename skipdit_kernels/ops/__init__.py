@@ -14,6 +14,7 @@ from .gated_residual import (
 )
 from .linear_gelu import linear_gelu, linear_gelu_reference
 from .skip_fuse import skip_fuse, skip_fuse_adaln, skip_fuse_adaln_reference, skip_fuse_reference
+from . import native as _native  # noqa: F401,E402  the compiled backend; reports, never raises, when missing
 
 __all__ = [
     "adaln_modulate",

@@ -1,0 +1,192 @@
+"""The ``native`` backend: the compiled kernels of csrc/ (torch.ops.skipdit.*).
+
+One op name per kernel; torch's dispatcher runs the CPU or the CUDA driver by the inputs' device.
+The library comes from the installed extension (``skipdit_kernels._C``, built by ``pip install``),
+or, when that is missing, from a cached JIT build (``build_jit()``, or ``SKIPDIT_NATIVE_JIT=1`` at
+import). Importing this package never fails: without the library the backend reports why.
+
+Weight preparation happens here, once per parameter set, like the folded skip weights:
+- skip_fuse: the LayerNorm folded into the projection (``ops.folding.fold_skip_weights``).
+- bf16/fp16 GEMMs on a CPU without bf16 dot-product units (AVX2-only CPUs such as AMD Zen 3): the
+  GEMM runs in fp32 with fp32 copies of the weights, the result rounded to the activation dtype;
+  vendor bf16 GEMMs there run 6-7x slower than fp32.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import weakref
+
+import torch
+
+from .. import _backend
+from ..folding import FoldedSkipWeights, fold_skip_weights
+
+_OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
+_state = {"loaded": False, "source": None, "error": "not loaded yet", "fakes": False}
+
+
+def _ops_present() -> bool:
+    try:
+        return all(hasattr(torch.ops.skipdit, op) for op in _OPS)
+    except Exception:
+        return False
+
+
+def load(jit: bool | None = None, verbose: bool = False) -> bool:
+    """Load the kernels: the installed extension, else (when ``jit`` or SKIPDIT_NATIVE_JIT=1) a JIT build."""
+    if _state["loaded"]:
+        return True
+    errors = []
+    try:
+        importlib.import_module("skipdit_kernels._C")
+        _state["source"] = "installed extension"
+    except Exception as exc:  # ImportError, or a library built against another torch
+        errors.append(f"no installed extension ({type(exc).__name__}: {exc})")
+    if _state["source"] is None:
+        if jit is None:
+            jit = os.environ.get("SKIPDIT_NATIVE_JIT", "0").strip().lower() in ("1", "true", "yes", "on")
+        if jit:
+            try:
+                from ._jit import build_jit
+
+                build_jit(verbose=verbose)
+                _state["source"] = "JIT build"
+            except Exception as exc:
+                errors.append(f"JIT build failed ({type(exc).__name__}: {exc})")
+        else:
+            errors.append("JIT build not requested (skipdit_kernels.ops.native.build_jit() or SKIPDIT_NATIVE_JIT=1)")
+    if _state["source"] is None or not _ops_present():
+        _state["error"] = "; ".join(errors) or "torch.ops.skipdit is incomplete"
+        _state["source"] = None
+        return False
+    from . import _fake
+
+    if not _state["fakes"]:
+        _fake.register_fakes()
+        _state["fakes"] = True
+    _state["loaded"] = True
+    _state["error"] = None
+    return True
+
+
+def build_jit(verbose: bool = False) -> bool:
+    """Compile csrc/ now (cached under ~/.cache/skipdit_kernels) and load it."""
+    return load(jit=True, verbose=verbose)
+
+
+def has_cuda_kernels() -> bool:
+    return _state["loaded"] and torch._C._dispatch_has_kernel_for_dispatch_key("skipdit::adaln_modulate", "CUDA")
+
+
+def cpu_capability() -> str:
+    """The instruction set the CPU driver runs ("avx2", "avx512", "default"), "+bf16" with bf16 units."""
+    return torch.ops.skipdit.cpu_capability() if _state["loaded"] else "unavailable"
+
+
+def cpu_has_bf16_units() -> bool:
+    return _state["loaded"] and cpu_capability().endswith("+bf16")
+
+
+def probe() -> tuple[bool, str]:
+    if not _state["loaded"] and not load():
+        return False, _state["error"]
+    cuda = "with CUDA kernels" if has_cuda_kernels() else "CPU kernels only"
+    return True, f"{_state['source']}, {cuda}, CPU driver {cpu_capability()}"
+
+
+# ---- weight preparation ------------------------------------------------------------------------
+_fp32_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
+def _gemm_in_fp32(act: torch.Tensor) -> bool:
+    """Half-precision GEMMs on a CPU that has no bf16/fp16 units run in fp32."""
+    return act.device.type == "cpu" and act.dtype in (torch.bfloat16, torch.float16) and not (
+        act.dtype == torch.bfloat16 and cpu_has_bf16_units()
+    )
+
+
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """fp32 copy of a weight, prepared once and refreshed when the tensor changes."""
+    if t is None:
+        return None
+    if torch.compiler.is_compiling():
+        return t.float()
+    key = _fingerprint(t)
+    hit = _fp32_cache.get(t)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        copy = t.detach().float().contiguous()
+    _fp32_cache[t] = (key, copy)
+    return copy
+
+
+def _gemm_params(act, weight, bias):
+    if _gemm_in_fp32(act):
+        return _fp32(weight), _fp32(bias)
+    return weight, bias
+
+
+def _fold_uncached(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
+    """fold_skip_weights' arithmetic without its cache (the cache keys on data pointers, which
+    torch.compile cannot trace); inside a compiled graph the folding is part of the graph."""
+    gamma, beta, w = norm_weight.double(), norm_bias.double(), weight.double()
+    folded = (w * gamma).to(weight.dtype).contiguous()
+    rowsum = folded.double().sum(dim=1).float()
+    return FoldedSkipWeights(folded, rowsum, (w @ beta + bias.double()).float())
+
+
+def _folded(x, norm_weight, norm_bias, weight, bias):
+    if torch.compiler.is_compiling():
+        f = _fold_uncached(norm_weight, norm_bias, weight, bias)
+    else:
+        f = fold_skip_weights(norm_weight, norm_bias, weight, bias)
+    w = _fp32(f.weight) if _gemm_in_fp32(x) else f.weight
+    return w, f.rowsum, f.bias
+
+
+# ---- kernels for the op registry -----------------------------------------------------------------
+def adaln_modulate(x, shift, scale, eps=1e-6):
+    return torch.ops.skipdit.adaln_modulate(x, shift, scale, eps)
+
+
+def gated_residual(x, gate, y):
+    return torch.ops.skipdit.gated_residual(x, gate, y)
+
+
+def linear_gated_residual(x, h, weight, bias, gate):
+    weight, bias = _gemm_params(h, weight, bias)
+    return torch.ops.skipdit.linear_gated_residual(x, h, weight, bias, gate)
+
+
+def linear_gelu(h, weight, bias):
+    weight, bias = _gemm_params(h, weight, bias)
+    return torch.ops.skipdit.linear_gelu(h, weight, bias)
+
+
+def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
+    w, rowsum, b = _folded(x, norm_weight, norm_bias, weight, bias)
+    return torch.ops.skipdit.skip_fuse(x, skip, w, rowsum, b, eps)
+
+
+def skip_fuse_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps=1e-6):
+    w, rowsum, b = _folded(x, norm_weight, norm_bias, weight, bias)
+    return torch.ops.skipdit.skip_fuse_adaln(x, skip, w, rowsum, b, shift, scale, eps)
+
+
+def _register() -> None:
+    for name in _OPS:
+        _backend.register(name, "native")(globals()[name])
+    _backend.register_probe("native", probe)
+
+
+try:
+    load()
+except Exception as exc:  # never fail the package import
+    _state["error"] = f"{type(exc).__name__}: {exc}"
+_register()
