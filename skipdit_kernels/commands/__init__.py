@@ -1,0 +1,1 @@
+"""One module per ``skipdit`` subcommand, each with ``configure(parser)`` and ``run(args)``."""
