@@ -87,6 +87,7 @@ void check_skip_fuse(const char* op, const Tensor& x, const Tensor& skip, const 
                      const Tensor& bias) {
   check_activation(op, "x", x);
   TORCH_CHECK(x.dim() == 3, op, ": x must be (batch, tokens, hidden), got ", x.sizes());
+  TORCH_CHECK(x.size(2) > 0, op, ": hidden must be positive");
   check_same(op, "skip", x, skip);
   TORCH_CHECK(skip.sizes() == x.sizes(), op, ": skip must have x's shape ", x.sizes(), ", got ", skip.sizes());
   check_weight_dtype(op, x, weight);

@@ -64,13 +64,15 @@ inline float hsum(const Vf& v) {
   return s;
 }
 
+// sum of (p[i] - pivot)
 template <typename T>
-inline float row_sum(const T* p, int64_t n) {
+inline float row_shifted_sum(const T* p, int64_t n, float pivot) {
   Vf acc(0.f);
+  const Vf vp(pivot);
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) acc = acc + load_f(p + i);
+  for (; i + kW <= n; i += kW) acc = acc + shifted(load_f(p + i), vp);
   float s = hsum(acc);
-  for (; i < n; ++i) s += to_f(p[i]);
+  for (; i < n; ++i) s += shifted(to_f(p[i]), pivot);
   return s;
 }
 
@@ -102,7 +104,8 @@ void adaln_t(Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, i
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x.row<const T>(r);
     const int64_t b = r / tokens;
-    const float mean = mean_from_sum(row_sum(xr, hidden), inv);
+    const float pivot = to_f(xr[0]);
+    const float mean = mean_from_shifted_sum(row_shifted_sum(xr, hidden, pivot), pivot, inv);
     const float rstd = rstd_from_m2(row_m2(xr, hidden, mean), inv, eps);
     modulate_row(xr, static_cast<const T*>(shift.data) + b * shift.stride,
                  static_cast<const T*>(scale.data) + b * scale.stride, out.row<T>(r), hidden, mean, rstd);
@@ -139,7 +142,9 @@ void pair_stats_t(Rows x, Rows skip, int64_t hidden, float eps, float* mean, flo
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x.row<const T>(r);
     const T* sr = skip.row<const T>(r);
-    const float m = mean_from_sum(row_sum(xr, hidden) + row_sum(sr, hidden), inv);
+    const float pivot = to_f(xr[0]);
+    const float m =
+        mean_from_shifted_sum(row_shifted_sum(xr, hidden, pivot) + row_shifted_sum(sr, hidden, pivot), pivot, inv);
     mean[r - r0] = m;
     rstd[r - r0] = rstd_from_m2(row_m2(xr, hidden, m) + row_m2(sr, hidden, m), inv, eps);
   }
@@ -162,7 +167,8 @@ void folded_t(Rows acc, const float* mean, const float* rstd, int64_t r_base, co
     if (mod != nullptr) {
       // Statistics of h as stored (rounded to T), as the unfused chain sees it; the row is in L1.
       const int64_t b = r / tokens;
-      const float hm = mean_from_sum(row_sum<T>(hr, width), inv);
+      const float hp = to_f(hr[0]);
+      const float hm = mean_from_shifted_sum(row_shifted_sum<T>(hr, width, hp), hp, inv);
       const float hs = rstd_from_m2(row_m2<T>(hr, width, hm), inv, eps);
       modulate_row<T>(hr, static_cast<const T*>(shift->data) + b * shift->stride,
                       static_cast<const T*>(scale->data) + b * scale->stride, mod->row<T>(r), width, hm, hs);

@@ -36,15 +36,23 @@ struct Math<float> {
 };
 
 // ---- per-row statistics (fp32, two passes: mean first, then centred squares) ------------------
-// Two passes rather than E[x^2]-E[x]^2: rows with a large mean (the folding cancellation case) keep
-// full precision. Drivers sum `x` for the mean and `centred_square` for the variance.
+// Two passes rather than E[x^2]-E[x]^2, and the mean summed relative to a pivot (the row's first
+// element): rows with a large mean (the folding cancellation case) keep full precision. Drivers sum
+// `shifted(x, pivot)` for the mean and `centred_square(x, mean)` for the variance.
+template <typename V>
+SKIPDIT_HD V shifted(V x, V pivot) {
+  return x - pivot;
+}
+
+SKIPDIT_HD float mean_from_shifted_sum(float shifted_sum, float pivot, float inv_count) {
+  return pivot + shifted_sum * inv_count;
+}
+
 template <typename V>
 SKIPDIT_HD V centred_square(V x, V mean) {
   V d = x - mean;
   return d * d;
 }
-
-SKIPDIT_HD float mean_from_sum(float sum, float inv_count) { return sum * inv_count; }
 
 SKIPDIT_HD float rstd_from_m2(float m2, float inv_count, float eps) {
   float var = m2 * inv_count;

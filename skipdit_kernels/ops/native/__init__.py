@@ -6,7 +6,7 @@ or, when that is missing, from a cached JIT build (``build_jit()``, or ``SKIPDIT
 import). Importing this package never fails: without the library the backend reports why.
 
 Weight preparation happens here, once per parameter set, like the folded skip weights:
-- skip_fuse: the LayerNorm folded into the projection (``ops.folding.fold_skip_weights``).
+- skip_fuse: the LayerNorm folded into the projection (the arithmetic of ``ops.folding``).
 - bf16/fp16 GEMMs on a CPU without bf16 dot-product units (AVX2-only CPUs such as AMD Zen 3): the
   GEMM runs in fp32 with fp32 copies of the weights, the result rounded to the activation dtype;
   vendor bf16 GEMMs there run 6-7x slower than fp32.
@@ -20,7 +20,7 @@ import weakref
 import torch
 
 from .. import _backend
-from ..folding import FoldedSkipWeights, fold_skip_weights
+from ..folding import FoldedSkipWeights
 
 _OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
 _state = {"loaded": False, "source": None, "error": "not loaded yet", "fakes": False}
@@ -96,11 +96,45 @@ def probe() -> tuple[bool, str]:
 
 
 # ---- weight preparation ------------------------------------------------------------------------
-_fp32_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+class _ParamCache:
+    """Values derived from parameters, keyed by the parameter's identity and validated by a
+    fingerprint (storage, version counter, dtype, device, shape). Not a WeakKeyDictionary: its
+    lookups compare keys with ==, which for tensors is elementwise and raises."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple] = {}
+
+    def get(self, key: torch.Tensor, fingerprint: tuple):
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0]() is key and entry[1] == fingerprint:
+            return entry[2]
+        return None
+
+    def put(self, key: torch.Tensor, fingerprint: tuple, value) -> None:
+        entries, kid = self._entries, id(key)
+
+        def evict(ref, kid=kid):
+            if kid in entries and entries[kid][0] is ref:
+                del entries[kid]
+
+        entries[kid] = (weakref.ref(key, evict), fingerprint, value)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
-def _fingerprint(t: torch.Tensor) -> tuple:
-    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+_fp32_cache = _ParamCache()
+_fold_cache = _ParamCache()
+
+
+def _fingerprint(*tensors: torch.Tensor) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+
+
+def clear_caches() -> None:
+    """Forget prepared weights (needed only after writes through ``.data``, which bypass versions)."""
+    _fp32_cache.clear()
+    _fold_cache.clear()
 
 
 def _gemm_in_fp32(act: torch.Tensor) -> bool:
@@ -117,12 +151,12 @@ def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
     if torch.compiler.is_compiling():
         return t.float()
     key = _fingerprint(t)
-    hit = _fp32_cache.get(t)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    hit = _fp32_cache.get(t, key)
+    if hit is not None:
+        return hit
     with torch.no_grad():
         copy = t.detach().float().contiguous()
-    _fp32_cache[t] = (key, copy)
+    _fp32_cache.put(t, key, copy)
     return copy
 
 
@@ -145,7 +179,14 @@ def _folded(x, norm_weight, norm_bias, weight, bias):
     if torch.compiler.is_compiling():
         f = _fold_uncached(norm_weight, norm_bias, weight, bias)
     else:
-        f = fold_skip_weights(norm_weight, norm_bias, weight, bias)
+        # ops.folding.fold_skip_weights' arithmetic, cached here: its WeakKeyDictionary cache raises
+        # on a hit (tensor keys compared with ==).
+        key = _fingerprint(norm_weight, norm_bias, weight, bias)
+        f = _fold_cache.get(weight, key)
+        if f is None:
+            with torch.no_grad():
+                f = _fold_uncached(norm_weight.detach(), norm_bias.detach(), weight.detach(), bias.detach())
+            _fold_cache.put(weight, key, f)
     w = _fp32(f.weight) if _gemm_in_fp32(x) else f.weight
     return w, f.rowsum, f.bias
 

@@ -1,0 +1,353 @@
+"""The native backend (csrc/) against the torch references, on CPU.
+
+fp32 within 1e-5 relative (1e-4 for the folded skip fusion); bf16 within twice the error that the
+eager bf16 chain makes against an fp32 reference, plus a small atol. The CUDA driver's tests are in
+test_native_gpu.py (marker ``gpu``).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skipdit_kernels import ops
+from skipdit_kernels.ops import native
+
+pytestmark = pytest.mark.skipif(not native.load(), reason=f"native extension not available: {native._state['error']}")
+
+SK = torch.ops.skipdit if native.load() else None
+HIDDEN = (1152, 768, 37)
+TOKENS = (1, 255, 256)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def rnd(*shape, g, dtype=torch.float32, scale=1.0, mean=0.0):
+    return (torch.randn(*shape, generator=g) * scale + mean).to(dtype)
+
+
+def close_rel(actual, expected, rel):
+    err = (actual.float() - expected.float()).abs().max().item()
+    ref = expected.float().abs().max().item()
+    assert err <= rel * max(ref, 1e-6), f"max error {err:.3e} > {rel:g} * max|ref| {ref:.3e}"
+
+
+def close_bf16(actual, eager, ref32, atol=1e-2):
+    """actual's error vs fp32 at most twice eager's, plus atol (the flash-attn LayerNorm criterion)."""
+    err = (actual.float() - ref32).abs().max().item()
+    err_eager = (eager.float() - ref32).abs().max().item()
+    assert err <= 2 * err_eager + atol, f"native bf16 error {err:.3e} > 2 * eager {err_eager:.3e} + {atol}"
+
+
+def chunked_mod(batch, hidden, g, dtype=torch.float32, n=6):
+    """shift/scale/gate as chunk() views of one (batch, n*hidden) tensor, like the adaLN projection."""
+    return rnd(batch, n * hidden, g=g, dtype=dtype, scale=0.5).chunk(n, dim=1)
+
+
+def skip_params(hidden, g, out=None, dtype=torch.float32):
+    out = out or hidden
+    nw = 1 + 0.1 * rnd(2 * hidden, g=g)
+    nb = 0.1 * rnd(2 * hidden, g=g)
+    w = rnd(out, 2 * hidden, g=g, scale=(2 * hidden) ** -0.5).to(dtype)
+    b = rnd(out, g=g, scale=0.1).to(dtype)
+    return nw, nb, w, b
+
+
+# ---- fp32 ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_adaln_gated_fp32(hidden, tokens):
+    g = gen(hidden + tokens)
+    x = rnd(1, tokens, hidden, g=g, mean=0.3)
+    shift, scale, gate, y_src, *_ = chunked_mod(1, hidden, g)
+    close_rel(SK.adaln_modulate(x, shift, scale, 1e-6), ops.adaln_modulate_reference(x, shift, scale, 1e-6), 1e-5)
+    y = rnd(1, tokens, hidden, g=g)
+    close_rel(SK.gated_residual(x, gate, y), ops.gated_residual_reference(x, gate, y), 1e-5)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_gemm_ops_fp32(hidden, tokens):
+    g = gen(7 * hidden + tokens)
+    x = rnd(1, tokens, hidden, g=g)
+    h = rnd(1, tokens, hidden, g=g)
+    w1 = rnd(4 * hidden, hidden, g=g, scale=hidden**-0.5)
+    b1 = rnd(4 * hidden, g=g, scale=0.1)
+    w2 = rnd(hidden, 4 * hidden, g=g, scale=(4 * hidden) ** -0.5)
+    b2 = rnd(hidden, g=g, scale=0.1)
+    gate = chunked_mod(1, hidden, g)[2]
+    act = SK.linear_gelu(h, w1, b1)
+    close_rel(act, ops.linear_gelu_reference(h, w1, b1), 1e-5)
+    close_rel(SK.linear_gelu(h, w1, None), ops.linear_gelu_reference(h, w1, None), 1e-5)
+    close_rel(SK.linear_gated_residual(x, act, w2, b2, gate), ops.linear_gated_residual_reference(x, act, w2, b2, gate), 1e-5)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_skip_fuse_fp32(hidden, tokens):
+    g = gen(13 * hidden + tokens)
+    x, skip = rnd(1, tokens, hidden, g=g), rnd(1, tokens, hidden, g=g, mean=0.5)
+    nw, nb, w, b = skip_params(hidden, g)
+    shift, scale = chunked_mod(1, hidden, g)[:2]
+    with ops.use_backend("native"):
+        h = ops.skip_fuse(x, skip, nw, nb, w, b, 1e-6)
+        h2, m2 = ops.skip_fuse_adaln(x, skip, nw, nb, w, b, shift, scale, 1e-6)
+    close_rel(h, ops.skip_fuse_reference(x, skip, nw, nb, w, b, 1e-6), 1e-4)
+    rh, rm = ops.skip_fuse_adaln_reference(x, skip, nw, nb, w, b, shift, scale, 1e-6)
+    close_rel(h2, rh, 1e-4)
+    close_rel(m2, rm, 1e-4)
+
+
+def test_skip_fuse_projection_to_other_width():
+    g = gen(3)
+    x, skip = rnd(2, 17, 64, g=g), rnd(2, 17, 64, g=g)
+    nw, nb, w, b = skip_params(64, g, out=48)
+    with ops.use_backend("native"):
+        close_rel(ops.skip_fuse(x, skip, nw, nb, w, b), ops.skip_fuse_reference(x, skip, nw, nb, w, b), 1e-4)
+
+
+def test_large_mean_rows():
+    """Rows whose mean dwarfs their spread: the folded epilogue's acc - mean * rowsum cancels."""
+    g = gen(5)
+    hidden = 768
+    x = rnd(1, 64, hidden, g=g, mean=30.0)
+    skip = rnd(1, 64, hidden, g=g, mean=-20.0)
+    nw, nb, w, b = skip_params(hidden, g)
+    shift, scale = chunked_mod(1, hidden, g)[:2]
+    ref = ops.skip_fuse_reference(x, skip, nw, nb, w, b)
+    with ops.use_backend("native"):
+        close_rel(ops.skip_fuse(x, skip, nw, nb, w, b), ref, 1e-4)
+    # mean 1000, spread 1: no worse against float64 than torch's own fp32 LayerNorm
+    xl = rnd(1, 64, hidden, g=g, mean=1000.0)
+    ref64 = ops.adaln_modulate_reference(xl.double(), shift.double(), scale.double(), 1e-6)
+    err = (SK.adaln_modulate(xl, shift, scale, 1e-6).double() - ref64).abs().max().item()
+    err_torch = (ops.adaln_modulate_reference(xl, shift, scale, 1e-6).double() - ref64).abs().max().item()
+    assert err <= max(err_torch, 1e-5 * ref64.abs().max().item()), (err, err_torch)
+
+
+def test_batch_and_non_contiguous():
+    g = gen(11)
+    B, N, D = 3, 33, 96
+    base = rnd(B, N, 2 * D, g=g)
+    x = base[:, :, :D]  # strided rows
+    xt = rnd(B, D, N, g=g).transpose(1, 2)  # non-unit stride along hidden
+    shift, scale, gate = chunked_mod(B, D, g)[:3]
+    y = rnd(N, B, D, g=g).transpose(0, 1)
+    close_rel(SK.adaln_modulate(x, shift, scale, 1e-6), ops.adaln_modulate_reference(x, shift, scale, 1e-6), 1e-5)
+    close_rel(SK.adaln_modulate(xt, shift, scale, 1e-6), ops.adaln_modulate_reference(xt, shift, scale, 1e-6), 1e-5)
+    close_rel(SK.gated_residual(xt, gate, y), ops.gated_residual_reference(xt, gate, y), 1e-5)
+    w, b = rnd(D, D, g=g, scale=D**-0.5), rnd(D, g=g)
+    close_rel(SK.linear_gated_residual(x, xt, w, b, gate), ops.linear_gated_residual_reference(x, xt, w, b, gate), 1e-5)
+    close_rel(SK.linear_gelu(xt, w.t(), b), ops.linear_gelu_reference(xt, w.t(), b), 1e-5)
+    nw, nb, ws, bs = skip_params(D, g)
+    with ops.use_backend("native"):
+        h, m = ops.skip_fuse_adaln(x, y, nw, nb, ws, bs, shift, scale)
+    rh, rm = ops.skip_fuse_adaln_reference(x, y, nw, nb, ws, bs, shift, scale)
+    close_rel(h, rh, 1e-4)
+    close_rel(m, rm, 1e-4)
+
+
+# ---- bf16 ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hidden", (1152, 37))
+def test_bf16_through_the_backend(hidden):
+    g = gen(17 + hidden)
+    tokens = 255
+    f32 = dict(
+        x=rnd(1, tokens, hidden, g=g), skip=rnd(1, tokens, hidden, g=g, mean=2.0), y=rnd(1, tokens, hidden, g=g),
+        w1=rnd(4 * hidden, hidden, g=g, scale=hidden**-0.5), b1=rnd(4 * hidden, g=g, scale=0.1),
+        w2=rnd(hidden, 4 * hidden, g=g, scale=(4 * hidden) ** -0.5), b2=rnd(hidden, g=g, scale=0.1),
+    )
+    shift, scale, gate = (t.contiguous() for t in chunked_mod(1, hidden, g)[:3])
+    f32.update(shift=shift, scale=scale, gate=gate)
+    nw, nb, ws, bs = skip_params(hidden, g)
+    f32.update(ws=ws, bs=bs)
+    bf = {k: v.bfloat16() for k, v in f32.items()}
+
+    def chain(t):
+        m = ops.adaln_modulate(t["x"], t["shift"], t["scale"])
+        r = ops.gated_residual(t["x"], t["gate"], t["y"])
+        a = ops.linear_gelu(m, t["w1"], t["b1"])
+        o = ops.linear_gated_residual(t["x"], a, t["w2"], t["b2"], t["gate"])
+        h, hm = ops.skip_fuse_adaln(t["x"], t["skip"], nw, nb, t["ws"], t["bs"], t["shift"], t["scale"])
+        return m, r, a, o, h, hm
+
+    ref32 = [t.float() for t in chain(f32)]
+    eager = chain(bf)
+    with ops.use_backend("native"):
+        got = chain(bf)
+    for name, a, e, r in zip("modulate gated gelu linear_gated skip_fuse skip_adaln".split(), got, eager, ref32):
+        assert a.dtype == torch.bfloat16, name
+        close_bf16(a, e, r)
+
+
+def test_bf16_weights_run_a_bf16_gemm():
+    """With bf16 weights (what a CPU with bf16 units, or a GPU, gets) the GEMM runs in bf16."""
+    g = gen(19)
+    h = rnd(2, 40, 64, g=g).bfloat16()
+    w, b = rnd(96, 64, g=g, scale=0.125).bfloat16(), rnd(96, g=g).bfloat16()
+    ref32 = ops.linear_gelu_reference(h.float(), w.float(), b.float())
+    close_bf16(SK.linear_gelu(h, w, b), ops.linear_gelu_reference(h, w, b), ref32)
+
+
+def test_fp16_rows():
+    g = gen(23)
+    x = rnd(2, 9, 40, g=g)
+    shift, scale = chunked_mod(2, 40, g)[:2]
+    ref32 = ops.adaln_modulate_reference(x, shift, scale)
+    xh, sh, sc = x.half(), shift.half(), scale.half()
+    close_bf16(SK.adaln_modulate(xh, sh, sc, 1e-6), ops.adaln_modulate_reference(xh, sh, sc), ref32, atol=1e-3)
+
+
+# ---- registration, compile, caches, errors ---------------------------------------------------------
+def _opcheck_samples():
+    g = gen(29)
+    x, y, skip = rnd(2, 5, 16, g=g), rnd(2, 5, 16, g=g), rnd(2, 5, 16, g=g)
+    shift, scale, gate = chunked_mod(2, 16, g)[:3]
+    w, b = rnd(16, 16, g=g), rnd(16, g=g)
+    f = native._fold_uncached(*skip_params(16, g))
+    return {
+        "adaln_modulate": (x, shift, scale, 1e-6),
+        "gated_residual": (x, gate, y),
+        "linear_gated_residual": (x, y, w, b, gate),
+        "linear_gelu": (y, w, None),
+        "skip_fuse": (x, skip, f.weight, f.rowsum, f.bias, 1e-6),
+        "skip_fuse_adaln": (x, skip, f.weight, f.rowsum, f.bias, shift, scale, 1e-6),
+    }
+
+
+@pytest.mark.parametrize("op", sorted(_opcheck_samples()))
+def test_opcheck(op):
+    torch.library.opcheck(getattr(SK, op).default, _opcheck_samples()[op])
+
+
+def test_compile_fullgraph_skipdit_block(monkeypatch):
+    from skipdit_kernels.models.layers import DiTBlock, SkipProjection
+    attention_module = sys.modules["skipdit_kernels.ops.attention"]
+
+    # ops.attention looks flash-attn up through an lru_cache'd import, which dynamo traces into and
+    # cannot compile (a graph break); on CPU the answer is "none" anyway.
+    monkeypatch.setattr(attention_module, "_flash_attn_func", lambda: None)
+
+    torch.manual_seed(0)
+    D = 64
+    block = DiTBlock(D, 4).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    norm, proj = torch.nn.LayerNorm(2 * D, eps=1e-6), SkipProjection(D)
+    x, skip, c = torch.randn(2, 16, D), torch.randn(2, 16, D), torch.randn(2, D)
+
+    def run(x, skip, c):
+        return block(x, c, fusion=(skip, norm, proj.linear))
+
+    with torch.no_grad():
+        with ops.use_backend("torch"):
+            ref = run(x, skip, c)
+        with ops.use_backend("native"):
+            eager = run(x, skip, c)
+            torch._dynamo.reset()
+            compiled = torch.compile(run, fullgraph=True, backend="aot_eager")(x, skip, c)
+    close_rel(eager, ref, 1e-4)
+    close_rel(compiled, ref, 1e-4)
+
+
+def test_folded_weights_follow_parameter_updates():
+    torch.manual_seed(1)
+    D = 32
+    norm, lin = torch.nn.LayerNorm(2 * D, eps=1e-6), torch.nn.Linear(2 * D, D)
+    x, skip = torch.randn(1, 8, D), torch.randn(1, 8, D)
+
+    def both():
+        with ops.use_backend("native"):
+            got = ops.skip_fuse(x, skip, norm.weight, norm.bias, lin.weight, lin.bias)
+        return got, ops.skip_fuse_reference(x, skip, norm.weight, norm.bias, lin.weight, lin.bias)
+
+    close_rel(*both(), 1e-4)
+    with torch.no_grad():
+        norm.weight.mul_(1.5)
+        lin.bias.add_(0.25)
+    close_rel(*both(), 1e-4)
+    lin.load_state_dict({"weight": torch.randn(D, 2 * D), "bias": torch.randn(D)})
+    norm.load_state_dict({"weight": torch.rand(2 * D) + 0.5, "bias": torch.randn(2 * D)})
+    close_rel(*both(), 1e-4)
+
+
+def test_fp32_weight_copies_follow_updates():
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(32, 64).bfloat16()
+    h = torch.randn(1, 8, 32).bfloat16()
+    with ops.use_backend("native"):
+        first = ops.linear_gelu(h, lin.weight, lin.bias)
+        with torch.no_grad():
+            lin.weight.mul_(-1)
+        second = ops.linear_gelu(h, lin.weight, lin.bias)
+    ref = ops.linear_gelu_reference(h.float(), lin.weight.float(), lin.bias.float())
+    close_bf16(second, ops.linear_gelu_reference(h, lin.weight, lin.bias), ref)
+    assert not torch.equal(first, second)
+
+
+def test_python_layer_raises_value_error():
+    x = torch.randn(2, 4, 8)
+    with ops.use_backend("native"):
+        with pytest.raises(ValueError):
+            ops.adaln_modulate(x, torch.randn(2, 9), torch.randn(2, 8))
+        with pytest.raises(ValueError):
+            ops.gated_residual(x, torch.randn(2, 8), torch.randn(2, 4, 9))
+        with pytest.raises(ValueError):
+            ops.linear_gelu(x, torch.randn(16, 9), None)
+        with pytest.raises(ValueError):
+            ops.skip_fuse(x, x, torch.ones(16), torch.zeros(16), torch.randn(8, 15), torch.zeros(8))
+
+
+def test_cpp_checks_its_preconditions():
+    x = torch.randn(2, 4, 8)
+    f = native._fold_uncached(torch.ones(16), torch.zeros(16), torch.randn(8, 16), torch.zeros(8))
+    with pytest.raises(RuntimeError, match="shift"):
+        SK.adaln_modulate(x, torch.randn(2, 9), torch.randn(2, 8), 1e-6)
+    with pytest.raises(RuntimeError, match="dtype"):
+        SK.gated_residual(x, torch.randn(2, 8).double(), x)
+    with pytest.raises(RuntimeError, match="weight"):
+        SK.linear_gelu(x, torch.randn(16, 9), None)
+    with pytest.raises(RuntimeError, match="float32"):
+        SK.skip_fuse(x, x, f.weight, f.rowsum.double(), f.bias, 1e-6)
+    with pytest.raises(RuntimeError):
+        SK.adaln_modulate(x.int(), torch.randn(2, 8), torch.randn(2, 8), 1e-6)
+
+
+def test_backend_status_and_capability():
+    ok, why = ops.backend_status()["native"]
+    assert ok, why
+    assert native.cpu_capability().split("+")[0] in ("default", "avx2", "avx512")
+
+
+_SUBPROCESS_CHECK = r"""
+import torch
+from skipdit_kernels import ops
+from skipdit_kernels.ops import native
+assert native.cpu_capability().startswith("default"), native.cpu_capability()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 70, 37, generator=g); y = torch.randn(2, 70, 37, generator=g)
+m = torch.randn(2, 6 * 37, generator=g).chunk(6, 1)
+w = torch.randn(37, 37, generator=g) / 6; b = torch.randn(37, generator=g)
+nw, nb, ws, bs = torch.rand(74) + .5, torch.randn(74), torch.randn(37, 74) / 8, torch.randn(37)
+def chain():
+    return [ops.adaln_modulate(x, m[0], m[1]), ops.gated_residual(x, m[2], y), ops.linear_gelu(x, w, b),
+            ops.linear_gated_residual(x, y, w, b, m[2]), *ops.skip_fuse_adaln(x, y, nw, nb, ws, bs, m[0], m[1])]
+ref = chain()
+with ops.use_backend("native"):
+    got = chain()
+for a, r in zip(got, ref):
+    err = (a - r).abs().max().item() / r.abs().max().item()
+    assert err < 1e-4, err
+print("ok")
+"""
+
+
+def test_portable_kernels_and_row_blocked_gemms():
+    """The DEFAULT-capability kernels and the row-blocked GEMM path (both chosen once per process)."""
+    env = dict(os.environ, SKIPDIT_CPU_CAPABILITY="default", SKIPDIT_CPU_GEMM_ROWS="32", OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _SUBPROCESS_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
