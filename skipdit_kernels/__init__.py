@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from .cache import SkipCache
+from .sampling import sample
 from .models import CheckpointError, DiT, SkipDiT, load_checkpoint, save_checkpoint
 
-__all__ = ["CheckpointError", "DiT", "SkipCache", "SkipDiT", "__version__", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "DiT", "SkipCache", "SkipDiT", "__version__", "load_checkpoint", "sample", "save_checkpoint"]
