@@ -12,9 +12,9 @@ PyTorch's version counters: call ``clear_folded_cache()`` after them.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,8 @@ def _fingerprint(tensors) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
 
 
-_cache: "weakref.WeakKeyDictionary[torch.Tensor, tuple[tuple, FoldedSkipWeights]]" = weakref.WeakKeyDictionary()
+# Keyed by tensor identity: a plain WeakKeyDictionary would compare tensors with ==, elementwise.
+_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def fold_skip_weights(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
