@@ -6,6 +6,13 @@ when its timestep is at least ``start_t``. A full step stores the hidden state t
 side and takes that stored state instead of running the middle. After each step the counter
 advances; at a timestep at or below ``stop_t`` the counter and the cache reset (the official
 DiT_cache schedule).
+
+``forecast`` (issue 12): instead of reusing the stored state on a cached step, extrapolate it with
+the Lagrange polynomial of order ``forecast`` through the states stored at the last
+``forecast + 1`` full steps, evaluated at the current step index (weights computed on the host from
+step indices only). 0 reuses (the published behaviour, the default); ``"auto"`` is resolved by
+``sample()`` / the CLI from the sampler (deterministic: ``forecast.AUTO_DETERMINISTIC_ORDER``,
+stochastic: 0).
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ import dataclasses
 import numbers
 
 import torch
+
+from .forecast import MAX_FORECAST_ORDER, ForecastHistory, check_forecast
 
 _PRESETS = {
     # Official Skip-DiT class-to-image defaults (DiT-XL/2).
@@ -30,8 +39,10 @@ class SkipCache:
     shallow_blocks: int = 4
     start_t: float = 1000
     stop_t: float = 20
+    forecast: int | str = 0
 
     def __post_init__(self):
+        check_forecast(self.forecast)
         if isinstance(self.interval, bool) or not isinstance(self.interval, numbers.Integral) or self.interval < 1:
             raise ValueError(f"SkipCache.interval must be an integer >= 1, got {self.interval!r}")
         if (
@@ -50,6 +61,10 @@ class SkipCache:
         if name not in _PRESETS:
             raise ValueError(f"unknown Skip-Cache preset {name!r}; expected one of {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
+
+    def with_forecast(self, order: int) -> "SkipCache":
+        """The same schedule with an explicit forecast order (how ``"auto"`` gets resolved)."""
+        return dataclasses.replace(self, forecast=order)
 
     def check_depth(self, depth: int) -> None:
         if not 1 <= self.shallow_blocks <= depth // 2:
@@ -97,6 +112,11 @@ class SkipCacheState:
 
     def __init__(self, config: SkipCache, depth: int, residual: bool = False):
         config.check_depth(depth)
+        if config.forecast == "auto":
+            raise ValueError(
+                "SkipCache(forecast='auto') needs to know the sampler: pass it to sample() or the CLI, which "
+                f"resolve it; a module-level Skip-Cache needs an explicit order 0..{MAX_FORECAST_ORDER}"
+            )
         self.config = config
         self.depth = depth
         self.residual = residual
@@ -110,6 +130,8 @@ class SkipCacheState:
         self.signature: InputSignature | None = None
         self.last_t: float | None = None
         self.last_step_full: bool | None = None
+        # (step index, deep state) of the last forecast + 1 full steps; empty when forecast == 0.
+        self.history = ForecastHistory(self.config.forecast)
 
     def begin_step(self, t: float, signature: InputSignature) -> bool:
         """Decide whether this step is full; reset first if the input is not the trajectory's."""
@@ -136,8 +158,11 @@ class SkipCacheState:
     def store(self, deep_input: torch.Tensor, shallow_output: torch.Tensor) -> None:
         """On a full step: remember what enters block depth - shallow_blocks."""
         self.deep = deep_input - shallow_output if self.residual else deep_input
+        if self.config.forecast:
+            self.history.append(self.counter, self.deep)
 
     def restore(self, shallow_output: torch.Tensor) -> torch.Tensor:
         """On a cached step: what enters block depth - shallow_blocks instead of the middle's output."""
         assert self.deep is not None
-        return shallow_output + self.deep if self.residual else self.deep
+        deep = self.history.predict(self.counter) if self.config.forecast else self.deep
+        return shallow_output + deep if self.residual else deep

@@ -6,6 +6,7 @@ Each op has a torch reference (``<op>_reference``) that defines it; the backend 
 from ._backend import available_backends, backend_status, current_backend, use_backend
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference
 from .attention import attention, attention_reference
+from .forecast_blend import forecast_blend, forecast_blend_reference
 from .gated_residual import (
     gated_residual,
     gated_residual_reference,
@@ -24,6 +25,8 @@ __all__ = [
     "available_backends",
     "backend_status",
     "current_backend",
+    "forecast_blend",
+    "forecast_blend_reference",
     "gated_residual",
     "gated_residual_reference",
     "linear_gated_residual",

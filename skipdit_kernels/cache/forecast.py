@@ -1,0 +1,112 @@
+"""Forecast Skip-Cache: extrapolate the deep state from the last full steps instead of reusing it.
+
+A full step appends (step index, deep state) to a history of at most ``order + 1`` entries. A
+cached step evaluates the Lagrange polynomial through those points at its own step index:
+
+    deep(s) ~= sum_j w_j(s) * deep(s_j),   w_j(s) = prod_{m != j} (s - s_m) / (s_j - s_m)
+
+The weights depend on step indices only, so they are computed on the host (float64, no device
+sync, no data-dependent branch) and the device work is one weighted sum of K = order + 1 tensors
+(``ops.forecast_blend``). With fewer points than ``order + 1`` the order drops (one point: reuse).
+The weights always sum to 1, so a constant state is reproduced exactly.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import numbers
+from typing import Sequence
+
+import torch
+
+MAX_FORECAST_ORDER = 3
+
+# The order ``forecast="auto"`` resolves to for deterministic samplers (DDIM with eta 0), chosen from
+# bench/results/forecast-fidelity-*.md; stochastic samplers (DDPM, DDIM eta > 0) resolve to 0 (reuse),
+# since extrapolation amplifies the fresh noise each step injects into the deep state.
+AUTO_DETERMINISTIC_ORDER = 2
+
+
+def check_forecast(value) -> None:
+    """ValueError naming the value unless it is an integer 0..MAX_FORECAST_ORDER or ``"auto"``."""
+    if isinstance(value, str):
+        if value == "auto":
+            return
+        raise ValueError(f"SkipCache.forecast must be an integer 0..{MAX_FORECAST_ORDER} or 'auto', got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"SkipCache.forecast must be an integer 0..{MAX_FORECAST_ORDER} or 'auto', got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if not 0 <= value <= MAX_FORECAST_ORDER:
+        raise ValueError(f"SkipCache.forecast must be in 0..{MAX_FORECAST_ORDER}, got {value!r}")
+
+
+def resolve_forecast(value, stochastic: bool) -> int:
+    """``"auto"`` -> the measured best order for a deterministic sampler, 0 for a stochastic one."""
+    check_forecast(value)
+    if value == "auto":
+        return 0 if stochastic else AUTO_DETERMINISTIC_ORDER
+    return int(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_relative(offsets: tuple[int, ...]) -> tuple[float, ...]:
+    # offsets: node - target for each node (the polynomial is evaluated at offset 0).
+    weights = []
+    for j, xj in enumerate(offsets):
+        w = 1.0
+        for m, xm in enumerate(offsets):
+            if m != j:
+                w *= (0.0 - xm) / (xj - xm)
+        weights.append(w)
+    return tuple(weights)
+
+
+def lagrange_weights(nodes: Sequence[float], at: float) -> tuple[float, ...]:
+    """Weights w_j with p(at) = sum_j w_j * f(nodes[j]) for the interpolating polynomial of degree
+    len(nodes) - 1. Host arithmetic in float64; nodes must be distinct."""
+    if len(nodes) == 0:
+        raise ValueError("lagrange_weights needs at least one node")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"lagrange_weights needs distinct nodes, got {list(nodes)}")
+    if all(isinstance(n, numbers.Integral) for n in nodes) and isinstance(at, numbers.Integral):
+        return _weights_relative(tuple(int(n) - int(at) for n in nodes))
+    return _weights_relative.__wrapped__(tuple(float(n) - float(at) for n in nodes))
+
+
+class ForecastHistory:
+    """The (step index, deep state) pairs of the last ``order + 1`` full steps of one trajectory."""
+
+    def __init__(self, order: int):
+        self.order = int(order) if order != "auto" else 0
+        self._entries: collections.deque[tuple[int, torch.Tensor]] = collections.deque(maxlen=self.order + 1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def steps(self) -> list[int]:
+        return [s for s, _ in self._entries]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def append(self, step: int, deep: torch.Tensor) -> None:
+        if self._entries and step <= self._entries[-1][0]:
+            # A repeated or earlier index means a new trajectory that was not reset: start over.
+            self._entries.clear()
+        self._entries.append((int(step), deep))
+
+    def weights(self, step: int) -> tuple[float, ...]:
+        return lagrange_weights(self.steps, step)
+
+    def predict(self, step: int) -> torch.Tensor:
+        """The extrapolated deep state at ``step`` (the last stored state when only one is held)."""
+        if not self._entries:
+            raise RuntimeError("no deep state stored: a cached step needs a full step before it")
+        if len(self._entries) == 1:
+            return self._entries[0][1]
+        from ..ops.forecast_blend import forecast_blend
+
+        return forecast_blend([d for _, d in self._entries], self.weights(step))
