@@ -65,24 +65,37 @@ inline float hsum(const Vf& v) {
 }
 
 // sum of (p[i] - pivot)
+// Four independent accumulators: the reductions are add-latency bound otherwise.
 template <typename T>
 inline float row_shifted_sum(const T* p, int64_t n, float pivot) {
-  Vf acc(0.f);
+  Vf a0(0.f), a1(0.f), a2(0.f), a3(0.f);
   const Vf vp(pivot);
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) acc = acc + shifted(load_f(p + i), vp);
-  float s = hsum(acc);
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    a0 = a0 + shifted(load_f(p + i), vp);
+    a1 = a1 + shifted(load_f(p + i + kW), vp);
+    a2 = a2 + shifted(load_f(p + i + 2 * kW), vp);
+    a3 = a3 + shifted(load_f(p + i + 3 * kW), vp);
+  }
+  for (; i + kW <= n; i += kW) a0 = a0 + shifted(load_f(p + i), vp);
+  float s = hsum((a0 + a1) + (a2 + a3));
   for (; i < n; ++i) s += shifted(to_f(p[i]), pivot);
   return s;
 }
 
 template <typename T>
 inline float row_m2(const T* p, int64_t n, float mean) {
-  Vf acc(0.f);
+  Vf a0(0.f), a1(0.f), a2(0.f), a3(0.f);
   const Vf vm(mean);
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) acc = acc + centred_square(load_f(p + i), vm);
-  float s = hsum(acc);
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    a0 = a0 + centred_square(load_f(p + i), vm);
+    a1 = a1 + centred_square(load_f(p + i + kW), vm);
+    a2 = a2 + centred_square(load_f(p + i + 2 * kW), vm);
+    a3 = a3 + centred_square(load_f(p + i + 3 * kW), vm);
+  }
+  for (; i + kW <= n; i += kW) a0 = a0 + centred_square(load_f(p + i), vm);
+  float s = hsum((a0 + a1) + (a2 + a3));
   for (; i < n; ++i) s += centred_square(to_f(p[i]), mean);
   return s;
 }
