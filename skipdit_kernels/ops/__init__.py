@@ -3,7 +3,7 @@
 Each op has a torch reference (``<op>_reference``) that defines it; the backend chosen with
 ``use_backend`` / ``SKIPDIT_BACKEND`` decides which implementation runs.
 """
-from ._backend import available_backends, backend_status, current_backend, use_backend
+from ._backend import auto_backend, available_backends, backend_status, current_backend, use_backend
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference
 from .attention import attention, attention_reference
 from .forecast_blend import forecast_blend, forecast_blend_reference
@@ -15,6 +15,7 @@ from .gated_residual import (
 )
 from .linear_gelu import linear_gelu, linear_gelu_reference
 from .skip_fuse import skip_fuse, skip_fuse_adaln, skip_fuse_adaln_reference, skip_fuse_reference
+from . import triton as _triton  # noqa: F401,E402  registers the probe only; Triton loads on first use
 from . import native as _native  # noqa: F401,E402  the compiled backend; reports, never raises, when missing
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "adaln_modulate_reference",
     "attention",
     "attention_reference",
+    "auto_backend",
     "available_backends",
     "backend_status",
     "current_backend",

@@ -4,11 +4,21 @@ Backends: ``torch`` (the reference, always present), ``triton`` and ``native`` (
 extension from csrc/). The choice comes from, in order: the innermost ``use_backend`` context,
 the ``SKIPDIT_BACKEND`` environment variable, and ``auto``. A backend registers its kernels with
 ``register(op, backend)``; an op with no kernel for the chosen backend runs the reference.
+
+``auto`` looks the op up in a small table shipped with the package (``auto_backends.json``), keyed
+by device kind, op and dtype (``"cuda/skip_fuse/bfloat16"``), filled from benchmark results in
+bench/results/. A missing entry, or an entry naming a backend that cannot run here, means
+``torch``. ``auto`` never picks ``triton`` on a CPU: there Triton only runs in its numpy interpreter,
+a test tool.
+
+A backend may register a loader (``register_loader``): heavy imports (Triton) happen the first time
+the backend is selected, never when the package is imported.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import os
 from typing import Callable, Iterator
 
@@ -16,9 +26,13 @@ import torch
 
 BACKENDS = ("torch", "triton", "native")
 _CHOICES = BACKENDS + ("auto",)
+AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
 
 _kernels: dict[str, dict[str, Callable]] = {}
 _availability_probes: dict[str, Callable[[], tuple[bool, str]]] = {}
+_loaders: dict[str, Callable[[], None]] = {}
+_loaded: set[str] = set()
+_usable: dict[str, bool] = {}  # probe results cached for ``auto`` (probes are not free per op call)
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("skipdit_backend", default=None)
 
 
@@ -37,6 +51,22 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
 def register_probe(backend: str, probe: Callable[[], tuple[bool, str]]) -> None:
     """``probe()`` returns (usable, reason) for ``backend``; called lazily."""
     _availability_probes[backend] = probe
+    _usable.pop(backend, None)
+
+
+def register_loader(backend: str, loader: Callable[[], None]) -> None:
+    """``loader()`` imports and registers ``backend``'s kernels; run once, when first selected."""
+    _loaders[backend] = loader
+    _loaded.discard(backend)
+
+
+def ensure_loaded(backend: str) -> None:
+    if backend in _loaded:
+        return
+    loader = _loaders.get(backend)
+    if loader is not None:
+        loader()
+    _loaded.add(backend)
 
 
 def backend_status() -> dict[str, tuple[bool, str]]:
@@ -44,7 +74,13 @@ def backend_status() -> dict[str, tuple[bool, str]]:
     status = {"torch": (True, "reference implementation")}
     for name in BACKENDS[1:]:
         probe = _availability_probes.get(name)
-        status[name] = probe() if probe else (False, "not built into this installation")
+        if probe is None:
+            status[name] = (False, "not built into this installation")
+            continue
+        try:
+            status[name] = probe()
+        except Exception as exc:  # a probe must never take the status report down
+            status[name] = (False, f"probe failed: {type(exc).__name__}: {exc}")
     return status
 
 
@@ -74,6 +110,7 @@ def use_backend(name: str) -> Iterator[None]:
         ok, why = backend_status()[name]
         if not ok:
             raise RuntimeError(f"backend {name!r} is not available: {why}")
+        ensure_loaded(name)
     token = _selected.set(name)
     try:
         yield
@@ -81,15 +118,62 @@ def use_backend(name: str) -> Iterator[None]:
         _selected.reset(token)
 
 
-def _auto_backend(op: str, device: torch.device) -> str:
-    return "torch"
+# ---- auto ----------------------------------------------------------------------------------------
+def load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, str]:
+    """``{"<device kind>/<op>/<dtype>": backend}`` from the shipped JSON (``{"table": {...}}``)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    table = data.get("table", {}) if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in table.items() if v in BACKENDS}
 
 
-def kernel_for(op: str, device: torch.device) -> Callable | None:
+# Read once at import (a few hundred bytes): a lookup inside torch.compile must not do file I/O.
+_auto_table: dict[str, str] = load_auto_table()
+
+
+def set_auto_table(table: dict[str, str] | None) -> None:
+    """Replace the auto table (``None``: reload the shipped file). For tests and experiments."""
+    global _auto_table
+    _auto_table = load_auto_table() if table is None else dict(table)
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).replace("torch.", "") if dtype is not None else "*"
+
+
+def _backend_usable(name: str) -> bool:
+    hit = _usable.get(name)
+    if hit is None:
+        if torch.compiler.is_compiling():  # never probe while tracing; decide again eagerly later
+            return False
+        hit = backend_status()[name][0]
+        _usable[name] = hit
+    return hit
+
+
+def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend ``auto`` picks for ``op`` on ``device`` (and ``dtype``): the table, else torch."""
+    kind = torch.device(device).type
+    name = _auto_table.get(f"{kind}/{op}/{_dtype_name(dtype)}") or _auto_table.get(f"{kind}/{op}/*")
+    if name is None or name == "torch":
+        return "torch"
+    if name == "triton" and kind != "cuda":
+        return "torch"
+    if not _backend_usable(name):
+        return "torch"
+    return name
+
+
+def kernel_for(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:
     """The registered kernel of ``op`` for the current backend, or None for the reference."""
     name = current_backend()
     if name == "auto":
-        name = _auto_backend(op, device)
+        name = auto_backend(op, device, dtype)
     if name == "torch":
         return None
+    if name not in _loaded:
+        ensure_loaded(name)
     return _kernels.get(op, {}).get(name)

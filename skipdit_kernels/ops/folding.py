@@ -40,6 +40,16 @@ def _fingerprint(tensors) -> tuple:
 _cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def fold_skip_weights_uncached(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
+    """The folding arithmetic without the cache: differentiable (when the inputs require grad)
+    and traceable by torch.compile (no data pointers)."""
+    gamma, beta, w = norm_weight.double(), norm_bias.double(), weight.double()
+    folded = (w * gamma).to(weight.dtype).contiguous()
+    rowsum = folded.double().sum(dim=1).float()
+    folded_bias = (w @ beta + bias.double()).float()
+    return FoldedSkipWeights(folded, rowsum, folded_bias)
+
+
 def fold_skip_weights(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
     """Folded weights for ``skip_fuse``; cached on ``weight`` and keyed on all four parameters."""
     params = (norm_weight, norm_bias, weight, bias)
@@ -48,13 +58,19 @@ def fold_skip_weights(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.no_grad():
-        gamma, beta, w = norm_weight.double(), norm_bias.double(), weight.double()
-        folded = (w * gamma).to(weight.dtype).contiguous()
-        rowsum = folded.double().sum(dim=1).float()
-        folded_bias = (w @ beta + bias.double()).float()
-    result = FoldedSkipWeights(folded, rowsum, folded_bias)
+        result = fold_skip_weights_uncached(*(p.detach() for p in params))
     _cache[weight] = (key, result)
     return result
+
+
+def folded_weights_for(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights:
+    """The folded weights a kernel should read: the cache in eager inference; a fresh,
+    differentiable folding when gradients must reach the parameters, or while torch.compile traces
+    (the cache keys on data pointers, which fake tensors do not have)."""
+    params = (norm_weight, norm_bias, weight, bias)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return fold_skip_weights_uncached(*params)
+    return fold_skip_weights(*params)
 
 
 def clear_folded_cache() -> None:

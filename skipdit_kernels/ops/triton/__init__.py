@@ -1,0 +1,51 @@
+"""The ``triton`` backend: Triton kernels registered as ``torch.library.triton_op`` (``skipdit_triton::*``).
+
+Importing this package is light: it never imports Triton. The probe looks Triton up with
+``importlib.util.find_spec`` and needs a CUDA device, or ``TRITON_INTERPRET=1`` (Triton's numpy
+interpreter: a test tool for CPU machines, never a speed path). The kernels are compiled and
+registered the first time the backend is selected (``use_backend("triton")``, SKIPDIT_BACKEND, or
+``auto`` on CUDA).
+
+Ops: adaln_modulate, gated_residual, linear_gated_residual, linear_gelu, skip_fuse and
+skip_fuse_adaln. ``attention`` has no Triton kernel: every backend runs flash-attn's kernel when it
+qualifies, else torch SDPA (see ops/attention.py).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from .. import _backend
+
+OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+
+
+def probe() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    if torch.cuda.is_available():
+        return True, f"CUDA kernels on {torch.cuda.get_device_name()}"
+    if interpreting():
+        return True, "Triton interpreter (TRITON_INTERPRET=1): numpy simulation on CPU, for tests only"
+    return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter, for tests)"
+
+
+def load() -> None:
+    """Import Triton, define the ``skipdit_triton::*`` ops and register them as backend kernels."""
+    ok, why = probe()
+    if not ok:
+        raise RuntimeError(f"backend 'triton' is not available: {why}")
+    from . import _ops
+
+    for name in OPS:
+        _backend.register(name, "triton")(getattr(_ops, name))
+
+
+_backend.register_probe("triton", probe)
+_backend.register_loader("triton", load)
