@@ -24,6 +24,8 @@ def configure(parser) -> None:
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--cache", type=int, default=0, help="Skip-Cache interval (0 = off)")
+    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
+                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
     parser.add_argument("--shallow", type=int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -69,7 +71,8 @@ def run(args) -> int:
     cache = None
     if args.cache:
         shallow = args.shallow or min(4, model.depth // 2)
-        cache = SkipCache(interval=args.cache, shallow_blocks=shallow)
+        forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
+        cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
     latents, info = sample(
         model, args.labels, image_size=args.image_size, steps=args.steps, method=args.method,
         cfg_scale=args.cfg, cache=cache, seed=args.seed, device=device, dtype=DTYPES[args.dtype],
@@ -78,6 +81,7 @@ def run(args) -> int:
     print(
         f"{len(args.labels)} samples, {info.steps} {info.method} steps ({info.full_steps} full, "
         f"{info.cached_steps} cached) in {info.seconds:.2f} s on {device}"
+        + (f"; Skip-Cache forecast order {info.forecast}" if info.forecast else "")
     )
     if args.out.endswith(".npz"):
         np.savez(args.out, latents=latents.cpu().numpy(), labels=np.asarray(args.labels))

@@ -21,6 +21,7 @@ class SampleInfo:
     cached_steps: int
     seconds: float
     cache: SkipCache | None
+    forecast: int = 0  # the Skip-Cache forecast order used ("auto" resolved from the sampler)
 
 
 def resolve_cache(cache: SkipCache | int | None, depth: int) -> SkipCache | None:
@@ -100,6 +101,10 @@ def sample(
         raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
     diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=model.learn_sigma, eta=eta)
     cache = resolve_cache(cache, model.depth)
+    if cache is not None and cache.forecast == "auto":
+        from ..cache.forecast import resolve_forecast
+
+        cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
 
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, model.in_channels, side, side, generator=generator).to(device)
@@ -150,5 +155,6 @@ def sample(
         model.train(was_training)
 
     if return_info:
-        return x, SampleInfo(diffusion.method, diffusion.num_steps, full, cached, seconds, cache)
+        forecast = int(cache.forecast) if cache is not None else 0
+        return x, SampleInfo(diffusion.method, diffusion.num_steps, full, cached, seconds, cache, forecast)
     return x
