@@ -27,7 +27,7 @@ def linear_gelu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         check_shape(OP, "bias", bias, (weight.shape[0],))
     check_same_device(OP, **tensors)
     check_same_dtype(OP, **tensors)
-    kernel = _backend.kernel_for(OP, h.device)
+    kernel = _backend.kernel_for(OP, h.device, h.dtype)
     if kernel is None:
         return linear_gelu_reference(h, weight, bias)
     return kernel(h, weight, bias)
