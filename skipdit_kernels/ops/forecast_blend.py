@@ -92,55 +92,27 @@ def forecast_blend(history: Sequence[torch.Tensor], weights) -> torch.Tensor:
     return _forecast_blend_torch(history, weights)
 
 
-# -- Triton ------------------------------------------------------------------------------------
-
-_TRITON_KERNEL = None
+# -- Triton (kernel in ops/triton/forecast_blend.py, imported on first use) -------------------
 
 
-def _triton_kernel():
-    global _TRITON_KERNEL
-    if _TRITON_KERNEL is None:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def _forecast_blend_kernel(out_ptr, h0, h1, h2, h3, w_ptr, n, K: tl.constexpr, BLOCK: tl.constexpr):
-            pid = tl.program_id(0)
-            offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < n
-            acc = tl.load(h0 + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(w_ptr)
-            if K > 1:
-                acc += tl.load(h1 + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(w_ptr + 1)
-            if K > 2:
-                acc += tl.load(h2 + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(w_ptr + 2)
-            if K > 3:
-                acc += tl.load(h3 + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(w_ptr + 3)
-            tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-        _TRITON_KERNEL = _forecast_blend_kernel
-    return _TRITON_KERNEL
+def _weights_tensor(weights, device: torch.device) -> torch.Tensor:
+    if isinstance(weights, torch.Tensor):
+        return weights.to(torch.float32).contiguous()
+    return torch.tensor([float(w) for w in weights], dtype=torch.float32, device=device)
 
 
 def forecast_blend_triton(history: Sequence[torch.Tensor], weights, out: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton kernel (``out`` may be a persistent buffer, for graph capture)."""
-    k = _check(history, weights)
+    _check(history, weights)
+    from .triton import forecast_blend as kernels
+
     first = history[0]
-    if not isinstance(weights, torch.Tensor):
-        weights = torch.tensor([float(w) for w in weights], dtype=torch.float32, device=first.device)
-    weights = weights.to(torch.float32).contiguous()
-    flat = [h.contiguous() for h in history]
-    flat += [flat[0]] * (MAX_HISTORY - k)
+    w = _weights_tensor(weights, first.device)
     if out is None:
-        out = torch.empty_like(flat[0])
-    elif out.shape != first.shape or out.dtype != first.dtype or out.device != first.device or not out.is_contiguous():
+        return kernels.forecast_blend(list(history), w)
+    if out.shape != first.shape or out.dtype != first.dtype or out.device != first.device or not out.is_contiguous():
         raise ValueError("forecast_blend_triton: out must be a contiguous tensor like history[0]")
-    n = out.numel()
-    if n == 0:
-        return out
-    block = 1024
-    grid = ((n + block - 1) // block,)
-    _triton_kernel()[grid](out, *flat, weights, n, K=k, BLOCK=block)
-    return out
+    return kernels.blend_into(list(history), w, out)
 
 
 @_backend.register("forecast_blend", "triton")
