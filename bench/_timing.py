@@ -32,7 +32,9 @@ def device_tag() -> str:
     return f"{model}-{cap.replace('+', '-')}"
 
 
-def interleaved(fns: dict, budget_s: float = 4.0, min_rounds: int = 5, max_rounds: int = 50, warmup: int = 2) -> dict:
+def interleaved(
+    fns: dict, budget_s: float = 4.0, min_rounds: int = 5, max_rounds: int = 50, warmup: int = 2, pause_s: float = 0.02
+) -> dict:
     """Median seconds per call of each fn, timed round-robin so that load drifts hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -45,6 +47,9 @@ def interleaved(fns: dict, budget_s: float = 4.0, min_rounds: int = 5, max_round
     samples = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            # Let the previous call's OpenMP workers stop spinning: torch and inductor-compiled code use
+            # separate OpenMP runtimes, and on 2 cores one pool's spin-waiting starves the other.
+            time.sleep(pause_s)
             t0 = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - t0)

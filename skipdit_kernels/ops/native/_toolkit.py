@@ -57,3 +57,12 @@ def find_cuda_home() -> str | None:
         if _is_toolkit_root(root):
             return os.path.realpath(root)
     return None
+
+
+if __name__ == "__main__":  # prints the root for shell scripts (.ci/native.sh); exit 1 when none
+    import sys
+
+    root = find_cuda_home()
+    if root is None:
+        sys.exit(1)
+    print(root)
