@@ -78,9 +78,18 @@ def clear_folded_cache() -> None:
 
 
 def skip_fuse_folded_torch(x, skip, folded: FoldedSkipWeights, eps: float):
-    """The folded formula in plain torch (what the kernels compute), for tests and as a fallback."""
-    z = torch.cat([x, skip], dim=-1).float()
-    var, mean = torch.var_mean(z, dim=-1, unbiased=False, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    acc = torch.cat([x, skip], dim=-1) @ folded.weight.T
-    return (rstd * (acc.float() - mean * folded.rowsum) + folded.bias).to(x.dtype)
+    """The folded formula in plain torch (what the kernels compute), for tests and as a fallback.
+
+    acc - mean * rowsum cancels |mean| / std digits of acc; in fp32 the GEMM therefore reads z - p,
+    p the row's first element, and the epilogue subtracts mean(z - p) * rowsum (computed from the
+    differences: mean(z) - p would carry mean(z)'s rounding, ~|mean| * 2^-24).
+    Half-precision inputs are used as they are (their products accumulate in fp32 exactly)."""
+    z = torch.cat([x, skip], dim=-1)
+    if z.dtype == torch.float32:
+        shifted = z - z[..., :1]  # the statistics of z - p: no large mean to round away
+        var, center = torch.var_mean(shifted, dim=-1, unbiased=False, keepdim=True)
+        acc = shifted @ folded.weight.T
+    else:
+        var, center = torch.var_mean(z.float(), dim=-1, unbiased=False, keepdim=True)
+        acc = (z @ folded.weight.T).float()
+    return (torch.rsqrt(var + eps) * (acc - center * folded.rowsum) + folded.bias).to(x.dtype)

@@ -133,9 +133,10 @@ def linear_kernel(
 @triton.jit
 def _skip_half(
     src_ptr, row_off, sd, w_ptr, col0, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-    ALLOW_TF32: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, SHIFT_A: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One half of [x | skip]: acc += src @ W'[:, col0:col0+D]^T and the pivot-shifted row sums."""
+    """One half of [x | skip]: acc += src @ W'[:, col0:col0+D]^T (src - pivot with SHIFT_A) and the
+    pivot-shifted row sums."""
     rk = tl.arange(0, BLOCK_K)
     a_ptrs = src_ptr + row_off[:, None] + rk[None, :] * sd
     w_ptrs = w_ptr + rn[None, :] * swn + (col0 + rk)[:, None] * swk
@@ -147,7 +148,10 @@ def _skip_half(
         af = tl.where(amask, a.to(tl.float32) - pivot[:, None], 0.0)
         s1 += tl.sum(af, axis=1)
         s2 += tl.sum(af * af, axis=1)
-        acc = _dot(a, w, acc, ALLOW_TF32)
+        if SHIFT_A:
+            acc = _dot(af, w, acc, ALLOW_TF32)
+        else:
+            acc = _dot(a, w, acc, ALLOW_TF32)
         a_ptrs += BLOCK_K * sd
         w_ptrs += BLOCK_K * swk
     return acc, s1, s2
@@ -159,14 +163,19 @@ def skip_fuse_kernel(
     M, N, D, T,
     sxb, sxt, sxd, ssb, sst, ssd, swn, swk,
     eps,
-    ALLOW_TF32: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, SHIFT_A: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y = rstd * (z @ W'^T - mean * rowsum(W')) + bias', z = [x | skip] never materialised.
 
-    Row statistics accumulate in fp32 alongside the GEMM's K loop, shifted by a pivot (the row's
+    Row statistics accumulate in fp32 alongside the GEMM's K loop, shifted by a pivot p (the row's
     first element) so that rows with a large mean do not cancel: mean = p + S1/n,
-    var = S2/n - (S1/n)^2 with S1 = sum(z - p), S2 = sum((z - p)^2)."""
+    var = S2/n - (S1/n)^2 with S1 = sum(z - p), S2 = sum((z - p)^2).
+
+    The GEMM term cancels too: acc - mean * rowsum loses |mean| / std digits of acc. With SHIFT_A
+    (fp32 inputs) the GEMM reads z - p instead, so y = rstd * (acc' - (S1/n) * rowsum) + bias' and
+    nothing large cancels. Half-precision inputs are not shifted: z - p would be rounded to the
+    input dtype again, while the products of the exact half inputs accumulate in fp32 anyway."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -181,17 +190,20 @@ def skip_fuse_kernel(
     s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc, s1, s2 = _skip_half(x_ptr, x_row, sxd, w_ptr, 0, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-                             ALLOW_TF32, BLOCK_K)
+                             ALLOW_TF32, SHIFT_A, BLOCK_K)
     acc, s1, s2 = _skip_half(s_ptr, s_row, ssd, w_ptr, D, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-                             ALLOW_TF32, BLOCK_K)
+                             ALLOW_TF32, SHIFT_A, BLOCK_K)
     n = 2 * D
     dm = s1 / n
-    mean = pivot + dm
+    if SHIFT_A:
+        center = dm
+    else:
+        center = pivot + dm
     var = tl.maximum(s2 / n - dm * dm, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
     rowsum = tl.load(rowsum_ptr + rn, mask=nmask, other=0.0)
     bias = tl.load(bias_ptr + rn, mask=nmask, other=0.0)
-    y = rstd[:, None] * (acc - mean[:, None] * rowsum[None, :]) + bias[None, :]
+    y = rstd[:, None] * (acc - center[:, None] * rowsum[None, :]) + bias[None, :]
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 

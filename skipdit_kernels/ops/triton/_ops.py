@@ -86,7 +86,8 @@ def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _launch(K.skip_fuse_kernel, K.skip_fuse_tuned, "gemm", grid,
             x, skip, weight, rowsum, bias, out, M, N, D, T,
-            *x.stride(), *skip.stride(), *weight.stride(), eps, ALLOW_TF32=_allow_tf32(x.dtype))
+            *x.stride(), *skip.stride(), *weight.stride(), eps,
+            ALLOW_TF32=_allow_tf32(x.dtype), SHIFT_A=x.dtype == torch.float32)
 
 
 # ---- the ops -------------------------------------------------------------------------------------
