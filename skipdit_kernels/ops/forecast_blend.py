@@ -4,7 +4,7 @@
 
 ``history``: K >= 1 tensors of one shape, dtype and device; ``weights``: K host floats (the module
 path: no device sync) or a 1-D float tensor of K entries on the history's device (the graph path:
-the host fills it before each replay). Accumulation is in fp32; the result has the history's dtype.
+the host fills it before each replay). Accumulation is in fp32; the result has the history's dtype (fp64 history accumulates in fp64).
 
 Backends: the torch path (one ``torch.lerp`` pass for K = 2, since Lagrange weights sum to one;
 scaled adds otherwise) and a Triton kernel (one read of each input, one write; weights read from a
@@ -52,16 +52,18 @@ def _check(history: Sequence[torch.Tensor], weights) -> int:
 
 
 def forecast_blend_reference(history: Sequence[torch.Tensor], weights) -> torch.Tensor:
-    """The definition: fp32 accumulation of w_k * h_k in order, cast to the history's dtype."""
+    """The definition: accumulation of w_k * h_k in order, in fp32 (fp64 for fp64 history), cast to
+    the history's dtype."""
+    acc_dtype = torch.promote_types(history[0].dtype, torch.float32)
     if isinstance(weights, torch.Tensor):
-        weights = weights.float()
-        acc = history[0].float() * weights[0]
+        weights = weights.to(acc_dtype)
+        acc = history[0].to(acc_dtype) * weights[0]
         for h, w in zip(history[1:], weights[1:]):
-            acc = acc + h.float() * w
+            acc = acc + h.to(acc_dtype) * w
     else:
-        acc = history[0].float() * float(weights[0])
+        acc = history[0].to(acc_dtype) * float(weights[0])
         for h, w in zip(history[1:], weights[1:]):
-            acc = acc + h.float() * float(w)
+            acc = acc + h.to(acc_dtype) * float(w)
     return acc.to(history[0].dtype)
 
 
@@ -73,7 +75,7 @@ def _forecast_blend_torch(history: Sequence[torch.Tensor], weights) -> torch.Ten
     if len(history) == 2 and abs(float(weights[0]) + float(weights[1]) - 1.0) < 1e-12:
         # w0*h0 + w1*h1 with w0 + w1 = 1 is h0 + w1*(h1 - h0): one fused pass (fp32 opmath).
         return torch.lerp(history[0], history[1], float(weights[1]))
-    if history[0].dtype != torch.float32:
+    if history[0].dtype not in (torch.float32, torch.float64):
         return forecast_blend_reference(history, weights)
     out = torch.mul(history[0], float(weights[0]))
     for h, w in zip(history[1:], weights[1:]):
