@@ -1,0 +1,270 @@
+"""Each op as torch eager vs torch.compile vs triton (vs native when built), at DiT-XL/2 shapes.
+
+    python bench/bench_ops.py                    # the device's default grid -> bench/results/ops-<device>.{json,md}
+    python bench/bench_ops.py --write-auto       # also refresh skipdit_kernels/ops/auto_backends.json
+    python -m pytest bench/bench_ops.py --benchmark-only     # the same cells under pytest-benchmark
+
+Grid: hidden 1152; 256 and 1024 tokens; batch 2 and 16; bf16 (on CUDA). On a CPU the default grid
+is batch 2 x 256 tokens in fp32 and bf16 (the larger cells take minutes on a few cores), and the
+triton column is skipped: Triton runs there only in its numpy interpreter, a test tool.
+
+"eager" is the op's torch reference (the eager chain: cat + fp32 LayerNorm + Linear, ...);
+"compile" is torch.compile of that same chain; "triton"/"native" are the public ops on that backend.
+Reported: median ms per call, achieved GB/s (minimum bytes: every input read once, every output
+written once), TFLOP/s for the GEMM ops, and speedup over eager.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+from skipdit_kernels import ops  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPS = ("adaln_modulate", "gated_residual", "linear_gelu", "linear_gated_residual", "skip_fuse", "skip_fuse_adaln")
+IMPLS = ("eager", "compile", "triton", "native")
+
+
+def make_inputs(batch, tokens, hidden, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
+
+    D = hidden
+    mod = r(batch, 6 * D, scale=0.5).chunk(6, dim=1)  # strided, as the adaLN projection yields them
+    return dict(
+        x=r(batch, tokens, D), y=r(batch, tokens, D), skip=r(batch, tokens, D), h4=r(batch, tokens, 4 * D, scale=0.5),
+        shift=mod[0], scale=mod[1], gate=mod[2],
+        w1=r(4 * D, D, scale=D**-0.5), b1=r(4 * D, scale=0.1), w2=r(D, 4 * D, scale=(4 * D) ** -0.5), b2=r(D, scale=0.1),
+        nw=(1 + 0.1 * torch.randn(2 * D, generator=g)).to(device), nb=(0.1 * torch.randn(2 * D, generator=g)).to(device),
+        ws=r(D, 2 * D, scale=(2 * D) ** -0.5), bs=r(D, scale=0.1),
+    )
+
+
+# op -> (reference(t), public op(t))
+CALLS = {
+    "adaln_modulate": (lambda t: ops.adaln_modulate_reference(t["x"], t["shift"], t["scale"], 1e-6),
+                       lambda t: ops.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6)),
+    "gated_residual": (lambda t: ops.gated_residual_reference(t["x"], t["gate"], t["y"]),
+                       lambda t: ops.gated_residual(t["x"], t["gate"], t["y"])),
+    "linear_gelu": (lambda t: ops.linear_gelu_reference(t["x"], t["w1"], t["b1"]),
+                    lambda t: ops.linear_gelu(t["x"], t["w1"], t["b1"])),
+    "linear_gated_residual": (lambda t: ops.linear_gated_residual_reference(t["x"], t["h4"], t["w2"], t["b2"], t["gate"]),
+                              lambda t: ops.linear_gated_residual(t["x"], t["h4"], t["w2"], t["b2"], t["gate"])),
+    "skip_fuse": (lambda t: ops.skip_fuse_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6),
+                  lambda t: ops.skip_fuse(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6)),
+    "skip_fuse_adaln": (
+        lambda t: ops.skip_fuse_adaln_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6),
+        lambda t: ops.skip_fuse_adaln(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6)),
+}
+
+
+def traffic(op, B, T, D, es):
+    """(minimum bytes moved, flops of the GEMM) for one call."""
+    M, mod = B * T, B * D * es
+    act = M * D * es
+    if op == "adaln_modulate":
+        return 2 * act + 2 * mod, 0
+    if op == "gated_residual":
+        return 3 * act + mod, 0
+    if op == "linear_gelu":  # h (M, D) -> (M, 4D)
+        return act + 4 * D * D * es + 4 * act, 2 * M * 4 * D * D
+    if op == "linear_gated_residual":  # h (M, 4D) -> (M, D), + x, gate
+        return 4 * act + 4 * D * D * es + 2 * act + mod, 2 * M * D * 4 * D
+    if op == "skip_fuse":
+        return 2 * act + 2 * D * D * es + act, 2 * M * D * 2 * D
+    if op == "skip_fuse_adaln":
+        return 2 * act + 2 * D * D * es + 2 * act + 2 * mod, 2 * M * D * 2 * D
+    raise KeyError(op)
+
+
+def skipped_impls(device: torch.device) -> dict[str, str]:
+    """Implementations that cannot run on ``device``, with the reason."""
+    status = ops.backend_status()
+    out = {}
+    if device.type != "cuda":
+        out["triton"] = "no GPU: Triton only runs in its interpreter here (a test tool, not a speed path)"
+    elif not status["triton"][0]:
+        out["triton"] = status["triton"][1]
+    if not status["native"][0]:
+        out["native"] = status["native"][1]
+    return out
+
+
+def implementations(op: str, t: dict, device: torch.device, skip: dict) -> dict:
+    ref, public = CALLS[op]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: ref(t), dynamic=False)
+    impls = {"eager": lambda: ref(t), "compile": compiled}
+    for backend in ("triton", "native"):
+        if backend not in skip:
+            def call(backend=backend):
+                with ops.use_backend(backend):
+                    return public(t)
+            impls[backend] = call
+    return impls
+
+
+def run_cell(op, B, T, D, dname, device, budget_s, skip) -> dict:
+    t = make_inputs(B, T, D, DTYPES[dname], device)
+    with torch.no_grad():
+        res = report.time_fns(implementations(op, t, device, skip), device, budget_s=budget_s,
+                              min_rounds=3, warmup=1 if device.type == "cpu" else 5)
+    nbytes, flops = traffic(op, B, T, D, DTYPES[dname].itemsize)
+    row = {"op": op, "batch": B, "tokens": T, "hidden": D, "dtype": dname}
+    eager = res["eager"].get("median_s")
+    best = None
+    for impl in IMPLS:
+        r = res.get(impl)
+        if r is None:
+            continue
+        if "error" in r:
+            row[f"{impl}_error"] = r["error"]
+            continue
+        s = r["median_s"]
+        row[f"{impl}_ms"] = s * 1e3
+        row[f"{impl}_GBps"] = nbytes / s / 1e9
+        if flops:
+            row[f"{impl}_TFLOPs"] = flops / s / 1e12
+        row[f"{impl}_speedup"] = eager / s if eager else None
+        if impl != "compile" and (best is None or s < best[1]):
+            best = (impl, s)
+    row["rounds"] = res["eager"].get("rounds")
+    row["fastest_backend"] = {"eager": "torch"}.get(best[0], best[0]) if best else None
+    return row
+
+
+def default_grid(device: torch.device) -> list[tuple]:
+    if device.type == "cuda":
+        return [(B, T, 1152, "bf16") for B in (2, 16) for T in (256, 1024)]
+    return [(2, 256, 1152, "fp32"), (2, 256, 1152, "bf16")]
+
+
+def columns() -> list[tuple[str, str]]:
+    cols = [("op", "op"), ("batch", "B"), ("tokens", "T"), ("hidden", "D"), ("dtype", "dtype")]
+    for impl in IMPLS:
+        cols += [(f"{impl}_ms", f"{impl} ms"), (f"{impl}_speedup", f"{impl} x")]
+    cols += [("eager_GBps", "eager GB/s"), ("best_GBps", "best GB/s"), ("best_TFLOPs", "best TFLOP/s"),
+             ("fastest_backend", "fastest backend")]
+    return cols
+
+
+def write_auto_table(rows, device: torch.device, source: str, path=None, margin=1.03) -> dict:
+    """Record, per (device kind, op, dtype), the fastest backend: one beating torch eager by more
+    than ``margin`` (never triton on a CPU); torch otherwise. Other device kinds' entries are kept."""
+    from skipdit_kernels.ops import _backend
+
+    path = path or _backend.AUTO_TABLE_PATH
+    with open(path) as f:
+        data = json.load(f)
+    table, sources = data.setdefault("table", {}), data.setdefault("sources", {})
+    best: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        key = f"{device.type}/{r['op']}/{DTYPES[r['dtype']]}".replace("torch.", "")
+        eager = r.get("eager_ms")
+        for impl in ("triton", "native"):
+            ms = r.get(f"{impl}_ms")
+            if ms is None or eager is None or (impl == "triton" and device.type != "cuda"):
+                continue
+            if eager / ms > margin and (key not in best or ms < best[key][1]):
+                best[key] = (impl, ms)
+        best.setdefault(key, ("torch", eager or 0.0))
+    for key, (impl, _) in best.items():
+        if impl == "torch":
+            table.pop(key, None)
+        else:
+            table[key] = impl
+    sources[device.type] = source
+    data["table"] = dict(sorted(table.items()))
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return data
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
+    p.add_argument("--cells", nargs="*", default=None, help="B,T,D,dtype (e.g. 16,256,1152,bf16)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of timing per cell")
+    p.add_argument("--out", default=report.RESULTS_DIR)
+    p.add_argument("--write-auto", action="store_true", help="update skipdit_kernels/ops/auto_backends.json")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    grid = [(int(b), int(t), int(d), dt) for b, t, d, dt in (c.split(",") for c in args.cells)] if args.cells else default_grid(device)
+    budget = args.budget or (1.0 if device.type == "cpu" else 0.5)
+    skip = skipped_impls(device)
+    for impl, why in skip.items():
+        print(f"skipping {impl}: {why}", flush=True)
+    rows = []
+    for B, T, D, dname in grid:
+        for op in args.ops:
+            row = run_cell(op, B, T, D, dname, device, budget, skip)
+            best = row.get("fastest_backend")
+            if best:
+                key = {"torch": "eager"}.get(best, best)
+                row["best_GBps"] = row.get(f"{key}_GBps")
+                row["best_TFLOPs"] = row.get(f"{key}_TFLOPs")
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                           if not k.endswith("GBps") and not k.endswith("TFLOPs")), flush=True)
+    notes = [
+        "Median ms per call of interleaved rounds; `x` = speedup over eager; GB/s counts the minimum bytes "
+        "(inputs read once, outputs written once); TFLOP/s counts the GEMM only.",
+        "eager = the op's torch reference chain; compile = torch.compile of that chain (inductor); "
+        "triton/native = the public op on that backend.",
+    ] + [f"{impl} skipped: {why}" for impl, why in skip.items()]
+    stem = report.write_results("ops", rows, columns(), meta={"grid": grid, "budget_s": budget}, device=device,
+                                notes=notes, out_dir=args.out, title="Op benchmarks")
+    print("wrote", stem + ".{json,md}")
+    if args.write_auto:
+        write_auto_table(rows, device, source=os.path.relpath(stem + ".json", os.path.dirname(os.path.dirname(report.RESULTS_DIR))))
+        print("updated the auto table")
+
+
+# ---- pytest-benchmark entry points (python -m pytest bench/bench_ops.py --benchmark-only) ----------
+try:
+    import pytest
+
+    _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @pytest.mark.parametrize("impl", IMPLS)
+    @pytest.mark.parametrize("op", OPS)
+    @pytest.mark.parametrize("cell", default_grid(_DEVICE), ids=lambda c: "B{}-T{}-D{}-{}".format(*c))
+    def test_bench_op(benchmark, cell, op, impl):
+        skip = skipped_impls(_DEVICE)
+        if impl in skip:
+            pytest.skip(skip[impl])
+        B, T, D, dname = cell
+        t = make_inputs(B, T, D, DTYPES[dname], _DEVICE)
+        fn = implementations(op, t, _DEVICE, skip)[impl]
+        nbytes, flops = traffic(op, B, T, D, DTYPES[dname].itemsize)
+        sync = torch.cuda.synchronize if _DEVICE.type == "cuda" else (lambda: None)
+
+        def timed():
+            fn()
+            sync()
+
+        with torch.no_grad():
+            timed()
+            benchmark(timed)
+        s = benchmark.stats.stats.median
+        benchmark.extra_info.update(GBps=nbytes / s / 1e9, TFLOPs=flops / s / 1e12 if flops else None,
+                                    device=report.device_tag(_DEVICE))
+except ImportError:  # pragma: no cover
+    pass
+
+
+if __name__ == "__main__":
+    main()
