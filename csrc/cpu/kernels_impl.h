@@ -44,16 +44,24 @@ inline T from_f(float v) {
   return static_cast<T>(v);
 }
 
+// kW elements at a time; 16-bit types convert in registers (never a partial load/store).
 inline Vf load_f(const float* p) { return Vf::loadu(p); }
-template <typename T>
-inline Vf load_f(const T* p) {
-  auto pair = at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p, kW));
-  return std::get<0>(pair);
+inline Vf load_f(const c10::BFloat16* p) {
+  Vf out;
+  at::vec::load_fp32_from_bf16(p, out);
+  return out;
+}
+inline Vf load_f(const c10::Half* p) {
+  Vf out;
+  at::vec::load_fp32_from_fp16(p, out);
+  return out;
 }
 inline void store_f(float* p, const Vf& v) { v.store(p); }
 template <typename T>
 inline void store_f(T* p, const Vf& v) {
-  at::vec::convert_from_float<T>(v, v).store(p, kW);
+  alignas(64) T buf[2 * kW];
+  at::vec::convert_from_float<T>(v, v).store(buf);
+  std::memcpy(p, buf, kW * sizeof(T));
 }
 
 inline float hsum(const Vf& v) {
