@@ -64,6 +64,8 @@ def build_model(args):
 def run(args) -> int:
     if not args.out.endswith((".png", ".npz")):
         raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
+    if args.out.endswith(".png") and not args.vae and args.random_init:
+        raise ValueError("random-init models make 4-channel latents: pass --vae DIR for images, or use --out x.npz")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(args)
     if args.out.endswith(".png") and not args.vae and model.in_channels not in (1, 3):
