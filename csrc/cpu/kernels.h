@@ -38,11 +38,13 @@ struct KernelTable {
   // out = LayerNorm(x) * (1 + scale) + shift
   void (*adaln)(Storage st, Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, int64_t hidden,
                 float eps, int64_t r0, int64_t r1);
-  // out = x + gate * y; y is stored as y_st (st, or f32 when y is an fp32 GEMM accumulator); out may alias y.
-  void (*gated)(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, Rows out, int64_t tokens, int64_t hidden,
-                int64_t r0, int64_t r1);
-  // out = gelu_tanh(acc); acc stored as acc_st (f32 or st); out may alias acc.
-  void (*gelu)(Storage st, Storage acc_st, Rows acc, Rows out, int64_t width, int64_t r0, int64_t r1);
+  // out = x + gate * (y + bias); y (and bias, may be null) stored as y_st (st, or f32 when y is an fp32
+  // GEMM accumulator); out may alias y. The GEMMs run without bias: adding it here saves addmm's pass
+  // that broadcasts the bias into the output before the GEMM.
+  void (*gated)(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, const void* bias, Rows out, int64_t tokens,
+                int64_t hidden, int64_t r0, int64_t r1);
+  // out = gelu_tanh(acc + bias); acc (and bias, may be null) stored as acc_st (f32 or st); out may alias acc.
+  void (*gelu)(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1);
   // mean and rstd of each row of [x | skip] (2 * hidden values)
   void (*pair_stats)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,
                      int64_t r1);

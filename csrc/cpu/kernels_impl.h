@@ -133,27 +133,44 @@ void adaln_t(Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, i
   }
 }
 
-template <typename T, typename Y>
-void gated_t(Rows x, BatchVec gate, Rows y, Rows out, int64_t tokens, int64_t hidden, int64_t r0, int64_t r1) {
+template <typename T, typename Y, bool BIAS>
+void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias, Rows out, int64_t tokens, int64_t hidden, int64_t r0,
+             int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x.row<const T>(r);
     const Y* yr = y.row<const Y>(r);
     T* o = out.row<T>(r);
     const T* g = static_cast<const T*>(gate.data) + (r / tokens) * gate.stride;
     int64_t i = 0;
-    for (; i + kW <= hidden; i += kW) store_f(o + i, gate_residual(load_f(xr + i), load_f(g + i), load_f(yr + i)));
-    for (; i < hidden; ++i) o[i] = from_f<T>(gate_residual(to_f(xr[i]), to_f(g[i]), to_f(yr[i])));
+    for (; i + kW <= hidden; i += kW) {
+      Vf yv = load_f(yr + i);
+      if constexpr (BIAS) yv = yv + load_f(bias + i);
+      store_f(o + i, gate_residual(load_f(xr + i), load_f(g + i), yv));
+    }
+    for (; i < hidden; ++i) {
+      float yv = to_f(yr[i]);
+      if constexpr (BIAS) yv += to_f(bias[i]);
+      o[i] = from_f<T>(gate_residual(to_f(xr[i]), to_f(g[i]), yv));
+    }
   }
 }
 
-template <typename T, typename A>
-void gelu_t(Rows acc, Rows out, int64_t width, int64_t r0, int64_t r1) {
+template <typename T, typename A, bool BIAS>
+void gelu_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const A* a = acc.row<const A>(r);
     T* o = out.row<T>(r);
     int64_t i = 0;
-    for (; i + kW <= width; i += kW) store_f(o + i, gelu_tanh(load_f(a + i)));
-    for (; i < width; ++i) o[i] = from_f<T>(gelu_tanh(to_f(a[i])));
+    for (; i + kW <= width; i += kW) {
+      Vf v = load_f(a + i);
+      if constexpr (BIAS) v = v + load_f(bias + i);
+      store_f(o + i, gelu_tanh(v));
+    }
+    for (; i < width; ++i) {
+      float v = to_f(a[i]);
+      if constexpr (BIAS) v += to_f(bias[i]);
+      o[i] = from_f<T>(gelu_tanh(v));
+    }
   }
 }
 
@@ -222,20 +239,41 @@ void adaln(Storage st, Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t
   SKIPDIT_DISPATCH_STORAGE(st, T, adaln_t<T>(x, shift, scale, out, tokens, hidden, eps, r0, r1))
 }
 
-void gated(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, Rows out, int64_t tokens, int64_t hidden,
-           int64_t r0, int64_t r1) {
-  if (y_st == Storage::f32) {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gated_t<T, float>(x, gate, y, out, tokens, hidden, r0, r1))
+template <typename T, typename Y>
+void gated_b(Rows x, BatchVec gate, Rows y, const void* bias, Rows out, int64_t tokens, int64_t hidden, int64_t r0,
+             int64_t r1) {
+  const Y* b = static_cast<const Y*>(bias);
+  if (b) {
+    gated_t<T, Y, true>(x, gate, y, b, out, tokens, hidden, r0, r1);
   } else {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gated_t<T, T>(x, gate, y, out, tokens, hidden, r0, r1))
+    gated_t<T, Y, false>(x, gate, y, b, out, tokens, hidden, r0, r1);
   }
 }
 
-void gelu(Storage st, Storage acc_st, Rows acc, Rows out, int64_t width, int64_t r0, int64_t r1) {
-  if (acc_st == Storage::f32) {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_t<T, float>(acc, out, width, r0, r1))
+void gated(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, const void* bias, Rows out, int64_t tokens,
+           int64_t hidden, int64_t r0, int64_t r1) {
+  if (y_st == Storage::f32) {
+    SKIPDIT_DISPATCH_STORAGE(st, T, gated_b<T, float>(x, gate, y, bias, out, tokens, hidden, r0, r1))
   } else {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_t<T, T>(acc, out, width, r0, r1))
+    SKIPDIT_DISPATCH_STORAGE(st, T, gated_b<T, T>(x, gate, y, bias, out, tokens, hidden, r0, r1))
+  }
+}
+
+template <typename T, typename A>
+void gelu_b(Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
+  const A* b = static_cast<const A*>(bias);
+  if (b) {
+    gelu_t<T, A, true>(acc, b, out, width, r0, r1);
+  } else {
+    gelu_t<T, A, false>(acc, b, out, width, r0, r1);
+  }
+}
+
+void gelu(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
+  if (acc_st == Storage::f32) {
+    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_b<T, float>(acc, bias, out, width, r0, r1))
+  } else {
+    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_b<T, T>(acc, bias, out, width, r0, r1))
   }
 }
 

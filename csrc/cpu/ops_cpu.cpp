@@ -134,12 +134,11 @@ void gemm_rows(int64_t M, int64_t width, at::ScalarType compute, const Tensor& d
 
 Tensor as_compute(const Tensor& a, at::ScalarType compute) { return a.scalar_type() == compute ? a : a.to(compute); }
 
-void linear_into(Tensor& acc, const Tensor& a, const Tensor& wt, const std::optional<Tensor>& bias) {
-  if (bias.has_value() && bias->defined()) {
-    at::addmm_out(acc, *bias, a, wt);
-  } else {
-    at::mm_out(acc, a, wt);
-  }
+// Bias pointer for an epilogue (the GEMMs run without bias; the epilogue adds it in its pass).
+const void* bias_ptr(const std::optional<Tensor>& bias, Tensor& keep) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  keep = bias->contiguous();
+  return keep.data_ptr();
 }
 
 }  // namespace
@@ -169,7 +168,7 @@ Tensor gated_residual(const Tensor& x_in, const Tensor& gate_in, const Tensor& y
   const auto& k = table();
   const Storage st = storage_of(x);
   at::parallel_for(0, B * N, grain_for(D), [&](int64_t r0, int64_t r1) {
-    k.gated(st, rows3(x), bvec(gate), st, rows3(y), rows3(out), N, D, r0, r1);
+    k.gated(st, rows3(x), bvec(gate), st, rows3(y), nullptr, rows3(out), N, D, r0, r1);
   });
   return out;
 }
@@ -188,10 +187,12 @@ Tensor linear_gelu(const Tensor& h_in, const Tensor& weight, const std::optional
   const auto& k = table();
   const Storage st = storage_of(h_in), acc_st = storage_of(weight);
   const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
+  Tensor bias_keep;
+  const void* b = bias_ptr(bias, bias_keep);
   gemm_rows(
       M, Nout, compute, direct, h_in.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) { linear_into(acc, as_compute(h.narrow(0, r0, n), compute), wt, bias); },
-      [&](int64_t r0, int64_t r1, Rows acc) { k.gelu(st, acc_st, acc, rows2(out, 0), Nout, r0, r1); });
+      [&](Tensor& acc, int64_t r0, int64_t n) { at::mm_out(acc, as_compute(h.narrow(0, r0, n), compute), wt); },
+      [&](int64_t r0, int64_t r1, Rows acc) { k.gelu(st, acc_st, acc, b, rows2(out, 0), Nout, r0, r1); });
   return out.view(out_sizes);
 }
 
@@ -209,11 +210,13 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   Tensor out2 = out.view({B * N, D});
   const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
+  Tensor bias_keep;
+  const void* b = bias_ptr(bias, bias_keep);
   gemm_rows(
       B * N, D, compute, direct, x.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) { linear_into(acc, as_compute(h.narrow(0, r0, n), compute), wt, bias); },
+      [&](Tensor& acc, int64_t r0, int64_t n) { at::mm_out(acc, as_compute(h.narrow(0, r0, n), compute), wt); },
       [&](int64_t r0, int64_t r1, Rows acc) {
-        k.gated(st, rows3(x), bvec(gate), acc_st, acc, rows3(out), N, D, r0, r1);
+        k.gated(st, rows3(x), bvec(gate), acc_st, acc, b, rows3(out), N, D, r0, r1);
       });
   return out;
 }
