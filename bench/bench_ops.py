@@ -205,6 +205,7 @@ def main(argv=None):
     grid = [(int(b), int(t), int(d), dt) for b, t, d, dt in (c.split(",") for c in args.cells)] if args.cells else default_grid(device)
     budget = args.budget or (1.0 if device.type == "cpu" else 0.5)
     skip = skipped_impls(device)
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     for impl, why in skip.items():
         print(f"skipping {impl}: {why}", flush=True)
     rows = []
@@ -225,7 +226,7 @@ def main(argv=None):
         "eager = the op's torch reference chain; compile = torch.compile of that chain (inductor); "
         "triton/native = the public op on that backend.",
     ] + [f"{impl} skipped: {why}" for impl, why in skip.items()]
-    stem = report.write_results("ops", rows, columns(), meta={"grid": grid, "budget_s": budget}, device=device,
+    stem = report.write_results("ops", rows, columns(), meta={"grid": grid, "budget_s": budget, "loadavg_1m_start": load_start}, device=device,
                                 notes=notes, out_dir=args.out, title="Op benchmarks")
     print("wrote", stem + ".{json,md}")
     if args.write_auto:

@@ -54,6 +54,9 @@ def device_info(device: str | torch.device = "cpu") -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if hasattr(os, "getloadavg"):  # a shared machine's numbers mean little without this
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        info["cpu_count"] = os.cpu_count()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
@@ -139,8 +142,9 @@ def write_results(name: str, rows: Sequence[dict], columns: Sequence[tuple[str, 
     stem = os.path.join(out_dir, f"{name}-{device_tag(device)}")
     with open(stem + ".json", "w") as f:
         json.dump({"device": info, "meta": meta or {}, "notes": list(notes), "rows": list(rows)}, f, indent=2)
+    load = f", load average {info['loadavg_1m']} on {info['cpu_count']} CPUs when written" if "loadavg_1m" in info else ""
     md = [f"# {title or name} on {info['name']}", "",
-          f"torch {info['torch']}, {info['threads']} threads, {info['date']}.", ""]
+          f"torch {info['torch']}, {info['threads']} threads, {info['date']}{load}.", ""]
     md += [f"- {n}" for n in notes]
     md += ["", markdown_table(rows, columns)]
     with open(stem + ".md", "w") as f:
