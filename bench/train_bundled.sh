@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The exact commands that trained the bundled models in skipdit_kernels/assets/ (CPU, fixed seeds).
+# Run from the repository root; logs go to bench/results/training/. The two DiTs were trained at the
+# same time, one thread each, on a 2-core machine shared with other jobs.
+# Reruns resume from bench/results/training/<name>/train_state.pt if present (pass --no-resume to restart).
+set -euo pipefail
+OUT=bench/results/training
+mkdir -p "$OUT"
+
+# 1. the digit classifier (Frechet-distance features); first, because the DiT runs evaluate with it
+skipdit train --model classifier --epochs 30 --seed 0 --threads 1 --out "$OUT/classifier" \
+  --export skipdit_kernels/assets/classifier.safetensors 2>&1 | tee "$OUT/classifier.log"
+
+# 2. SkipDiT and DiT of identical size and recipe (FD of 100 EMA samples every 250 steps)
+COMMON="--input-size 16 --patch-size 4 --hidden-size 96 --depth 8 --num-heads 4 --class-dropout 0.1
+  --steps 3000 --batch-size 64 --lr 1e-3 --grad-clip 1.0 --ema-decay 0.999 --seed 0 --threads 1
+  --save-every 250 --log-every 50 --eval-every 250 --eval-samples 100 --eval-steps 20 --no-progress"
+for MODEL in skipdit dit; do
+  skipdit train --model $MODEL $COMMON --out "$OUT/$MODEL" \
+    --export skipdit_kernels/assets/$MODEL.safetensors > "$OUT/$MODEL.log" 2>&1 &
+done
+wait

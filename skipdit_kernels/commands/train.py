@@ -1,0 +1,154 @@
+"""``skipdit train``: train a DiT / SkipDiT (any preset or custom size) or the digit classifier."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+
+def configure(parser) -> None:
+    parser.add_argument("--model", choices=["skipdit", "dit", "classifier"], default="skipdit")
+    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override)")
+    parser.add_argument("--input-size", type=int, default=None, help="image side (pixel-space models; default 16)")
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--in-channels", type=int, default=None, help="default 1 (digits)")
+    parser.add_argument("--hidden-size", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=None)
+    parser.add_argument("--num-heads", type=int, default=None)
+    parser.add_argument("--num-classes", type=int, default=None, help="default: from the data")
+    parser.add_argument("--class-dropout", type=float, default=0.1, help="label dropout for classifier-free guidance")
+    parser.add_argument("--no-learn-sigma", action="store_true")
+    parser.add_argument("--data", default="digits", help="'digits' (bundled), an image folder root/<class>/<img>, "
+                        "or a .pt / .safetensors file holding 'images' (N,C,H,W in [-1,1]) and 'labels'")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (DiT: 1e-4)")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (DiT: 0.9999, for long runs)")
+    parser.add_argument("--no-ema-warmup", action="store_true", help="plain EMA from step 0")
+    parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=30, help="classifier only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="run folder: model.safetensors, train_state.pt, log.jsonl")
+    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=0, help="Frechet distance of EMA samples every N steps "
+                        "(digits data; uses the bundled classifier or --classifier)")
+    parser.add_argument("--eval-samples", type=int, default=100)
+    parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation samples")
+    parser.add_argument("--classifier", default=None, help="classifier .safetensors for --eval-every")
+    parser.add_argument("--export", default=None, help="also write the final EMA weights here in fp16 (.safetensors)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a train_state.pt")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _load_data(spec: str):
+    if spec == "digits" or os.path.isdir(spec):
+        return spec
+    if spec.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        blob = load_file(spec)
+    else:
+        blob = torch.load(spec, map_location="cpu", weights_only=True)
+    return blob["images"], blob["labels"]
+
+
+def _classifier_eval(args):
+    """eval_fn: Frechet distance (classifier features) of EMA samples vs all digits, and their accuracy."""
+    from skipdit_kernels import embedded
+    from skipdit_kernels.data import load_digits_tensors
+    from skipdit_kernels.metrics import classifier_accuracy, classifier_features, frechet_distance
+    from skipdit_kernels.sampling import sample
+
+    if args.classifier:
+        from safetensors.torch import load_file
+
+        from skipdit_kernels.metrics import DigitClassifier
+
+        clf = DigitClassifier()
+        clf.load_state_dict({k: v.float() for k, v in load_file(args.classifier).items()})
+        clf.eval()
+    else:
+        clf = embedded.load_bundled("classifier")
+    real_x, _ = load_digits_tensors()
+    real = classifier_features(clf, real_x)
+    labels = torch.arange(args.eval_samples) % 10
+
+    def eval_fn(ema, step):
+        started = time.perf_counter()
+        x = sample(ema, labels, steps=args.eval_steps, method="ddim", cfg_scale=1.0, seed=1234, progress=False)
+        x = x.clamp(-1, 1)
+        return dict(fd=frechet_distance(classifier_features(clf, x), real), accuracy=classifier_accuracy(clf, x, labels),
+                    eval_seconds=round(time.perf_counter() - started, 2))
+
+    return eval_fn
+
+
+def _run_classifier(args) -> int:
+    from skipdit_kernels.data import digits_split
+    from skipdit_kernels.embedded import save_half
+    from skipdit_kernels.metrics import DigitClassifier
+    from skipdit_kernels.train import train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train_data, test_data = digits_split(seed=args.seed)
+    model = DigitClassifier()
+    started = time.perf_counter()
+    info = train_classifier(model, train_data, test_data, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "model.safetensors"),
+              metadata={"skipdit_config": json.dumps(model.config)})
+    with open(os.path.join(args.out, "log.jsonl"), "w") as f:
+        for row in info["history"]:
+            f.write(json.dumps(row) + "\n")
+    if args.export:
+        save_half(model, args.export, {"test_accuracy": str(info["test_accuracy"])})
+    print(f"classifier: held-out accuracy {info['test_accuracy']:.4f} ({len(test_data[0])} images), "
+          f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def run(args) -> int:
+    if args.model == "classifier":
+        return _run_classifier(args)
+    from skipdit_kernels.data import as_tensors
+    from skipdit_kernels.train import build_model, train
+
+    data = _load_data(args.data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, y = as_tensors(data, size=args.input_size or 16, channels=args.in_channels or 1)
+    config = dict(input_size=args.input_size or x.shape[-1], in_channels=args.in_channels or x.shape[1],
+                  num_classes=args.num_classes or int(y.max()) + 1, class_dropout_prob=args.class_dropout,
+                  learn_sigma=not args.no_learn_sigma)
+    for key in ("patch_size", "hidden_size", "depth", "num_heads"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, args.preset, **config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{type(model).__name__} {json.dumps(model.config)}: {n_params / 1e6:.2f} M parameters, "
+          f"{len(x)} training images", flush=True)
+    eval_fn = _classifier_eval(args) if args.eval_every else None
+    result = train(
+        model, (x, y), steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, grad_clip=args.grad_clip, seed=args.seed,
+        out_dir=args.out, save_every=args.save_every, log_every=args.log_every, resume=not args.no_resume,
+        eval_fn=eval_fn, eval_every=args.eval_every, progress=not args.no_progress, threads=args.threads,
+    )  # fmt: skip
+    if args.export:
+        from skipdit_kernels.embedded import save_half
+
+        save_half(result.ema, args.export, {"step": str(result.step)})
+    last = result.log[-1] if result.log else {}
+    print(f"done: step {result.step}, {result.seconds:.0f} s this run, last logged loss "
+          f"{last.get('loss', float('nan')):.4f}" + (f", FD {last['fd']:.2f}" if "fd" in last else ""), flush=True)
+    return 0

@@ -1,0 +1,104 @@
+"""Training data that ships offline: scikit-learn's bundled handwritten digits, tensor datasets,
+image folders.
+
+``load_digits`` (UCI optical digits, 1797 images, 8x8, 16 grey levels 0..16, 10 classes) comes inside
+scikit-learn, so no download is needed. We upscale it bilinearly to 16x16: nearest-neighbour would
+make every 2x2 patch of a patch-size-2 DiT one constant original pixel (the model would be an 8x8
+model in disguise and sub-patch detail would not exist), while bilinear gives smooth strokes with
+real structure inside each patch, closer to what a diffusion model of images has to learn.
+Pixels are scaled to [-1, 1] (DiT's convention), one channel.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIGITS_SIZE = 16
+
+
+def load_digits_tensors(size: int = DIGITS_SIZE, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 digits as ``(images (N,1,size,size) float32 in [-1,1], labels (N,) int64)``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8) in [0,1]
+    if size != 8:
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        x = F.interpolate(x, size=(size, size), mode=mode, **kwargs).clamp(0.0, 1.0)
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    return x * 2.0 - 1.0, y
+
+
+def digits_split(size: int = DIGITS_SIZE, test_fraction: float = 0.2, seed: int = 0):
+    """A stratified train / held-out split: ``(x_train, y_train), (x_test, y_test)``."""
+    x, y = load_digits_tensors(size)
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(int(y.max()) + 1):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        k = int(round(idx.numel() * test_fraction))
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+    return (x[tr], y[tr]), (x[te], y[te])
+
+
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """An ImageFolder-style tree (``root/<class>/<image>``): images resized (centre crop to square,
+    bicubic) to ``size``, in [-1, 1]; labels by sorted class-folder name. Needs Pillow."""
+    from PIL import Image
+
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        for file in sorted(os.listdir(folder)):
+            if not file.lower().endswith(_IMAGE_EXTS):
+                continue
+            with Image.open(os.path.join(folder, file)) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                w, h = im.size
+                s = min(w, h)
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                im = im.resize((size, size), Image.BICUBIC)
+                arr = np.asarray(im, dtype=np.float32) / 255.0
+            arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+            images.append(torch.from_numpy(np.ascontiguousarray(arr)))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"no images under {root}")
+    return torch.stack(images) * 2.0 - 1.0, torch.tensor(labels, dtype=torch.long), classes
+
+
+def as_tensors(data, size: int | None = None, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resolve a dataset spec: "digits", an image-folder path, an ``(images, labels)`` pair of
+    tensors, or a ``torch.utils.data.TensorDataset``."""
+    if isinstance(data, str) and data == "digits":
+        return load_digits_tensors(size or DIGITS_SIZE)
+    if isinstance(data, (str, os.PathLike)):
+        if size is None:
+            raise ValueError("an image folder needs an image size")
+        x, y, _ = load_image_folder(data, size, channels)
+        return x, y
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = data.tensors
+    if isinstance(data, Sequence) and len(data) == 2:
+        x, y = data
+        x, y = torch.as_tensor(x).float(), torch.as_tensor(y).long()
+        if x.ndim != 4 or y.shape != (x.shape[0],):
+            raise ValueError(f"expected images (N,C,H,W) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        return x, y
+    raise ValueError(f"unsupported dataset {type(data).__name__}: use 'digits', a folder, or (images, labels)")

@@ -1,0 +1,112 @@
+"""Fidelity and quality metrics for images in [-1, 1]: PSNR, SSIM, Frechet distance, classifier
+accuracy; and the small digit classifier whose penultimate features the Frechet distance uses.
+
+- ``psnr(a, b)``: 10 log10(range^2 / MSE) over each pair, averaged; ``inf`` for identical images
+  (the mean is ``inf`` if any pair is identical, so ``psnr(..., reduction="none")`` gives per-image).
+- ``ssim(a, b)``: Wang et al. 2004 with a 7x7 Gaussian window (sigma 1.5; small because the images
+  are 16x16), valid convolution, K1 = 0.01, K2 = 0.03, per channel, averaged.
+- ``frechet_distance(f1, f2)``: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two feature sets
+  (as FID, here in the digit classifier's 64-d feature space, so the numbers are not FIDs).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, reduction: str = "mean"):
+    """PSNR in dB of each image pair (N, ...); mean over pairs, or per pair with reduction="none"."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    a = a.detach().double().reshape(a.shape[0], -1)
+    b = b.detach().double().reshape(b.shape[0], -1)
+    mse = ((a - b) ** 2).mean(1)
+    with np.errstate(divide="ignore"):
+        values = torch.where(mse == 0, torch.full_like(mse, math.inf), 10.0 * torch.log10(data_range**2 / mse))
+    if reduction == "none":
+        return values
+    return float(values.mean())
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 7, sigma: float = 1.5,
+         reduction: str = "mean"):
+    """Mean SSIM of image pairs (N, C, H, W); 1 for identical images."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n, c, h, w = a.shape
+    window = min(window, h, w)
+    k = _gaussian_window(window, sigma).to(a.device)[None, None].repeat(c, 1, 1, 1)
+    a, b = a.detach().double(), b.detach().double()
+    conv = lambda x: F.conv2d(x, k, groups=c)  # noqa: E731
+    mu_a, mu_b = conv(a), conv(b)
+    var_a = conv(a * a) - mu_a**2
+    var_b = conv(b * b) - mu_b**2
+    cov = conv(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    smap = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    values = smap.reshape(n, -1).mean(1)
+    return values if reduction == "none" else float(values.mean())
+
+
+def _sqrtm_psd_product_trace(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr((S1 S2)^(1/2)) for symmetric PSD S1, S2: the eigenvalues of S1^(1/2) S2 S1^(1/2)."""
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root @ s2 @ root
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def frechet_distance(f1, f2) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N1, D), (N2, D)."""
+    f1 = np.asarray(f1.detach().cpu() if torch.is_tensor(f1) else f1, dtype=np.float64)
+    f2 = np.asarray(f2.detach().cpu() if torch.is_tensor(f2) else f2, dtype=np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
+        raise ValueError(f"need two (N>=2, D) feature sets of one D, got {f1.shape} and {f2.shape}")
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    value = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * _sqrtm_psd_product_trace(s1, s2))
+    return max(value, 0.0)
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 16x16 one-channel digits in [-1, 1]; ``features`` are its 64-d penultimate layer."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, feature_dim: int = 64, image_size: int = 16):
+        super().__init__()
+        self.config = dict(num_classes=num_classes, width=width, feature_dim=feature_dim, image_size=image_size)
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width * (image_size // 4) ** 2, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels) -> float:
+    """Fraction of ``images`` the classifier assigns to ``labels``."""
+    labels = torch.as_tensor(labels, device=images.device)
+    return float((classifier(images.float()).argmax(1) == labels).float().mean())
+
+
+@torch.no_grad()
+def classifier_features(classifier: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return torch.cat([classifier.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
