@@ -157,7 +157,7 @@ def columns() -> list[tuple[str, str]]:
     return cols
 
 
-def write_auto_table(rows, device: torch.device, source: str, path=None, margin=1.03) -> dict:
+def write_auto_table(rows, device: torch.device, source: str, path=None, margin=1.1) -> dict:
     """Record, per (device kind, op, dtype), the fastest backend: one beating torch eager by more
     than ``margin`` (never triton on a CPU); torch otherwise. Other device kinds' entries are kept."""
     from skipdit_kernels.ops import _backend
@@ -199,6 +199,8 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=None, help="seconds of timing per cell")
     p.add_argument("--out", default=report.RESULTS_DIR)
     p.add_argument("--write-auto", action="store_true", help="update skipdit_kernels/ops/auto_backends.json")
+    p.add_argument("--auto-margin", type=float, default=1.1,
+                   help="a backend enters the auto table only when this much faster than torch eager")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -230,7 +232,7 @@ def main(argv=None):
                                 notes=notes, out_dir=args.out, title="Op benchmarks")
     print("wrote", stem + ".{json,md}")
     if args.write_auto:
-        write_auto_table(rows, device, source=os.path.relpath(stem + ".json", os.path.dirname(os.path.dirname(report.RESULTS_DIR))))
+        write_auto_table(rows, device, margin=args.auto_margin, source=os.path.relpath(stem + ".json", os.path.dirname(os.path.dirname(report.RESULTS_DIR))))
         print("updated the auto table")
 
 

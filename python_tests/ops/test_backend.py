@@ -117,3 +117,20 @@ def test_shipped_auto_table_is_valid():
         assert dtype == "*" or isinstance(getattr(torch, dtype, None), torch.dtype), key
         assert not (kind == "cpu" and name == "triton"), key
         assert op in _backend._kernels or op == "attention", key
+
+
+def test_auto_avoids_backends_without_backward_when_grad_is_needed(auto_table, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(_backend._usable, "native", True)
+    monkeypatch.setattr(_backend, "_autograd", {"torch"})
+    auto_table({"cpu/linear_gelu/float32": "native"})
+    assert ops.auto_backend("linear_gelu", cpu, torch.float32, grad=False) == "native"
+    assert ops.auto_backend("linear_gelu", cpu, torch.float32, grad=True) == "torch"
+    w = torch.randn(4, 3, requires_grad=True)
+    with ops.use_backend("auto"):
+        out = ops.linear_gelu(torch.randn(2, 3), w, None)  # the reference: differentiable
+    out.sum().backward()
+    assert w.grad is not None
+    assert _backend.needs_grad(w) and not _backend.needs_grad(w.detach(), None)
+    with torch.no_grad():
+        assert not _backend.needs_grad(w)

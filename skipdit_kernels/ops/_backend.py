@@ -32,6 +32,7 @@ _kernels: dict[str, dict[str, Callable]] = {}
 _availability_probes: dict[str, Callable[[], tuple[bool, str]]] = {}
 _loaders: dict[str, Callable[[], None]] = {}
 _loaded: set[str] = set()
+_autograd: set[str] = {"torch"}  # backends whose kernels have a backward
 _usable: dict[str, bool] = {}  # probe results cached for ``auto`` (probes are not free per op call)
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("skipdit_backend", default=None)
 
@@ -58,6 +59,16 @@ def register_loader(backend: str, loader: Callable[[], None]) -> None:
     """``loader()`` imports and registers ``backend``'s kernels; run once, when first selected."""
     _loaders[backend] = loader
     _loaded.discard(backend)
+
+
+def declare_autograd(backend: str, supported: bool = True) -> None:
+    """``backend``'s kernels have a backward; ``auto`` avoids backends without one when an input
+    requires grad (a training step keeps working under the default backend)."""
+    (_autograd.add if supported else _autograd.discard)(backend)
+
+
+def needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def ensure_loaded(backend: str) -> None:
@@ -154,24 +165,28 @@ def _backend_usable(name: str) -> bool:
     return hit
 
 
-def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """The backend ``auto`` picks for ``op`` on ``device`` (and ``dtype``): the table, else torch."""
+def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None, grad: bool = False) -> str:
+    """The backend ``auto`` picks for ``op`` on ``device`` (and ``dtype``): the table, else torch.
+    With ``grad`` (an input requires grad) only backends with a backward qualify."""
     kind = torch.device(device).type
     name = _auto_table.get(f"{kind}/{op}/{_dtype_name(dtype)}") or _auto_table.get(f"{kind}/{op}/*")
     if name is None or name == "torch":
         return "torch"
     if name == "triton" and kind != "cuda":
         return "torch"
+    if grad and name not in _autograd:
+        return "torch"
     if not _backend_usable(name):
         return "torch"
     return name
 
 
-def kernel_for(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:
-    """The registered kernel of ``op`` for the current backend, or None for the reference."""
+def kernel_for(op: str, device: torch.device, dtype: torch.dtype | None = None, grad: bool = False) -> Callable | None:
+    """The registered kernel of ``op`` for the current backend, or None for the reference.
+    ``grad``: some input requires grad (``needs_grad``); only matters to ``auto``."""
     name = current_backend()
     if name == "auto":
-        name = auto_backend(op, device, dtype)
+        name = auto_backend(op, device, dtype, grad)
     if name == "torch":
         return None
     if name not in _loaded:

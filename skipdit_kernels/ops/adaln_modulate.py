@@ -30,7 +30,7 @@ def check_adaln_args(op: str, x, shift, scale) -> None:
 
 def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     check_adaln_args(OP, x, shift, scale)
-    kernel = _backend.kernel_for(OP, x.device, x.dtype)
+    kernel = _backend.kernel_for(OP, x.device, x.dtype, _backend.needs_grad(x, shift, scale))
     if kernel is None:
         return adaln_modulate_reference(x, shift, scale, eps)
     return kernel(x, shift, scale, eps)

@@ -31,7 +31,7 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     check_shape(op, "y", y, (batch, tokens, hidden))
     check_same_device(op, x=x, gate=gate, y=y)
     check_same_dtype(op, x=x, gate=gate, y=y)
-    kernel = _backend.kernel_for(op, x.device, x.dtype)
+    kernel = _backend.kernel_for(op, x.device, x.dtype, _backend.needs_grad(x, gate, y))
     if kernel is None:
         return gated_residual_reference(x, gate, y)
     return kernel(x, gate, y)
@@ -55,7 +55,7 @@ def linear_gated_residual(
     check_shape(op, "gate", gate, (batch, hidden))
     check_same_device(op, **tensors)
     check_same_dtype(op, **tensors)
-    kernel = _backend.kernel_for(op, x.device, x.dtype)
+    kernel = _backend.kernel_for(op, x.device, x.dtype, _backend.needs_grad(x, h, weight, bias, gate))
     if kernel is None:
         return linear_gated_residual_reference(x, h, weight, bias, gate)
     return kernel(x, h, weight, bias, gate)

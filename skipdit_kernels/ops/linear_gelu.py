@@ -27,7 +27,7 @@ def linear_gelu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         check_shape(OP, "bias", bias, (weight.shape[0],))
     check_same_device(OP, **tensors)
     check_same_dtype(OP, **tensors)
-    kernel = _backend.kernel_for(OP, h.device, h.dtype)
+    kernel = _backend.kernel_for(OP, h.device, h.dtype, _backend.needs_grad(h, weight, bias))
     if kernel is None:
         return linear_gelu_reference(h, weight, bias)
     return kernel(h, weight, bias)

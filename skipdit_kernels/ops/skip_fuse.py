@@ -46,7 +46,7 @@ def check_skip_fuse_args(op: str, x, skip, norm_weight, norm_bias, weight, bias)
 def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps: float = 1e-6) -> torch.Tensor:
     op = "skip_fuse"
     check_skip_fuse_args(op, x, skip, norm_weight, norm_bias, weight, bias)
-    kernel = _backend.kernel_for(op, x.device, x.dtype)
+    kernel = _backend.kernel_for(op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias))
     if kernel is None:
         return skip_fuse_reference(x, skip, norm_weight, norm_bias, weight, bias, eps)
     return kernel(x, skip, norm_weight, norm_bias, weight, bias, eps)
@@ -60,7 +60,9 @@ def skip_fuse_adaln(
     if weight.shape[0] != x.shape[-1]:
         raise ValueError(f"{op}: weight must project back to hidden {x.shape[-1]}, got shape {tuple(weight.shape)}")
     check_adaln_args(op, x, shift, scale)
-    kernel = _backend.kernel_for(op, x.device, x.dtype)
+    kernel = _backend.kernel_for(
+        op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias, shift, scale)
+    )
     if kernel is None:
         return skip_fuse_adaln_reference(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps)
     return kernel(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps)

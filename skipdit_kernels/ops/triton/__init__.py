@@ -49,3 +49,4 @@ def load() -> None:
 
 _backend.register_probe("triton", probe)
 _backend.register_loader("triton", load)
+_backend.declare_autograd("triton")  # every op has register_autograd (vjp of its torch formula)
