@@ -1,0 +1,276 @@
+"""Skip-DiT's claims at toy scale, on the bundled models (16x16 digits): a markdown report with plots.
+
+    python bench/paper_claims.py                    # writes bench/results/paper-claims/{report.md,*.png,results.json}
+    python bench/paper_claims.py --samples 200      # more samples (slower)
+
+1. Training convergence: loss and Frechet distance (digit-classifier features, 100 EMA samples,
+   DDIM-20, no guidance, against all 1797 digits) against step, DiT vs SkipDiT of identical size and
+   recipe, read from the logs of the bundled training runs (bench/results/training/*/log.jsonl).
+2. Caching fidelity at equal speedup: SkipDiT + Skip-Cache vs DiT + the vanilla (FORA-style) cache of
+   the same middle blocks' residual; both run the same 2*shallow outer blocks on a cached step.
+   PSNR / SSIM against each model's own uncached samples from the same noise, classifier accuracy,
+   Frechet distance to the real digits; measured wall time.
+3. Feature stability: cosine similarity of each block's output between adjacent sampling steps
+   (forward hooks on model.blocks), uncached, DiT vs SkipDiT.
+Numbers are reported as they fall.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import skipdit_kernels as sk  # noqa: E402
+from skipdit_kernels.data import load_digits_tensors  # noqa: E402
+from skipdit_kernels.embedded import load_bundled  # noqa: E402
+from skipdit_kernels.images import save_grid  # noqa: E402
+from skipdit_kernels.metrics import classifier_accuracy, classifier_features, frechet_distance, psnr, ssim  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAINING = os.path.join(HERE, "results", "training")
+OUT = os.path.join(HERE, "results", "paper-claims")
+NAMES = {"skipdit": "SkipDiT + Skip-Cache", "dit": "DiT + residual cache"}
+
+
+def read_log(name: str) -> list[dict]:
+    path = os.path.join(TRAINING, name, "log.jsonl")
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def load_models(args):
+    if args.models_from:  # run folders (fp32 EMA weights), e.g. while training is still going
+        return {n: sk.load_checkpoint(os.path.join(args.models_from, n, "model.safetensors")).eval() for n in ("skipdit", "dit")}
+    return {n: load_bundled(n) for n in ("skipdit", "dit")}
+
+
+def convergence(report: list[str], results: dict) -> None:
+    logs = {n: read_log(n) for n in ("skipdit", "dit")}
+    if not all(logs.values()):
+        report.append("_No training logs found under bench/results/training/; convergence skipped._\n")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in logs.items():
+        label = {"skipdit": "SkipDiT", "dit": "DiT"}[name]
+        axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+        ev = [r for r in rows if "fd" in r]
+        axes[1].plot([r["step"] for r in ev], [r["fd"] for r in ev], marker="o", label=label)
+    axes[0].set(xlabel="step", ylabel="training loss (mse + vb, mean of 50 steps)", yscale="log", title="loss")
+    axes[1].set(xlabel="step", ylabel="Frechet distance (classifier features)", yscale="log", title="FD of 100 EMA samples")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "convergence.png"), dpi=110)
+    plt.close(fig)
+    evals = {n: {r["step"]: r for r in rows if "fd" in r} for n, rows in logs.items()}
+    steps = sorted(set(evals["skipdit"]) & set(evals["dit"]))
+    report.append("| step | SkipDiT loss | DiT loss | SkipDiT FD | DiT FD | SkipDiT acc | DiT acc |\n|---|---|---|---|---|---|---|")
+    for s in steps:
+        a, b = evals["skipdit"][s], evals["dit"][s]
+        report.append(f"| {s} | {a['loss']:.4f} | {b['loss']:.4f} | {a['fd']:.2f} | {b['fd']:.2f} | "
+                      f"{a['accuracy']:.0%} | {b['accuracy']:.0%} |")
+    report.append("\n(loss: mean of the 50 steps before; FD and accuracy: 100 EMA samples, DDIM-20, no guidance.)\n")
+    report.append("![convergence](convergence.png)\n")
+    results["convergence"] = {n: [evals[n][s] for s in steps] for n in evals}
+    first = {n: next((s for s in steps if evals[n][s]["fd"] < 2 * evals[n][steps[-1]]["fd"]), None) for n in evals}
+    results["convergence_first_step_within_2x_final_fd"] = first
+
+
+def run_sampling(model, labels, args, cache, hooks=None):
+    started, cpu = time.perf_counter(), time.process_time()
+    x, info = sk.sample(model, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, cache=cache, seed=args.seed,
+                        progress=False, return_info=True)
+    info.cpu_seconds = time.process_time() - cpu
+    return x.clamp(-1, 1), time.perf_counter() - started, info
+
+
+def fidelity(models, classifier, real_feats, report, results, args) -> None:
+    labels = torch.arange(10).repeat_interleave(args.samples // 10)
+    rows = []
+    for name, model in models.items():
+        sk.sample(model, labels[:2], steps=2, method="ddim", cfg_scale=args.cfg, progress=False)  # warm-up
+        ref, t_ref, ref_info = run_sampling(model, labels, args, None)
+        save_grid(ref, os.path.join(OUT, f"samples-{name}-full.png"), nrow=args.samples // 10, scale=3)
+        base = dict(model=name, interval=1, seconds=t_ref, speedup=1.0, cpu_seconds=ref_info.cpu_seconds, cpu_speedup=1.0, psnr=float("inf"), ssim=1.0,
+                    accuracy=classifier_accuracy(classifier, ref, labels),
+                    fd=frechet_distance(classifier_features(classifier, ref), real_feats), block_fraction=1.0)
+        rows.append(base)
+        for interval in args.intervals:
+            cache = sk.SkipCache(interval=interval, shallow_blocks=args.shallow)
+            x, t, info = run_sampling(model, labels, args, cache)
+            if interval == 3:
+                save_grid(x, os.path.join(OUT, f"samples-{name}-cache{interval}.png"), nrow=args.samples // 10, scale=3)
+            frac = (info.full_steps * model.depth + info.cached_steps * 2 * args.shallow) / (
+                (info.full_steps + info.cached_steps) * model.depth)
+            rows.append(dict(model=name, interval=interval, seconds=t, speedup=t_ref / t, cpu_seconds=info.cpu_seconds,
+                             cpu_speedup=ref_info.cpu_seconds / info.cpu_seconds, psnr=psnr(x, ref),
+                             ssim=ssim(x, ref), accuracy=classifier_accuracy(classifier, x, labels),
+                             fd=frechet_distance(classifier_features(classifier, x), real_feats), block_fraction=frac))
+            print(f"  {name} interval {interval}: PSNR {rows[-1]['psnr']:.2f} SSIM {rows[-1]['ssim']:.3f}", flush=True)
+    results["fidelity"] = rows
+    report.append("| model | cache interval | blocks run (fraction) | wall s | speedup | CPU s | CPU-time speedup | "
+                  "PSNR dB vs own uncached | SSIM | classifier acc | FD |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        label = NAMES[r["model"]] if r["interval"] > 1 else r["model"].replace("skipdit", "SkipDiT").replace("dit", "DiT") + " uncached"
+        report.append(f"| {label} | {r['interval'] if r['interval'] > 1 else '-'} | {r['block_fraction']:.2f} | "
+                      f"{r['seconds']:.2f} | {r['speedup']:.2f}x | {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}x | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                      f"{r['accuracy']:.0%} | {r['fd']:.2f} |")
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for name in models:
+        rs = [r for r in rows if r["model"] == name and r["interval"] > 1]
+        iv = [r["interval"] for r in rs]
+        label = NAMES[name]
+        axes[0].plot(iv, [r["psnr"] for r in rs], marker="o", label=label)
+        axes[1].plot(iv, [r["ssim"] for r in rs], marker="o", label=label)
+        base = next(r for r in rows if r["model"] == name and r["interval"] == 1)
+        axes[2].plot([1] + iv, [base["accuracy"]] + [r["accuracy"] for r in rs], marker="o", label=label)
+        axes[3].plot([1] + iv, [base["fd"]] + [r["fd"] for r in rs], marker="o", label=label)
+    for ax, title in zip(axes, ["PSNR vs own uncached (dB)", "SSIM vs own uncached", "classifier accuracy", "Frechet distance"]):
+        ax.set(xlabel="cache interval (1 = uncached)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "fidelity.png"), dpi=110)
+    plt.close(fig)
+    report.append("\n![fidelity](fidelity.png)\n")
+
+
+@torch.no_grad()
+def stability(models, report, results, args) -> None:
+    labels = torch.arange(10).repeat_interleave(max(1, args.stability_samples // 10))
+    curves, per_step = {}, {}
+    for name, model in models.items():
+        outputs: dict[int, list[torch.Tensor]] = {i: [] for i in range(model.depth)}
+        handles = [blk.register_forward_hook(lambda m, inp, out, i=i: outputs[i].append(out.detach().float().clone()))
+                   for i, blk in enumerate(model.blocks)]
+        try:
+            sk.sample(model, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, seed=args.seed, progress=False)
+        finally:
+            for h in handles:
+                h.remove()
+        sims = np.zeros((model.depth, args.steps - 1))
+        for i, outs in outputs.items():
+            for s in range(1, len(outs)):
+                a, b = outs[s - 1].flatten(1), outs[s].flatten(1)
+                sims[i, s - 1] = torch.nn.functional.cosine_similarity(a, b, dim=1).mean().item()
+        curves[name] = sims.mean(1)
+        per_step[name] = sims
+    results["stability"] = {n: c.tolist() for n, c in curves.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, c in curves.items():
+        label = {"skipdit": "SkipDiT", "dit": "DiT"}[name]
+        axes[0].plot(range(len(c)), c, marker="o", label=label)
+        mid = len(c) // 2 - 1
+        axes[1].plot(range(1, args.steps), per_step[name][mid], label=f"{label}, block {mid}")
+    axes[0].set(xlabel="block", ylabel="mean cosine similarity", title="block output, adjacent DDIM steps")
+    axes[1].set(xlabel="sampling step (noise -> image)", ylabel="cosine similarity", title="a middle block over the trajectory")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "stability.png"), dpi=110)
+    plt.close(fig)
+    report.append("| block | " + " | ".join(str(i) for i in range(len(curves["skipdit"]))) + " |")
+    report.append("|---" * (len(curves["skipdit"]) + 1) + "|")
+    for name, c in curves.items():
+        report.append(f"| {'SkipDiT' if name == 'skipdit' else 'DiT'} | " + " | ".join(f"{v:.4f}" for v in c) + " |")
+    report.append("\n![stability](stability.png)\n")
+
+
+def fp16_check(models, report, results, args) -> None:
+    """The assets are stored in fp16; compare samples of the fp32 run-folder weights, if present."""
+    rows = []
+    labels = torch.arange(10)
+    for name, model in models.items():
+        path = os.path.join(TRAINING, name, "model.safetensors")
+        if not os.path.exists(path):
+            continue
+        full = sk.load_checkpoint(path).eval()
+        a = sk.sample(full, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, seed=args.seed, progress=False)
+        b = sk.sample(model, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, seed=args.seed, progress=False)
+        rows.append((name, psnr(a.clamp(-1, 1), b.clamp(-1, 1))))
+    if rows:
+        results["fp16_storage_psnr"] = dict(rows)
+        report.append("fp16 storage: PSNR of samples from the shipped fp16 weights vs the fp32 EMA weights of the run "
+                      "folder (10 samples, same noise): " + ", ".join(f"{n} {p:.1f} dB" for n, p in rows) + ".\n")
+
+
+def main(argv=None) -> int:
+    global OUT
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=100, help="samples per configuration (10 per digit)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--shallow", type=int, default=1)
+    p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--stability-samples", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="1 on a shared CPU (2 threads spin against other jobs)")
+    p.add_argument("--models-from", default=None, help="load run folders DIR/{skipdit,dit}/model.safetensors instead of the assets")
+    p.add_argument("--out", default=OUT)
+    args = p.parse_args(argv)
+    OUT = args.out
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    models = load_models(args)
+    classifier = load_bundled("classifier")
+    real_x, _ = load_digits_tensors()
+    real_feats = classifier_features(classifier, real_x)
+    cfg = models["skipdit"].config
+    results: dict = dict(args=vars(args), config=cfg)
+    report = [
+        "# Skip-DiT's claims at toy scale (bundled 16x16 digit models)\n",
+        f"Generated by `python bench/paper_claims.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+        f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, {args.threads} threads "
+        f"(shared CPU; wall times are indicative only, load average {os.getloadavg()[0]:.1f}).\n",
+        f"Models: SkipDiT and DiT of identical size ({json.dumps({k: cfg[k] for k in ('input_size', 'patch_size', 'hidden_size', 'depth', 'num_heads', 'learn_sigma')})}), "
+        "trained with the same recipe and seed by `bench/train_bundled.sh` (see bench/results/training/). "
+        "Frechet distances (FD) are in the 64-d feature space of the bundled digit classifier "
+        "(held-out accuracy in bench/results/training/classifier.log), against all 1797 real digits; they "
+        f"are not FIDs and, from {args.samples} samples, are biased upward (compare them with each other only). "
+        "For scale: FD of every fifth real digit against all 1797 is "
+        f"{frechet_distance(real_feats[::5], real_feats):.2f}.\n",
+        "## 1. Training convergence\n",
+    ]
+    convergence(report, results)
+    report.append(f"## 2. Caching fidelity at equal compute\n\n{args.samples} samples (10 per digit), DDIM-{args.steps}, "
+                  f"CFG {args.cfg:g}, seed {args.seed}; cached steps run only {args.shallow} block(s) on each side "
+                  f"(2*{args.shallow} of {cfg['depth']}) in both models: SkipDiT reuses the input of block "
+                  f"{cfg['depth'] - args.shallow} (Skip-Cache), DiT reuses the middle blocks' residual "
+                  "(FORA/DeepCache-style). PSNR/SSIM compare each model with its own uncached samples from the "
+                  "same noise. The machine is shared, so wall times are noisy; the CPU time of this process "
+                  "(time.process_time) is the steadier measure of the work saved.\n")
+    print("fidelity ...", flush=True)
+    fidelity(models, classifier, real_feats, report, results, args)
+    report.append(f"## 3. Feature stability\n\nMean cosine similarity of each block's output between adjacent "
+                  f"steps of an uncached DDIM-{args.steps} run (CFG {args.cfg:g}, {len(torch.arange(10).repeat_interleave(max(1, args.stability_samples // 10)))} "
+                  "samples, both CFG halves), averaged over the trajectory.\n")
+    print("stability ...", flush=True)
+    stability(models, report, results, args)
+    report.append("## Notes\n")
+    fp16_check(models, report, results, args)
+    report.append(f"Runtime of this script: {time.perf_counter() - started:.0f} s.\n")
+    with open(os.path.join(OUT, "report.md"), "w") as f:
+        f.write("\n".join(report) + "\n")
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    print(f"wrote {os.path.join(OUT, 'report.md')} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
