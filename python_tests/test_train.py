@@ -81,3 +81,21 @@ def test_cli_train_on_a_tensor_file(tmp_path, capsys):
     model = sk.load_checkpoint(tmp_path / "h.safetensors")
     assert isinstance(model, sk.DiT) and model.num_classes == 3 and model.config["class_dropout_prob"] == 0.1
     assert os.path.exists(tmp_path / "run" / STATE_FILE)
+
+
+def test_train_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from skipdit_kernels.data import load_image_folder
+
+    rng = torch.Generator().manual_seed(0)
+    for cls in ("cat", "dog", "eel"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            arr = (torch.rand(12, 10, generator=rng) * 255).byte().numpy()
+            Image.fromarray(arr, mode="L").save(tmp_path / cls / f"{i}.png")
+    x, y, classes = load_image_folder(tmp_path, 8, channels=1)
+    assert x.shape == (6, 1, 8, 8) and classes == ["cat", "dog", "eel"] and y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert x.min() >= -1 and x.max() <= 1
+    r = train(build_model("dit", **CFG), str(tmp_path), steps=2, batch_size=4, progress=False, threads=1)
+    assert r.step == 2 and len(r.losses) == 2
