@@ -10,6 +10,8 @@ TORCH_LIBRARY(skipdit, m) {
   m.def("gated_residual(Tensor x, Tensor gate, Tensor y) -> Tensor");
   m.def("linear_gated_residual(Tensor x, Tensor h, Tensor weight, Tensor? bias, Tensor gate) -> Tensor");
   m.def("linear_gelu(Tensor h, Tensor weight, Tensor? bias) -> Tensor");
+  // F.linear with the bias in the epilogue (and, on CPUs without bf16 units, fp32 weights for bf16 h).
+  m.def("linear(Tensor h, Tensor weight, Tensor? bias) -> Tensor");
   // weight, rowsum, bias: the folded parameters (skipdit_kernels.ops.folding.fold_skip_weights).
   m.def("skip_fuse(Tensor x, Tensor skip, Tensor weight, Tensor rowsum, Tensor bias, float eps) -> Tensor");
   m.def(
@@ -23,6 +25,7 @@ TORCH_LIBRARY_IMPL(skipdit, CPU, m) {
   m.impl("gated_residual", &skipdit::cpu::gated_residual);
   m.impl("linear_gated_residual", &skipdit::cpu::linear_gated_residual);
   m.impl("linear_gelu", &skipdit::cpu::linear_gelu);
+  m.impl("linear", &skipdit::cpu::linear);
   m.impl("skip_fuse", &skipdit::cpu::skip_fuse);
   m.impl("skip_fuse_adaln", &skipdit::cpu::skip_fuse_adaln);
 }
@@ -33,6 +36,7 @@ TORCH_LIBRARY_IMPL(skipdit, CUDA, m) {
   m.impl("gated_residual", &skipdit::cuda::gated_residual);
   m.impl("linear_gated_residual", &skipdit::cuda::linear_gated_residual);
   m.impl("linear_gelu", &skipdit::cuda::linear_gelu);
+  m.impl("linear", &skipdit::cuda::linear);
   m.impl("skip_fuse", &skipdit::cuda::skip_fuse);
   m.impl("skip_fuse_adaln", &skipdit::cuda::skip_fuse_adaln);
 }

@@ -43,8 +43,10 @@ struct KernelTable {
   // that broadcasts the bias into the output before the GEMM.
   void (*gated)(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, const void* bias, Rows out, int64_t tokens,
                 int64_t hidden, int64_t r0, int64_t r1);
-  // out = gelu_tanh(acc + bias); acc (and bias, may be null) stored as acc_st (f32 or st); out may alias acc.
-  void (*gelu)(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1);
+  // out = gelu_tanh(acc + bias), or acc + bias without `gelu`; acc (and bias, may be null) stored as
+  // acc_st (f32 or st); out may alias acc.
+  void (*bias_act)(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, bool gelu,
+                   int64_t r0, int64_t r1);
   // mean and rstd of each row of [x | skip] (2 * hidden values)
   void (*pair_stats)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,
                      int64_t r1);

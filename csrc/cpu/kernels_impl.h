@@ -155,8 +155,8 @@ void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias, Rows out, int64_t tok
   }
 }
 
-template <typename T, typename A, bool BIAS>
-void gelu_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
+template <typename T, typename A, bool BIAS, bool GELU>
+void bias_act_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const A* a = acc.row<const A>(r);
     T* o = out.row<T>(r);
@@ -164,12 +164,14 @@ void gelu_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, int64_
     for (; i + kW <= width; i += kW) {
       Vf v = load_f(a + i);
       if constexpr (BIAS) v = v + load_f(bias + i);
-      store_f(o + i, gelu_tanh(v));
+      if constexpr (GELU) v = gelu_tanh(v);
+      store_f(o + i, v);
     }
     for (; i < width; ++i) {
       float v = to_f(a[i]);
       if constexpr (BIAS) v += to_f(bias[i]);
-      o[i] = from_f<T>(gelu_tanh(v));
+      if constexpr (GELU) v = gelu_tanh(v);
+      o[i] = from_f<T>(v);
     }
   }
 }
@@ -260,20 +262,25 @@ void gated(Storage st, Rows x, BatchVec gate, Storage y_st, Rows y, const void* 
 }
 
 template <typename T, typename A>
-void gelu_b(Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
+void bias_act_b(Rows acc, const void* bias, Rows out, int64_t width, bool gelu, int64_t r0, int64_t r1) {
   const A* b = static_cast<const A*>(bias);
-  if (b) {
-    gelu_t<T, A, true>(acc, b, out, width, r0, r1);
+  if (b && gelu) {
+    bias_act_t<T, A, true, true>(acc, b, out, width, r0, r1);
+  } else if (b) {
+    bias_act_t<T, A, true, false>(acc, b, out, width, r0, r1);
+  } else if (gelu) {
+    bias_act_t<T, A, false, true>(acc, b, out, width, r0, r1);
   } else {
-    gelu_t<T, A, false>(acc, b, out, width, r0, r1);
+    bias_act_t<T, A, false, false>(acc, b, out, width, r0, r1);
   }
 }
 
-void gelu(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
+void bias_act(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, int64_t width, bool gelu, int64_t r0,
+              int64_t r1) {
   if (acc_st == Storage::f32) {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_b<T, float>(acc, bias, out, width, r0, r1))
+    SKIPDIT_DISPATCH_STORAGE(st, T, bias_act_b<T, float>(acc, bias, out, width, gelu, r0, r1))
   } else {
-    SKIPDIT_DISPATCH_STORAGE(st, T, gelu_b<T, T>(acc, bias, out, width, r0, r1))
+    SKIPDIT_DISPATCH_STORAGE(st, T, bias_act_b<T, T>(acc, bias, out, width, gelu, r0, r1))
   }
 }
 

@@ -173,9 +173,12 @@ Tensor gated_residual(const Tensor& x_in, const Tensor& gate_in, const Tensor& y
   return out;
 }
 
-Tensor linear_gelu(const Tensor& h_in, const Tensor& weight, const std::optional<Tensor>& bias) {
-  check_linear("skipdit::linear_gelu", h_in, weight, bias);
-  check_cpu("skipdit::linear_gelu", h_in);
+namespace {
+// h @ weight^T (+ bias), optionally through tanh-GELU, with the bias (and GELU) in the epilogue pass.
+Tensor linear_act(const char* op, const Tensor& h_in, const Tensor& weight, const std::optional<Tensor>& bias,
+                  bool gelu) {
+  check_linear(op, h_in, weight, bias);
+  check_cpu(op, h_in);
   const int64_t K = h_in.size(-1), Nout = weight.size(0);
   const Tensor h = h_in.reshape({-1, K});
   const int64_t M = h.size(0);
@@ -192,8 +195,19 @@ Tensor linear_gelu(const Tensor& h_in, const Tensor& weight, const std::optional
   gemm_rows(
       M, Nout, compute, direct, h_in.options(),
       [&](Tensor& acc, int64_t r0, int64_t n) { at::mm_out(acc, as_compute(h.narrow(0, r0, n), compute), wt); },
-      [&](int64_t r0, int64_t r1, Rows acc) { k.gelu(st, acc_st, acc, b, rows2(out, 0), Nout, r0, r1); });
+      [&](int64_t r0, int64_t r1, Rows acc) {
+        if (gelu || b != nullptr || acc_st != st) k.bias_act(st, acc_st, acc, b, rows2(out, 0), Nout, gelu, r0, r1);
+      });
   return out.view(out_sizes);
+}
+}  // namespace
+
+Tensor linear_gelu(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias) {
+  return linear_act("skipdit::linear_gelu", h, weight, bias, true);
+}
+
+Tensor linear(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias) {
+  return linear_act("skipdit::linear", h, weight, bias, false);
 }
 
 Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tensor& weight,

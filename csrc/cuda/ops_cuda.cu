@@ -297,6 +297,15 @@ Tensor linear_gelu(const Tensor& h_in, const Tensor& weight, const std::optional
   return out.view(sizes);
 }
 
+Tensor linear(const Tensor& h_in, const Tensor& weight, const std::optional<Tensor>& bias) {
+  check_linear("skipdit::linear", h_in, weight, bias);
+  check_cuda("skipdit::linear", h_in);
+  const c10::cuda::CUDAGuard guard(h_in.device());
+  auto sizes = h_in.sizes().vec();
+  sizes.back() = weight.size(0);
+  return linear_acc(h_in.reshape({-1, h_in.size(-1)}), weight, bias).to(h_in.scalar_type()).view(sizes);
+}
+
 Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tensor& weight,
                              const std::optional<Tensor>& bias, const Tensor& gate_in) {
   check_linear_gated(x_in, h_in, weight, bias, gate_in);

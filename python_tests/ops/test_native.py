@@ -83,6 +83,10 @@ def test_gemm_ops_fp32(hidden, tokens):
     act = SK.linear_gelu(h, w1, b1)
     close_rel(act, ops.linear_gelu_reference(h, w1, b1), 1e-5)
     close_rel(SK.linear_gelu(h, w1, None), ops.linear_gelu_reference(h, w1, None), 1e-5)
+    close_rel(SK.linear(h, w1, b1), F.linear(h, w1, b1), 1e-5)
+    close_rel(SK.linear(h, w1, None), F.linear(h, w1), 1e-5)
+    hb = h.bfloat16()
+    close_bf16(native.linear(hb, w1.bfloat16(), b1.bfloat16()), F.linear(hb, w1.bfloat16(), b1.bfloat16()), F.linear(hb.float(), w1.bfloat16().float(), b1.bfloat16().float()))
     close_rel(SK.linear_gated_residual(x, act, w2, b2, gate), ops.linear_gated_residual_reference(x, act, w2, b2, gate), 1e-5)
 
 
@@ -214,6 +218,7 @@ def _opcheck_samples():
         "gated_residual": (x, gate, y),
         "linear_gated_residual": (x, y, w, b, gate),
         "linear_gelu": (y, w, None),
+        "linear": (y, w, b),
         "skip_fuse": (x, skip, f.weight, f.rowsum, f.bias, 1e-6),
         "skip_fuse_adaln": (x, skip, f.weight, f.rowsum, f.bias, shift, scale, 1e-6),
     }

@@ -28,6 +28,7 @@ std::string cpu_capability();
   Tensor linear_gated_residual(const Tensor& x, const Tensor& h, const Tensor& weight,                        \
                                const std::optional<Tensor>& bias, const Tensor& gate);                        \
   Tensor linear_gelu(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias);               \
+  Tensor linear(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias);                    \
   Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum,           \
                    const Tensor& bias, double eps);                                                           \
   std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,       \

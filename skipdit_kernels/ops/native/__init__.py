@@ -3,7 +3,7 @@
 One op name per kernel; torch's dispatcher runs the CPU or the CUDA driver by the inputs' device.
 The library comes from the installed extension (``skipdit_kernels._C``, built by ``pip install``),
 or, when that is missing, from a cached JIT build (``build_jit()``, or ``SKIPDIT_NATIVE_JIT=1`` at
-import). Importing this package never fails: without the library the backend reports why.
+import; ``SKIPDIT_NATIVE_JIT=force`` uses the JIT build even when the extension is installed). Importing this package never fails: without the library the backend reports why.
 
 Weight preparation happens here, once per parameter set, like the folded skip weights:
 - skip_fuse: the LayerNorm folded into the projection (the arithmetic of ``ops.folding``).
@@ -38,14 +38,18 @@ def load(jit: bool | None = None, verbose: bool = False) -> bool:
     if _state["loaded"]:
         return True
     errors = []
-    try:
-        importlib.import_module("skipdit_kernels._C")
-        _state["source"] = "installed extension"
-    except Exception as exc:  # ImportError, or a library built against another torch
-        errors.append(f"no installed extension ({type(exc).__name__}: {exc})")
+    jit_env = os.environ.get("SKIPDIT_NATIVE_JIT", "0").strip().lower()
+    if jit_env == "force":  # the JIT build even when an extension is installed (tests, debugging)
+        jit = True
+    else:
+        try:
+            importlib.import_module("skipdit_kernels._C")
+            _state["source"] = "installed extension"
+        except Exception as exc:  # ImportError, or a library built against another torch
+            errors.append(f"no installed extension ({type(exc).__name__}: {exc})")
     if _state["source"] is None:
         if jit is None:
-            jit = os.environ.get("SKIPDIT_NATIVE_JIT", "0").strip().lower() in ("1", "true", "yes", "on")
+            jit = jit_env in ("1", "true", "yes", "on")
         if jit:
             try:
                 from ._jit import build_jit
@@ -210,6 +214,13 @@ def linear_gelu(h, weight, bias):
     return torch.ops.skipdit.linear_gelu(h, weight, bias)
 
 
+def linear(h, weight, bias=None):
+    """F.linear on the native backend (bias in the epilogue; fp32 GEMM for bf16 on CPUs without bf16
+    units). Registered as op "linear" for when the op layer grows one (e.g. the attention's qkv)."""
+    weight, bias = _gemm_params(h, weight, bias)
+    return torch.ops.skipdit.linear(h, weight, bias)
+
+
 def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
     w, rowsum, b = _folded(x, norm_weight, norm_bias, weight, bias)
     return torch.ops.skipdit.skip_fuse(x, skip, w, rowsum, b, eps)
@@ -221,7 +232,7 @@ def skip_fuse_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale,
 
 
 def _register() -> None:
-    for name in _OPS:
+    for name in _OPS + ("linear",):
         _backend.register(name, "native")(globals()[name])
     _backend.register_probe("native", probe)
 

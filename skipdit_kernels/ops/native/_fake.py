@@ -23,6 +23,10 @@ def register_fakes() -> None:
     def _(h, weight, bias):
         return h.new_empty((*h.shape[:-1], weight.shape[0]))
 
+    @lib.register_fake("skipdit::linear")
+    def _(h, weight, bias):
+        return h.new_empty((*h.shape[:-1], weight.shape[0]))
+
     @lib.register_fake("skipdit::skip_fuse")
     def _(x, skip, weight, rowsum, bias, eps):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
