@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..cache import SkipCache
+from ..cache.executor import executor_for, resolve_cuda_graphs
 from .diffusion import GaussianDiffusion
 
 
@@ -76,6 +77,8 @@ def sample(
     guide_all_channels: bool = False,
     eta: float = 0.0,
     return_info: bool = False,
+    cuda_graphs: bool | str = "auto",
+    executor=None,
 ):
     """Sample latents for ``class_labels``.
 
@@ -85,6 +88,13 @@ def sample(
     from a CPU generator seeded with ``seed``, so a seed gives the same samples on every device.
     The model is moved to ``device`` / ``dtype`` in place when they are given. Returns the latents
     (N, C, H, W) in float32, and a ``SampleInfo`` too with ``return_info=True``.
+
+    ``cuda_graphs``: ``"auto"`` (default) runs the trajectory through the cache-aware executor as
+    captured CUDA graphs (one full-step and one cached-step graph per input signature, kept for later
+    calls; ``cache.executor.executor_for(model).release()`` frees them) when sampling on a CUDA
+    device, and the eager module loop elsewhere; ``True`` insists (an error without CUDA); ``False``
+    is always eager. ``executor``: a ``SkipStackExecutor`` of this model to run through (eagerly
+    unless graphs are on; its buffers persist across calls). Forecast Skip-Cache runs eagerly.
     """
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
@@ -106,11 +116,29 @@ def sample(
 
         cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
 
+    use_graphs = resolve_cuda_graphs(cuda_graphs, device)
+    run_cache = cache if cache is not None else (model.skip_cache.config if model.skip_cache is not None else None)
+    if run_cache is not None and run_cache.forecast != 0:
+        if cuda_graphs is True or executor is not None:
+            raise ValueError(
+                "Forecast Skip-Cache (SkipCache.forecast != 0) runs on the eager path only: "
+                "use cuda_graphs='auto' or False and no executor"
+            )
+        use_graphs = False
+    if executor is not None and executor.stack is not model:
+        raise ValueError("executor belongs to another model")
+
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, model.in_channels, side, side, generator=generator).to(device)
     y = labels.to(device)
     if use_cfg:
         y = torch.cat([y, torch.full_like(y, model.num_classes)])
+
+    if use_graphs or executor is not None:
+        return _sample_with_executor(
+            model, executor, diffusion, x, y, dtype, run_cache, cfg_scale, guide_all_channels, generator,
+            use_graphs, progress, return_info, was_training,
+        )
 
     previous_cache = model.skip_cache
     if cache is not None:
@@ -157,4 +185,41 @@ def sample(
     if return_info:
         forecast = int(cache.forecast) if cache is not None else 0
         return x, SampleInfo(diffusion.method, diffusion.num_steps, full, cached, seconds, cache, forecast)
+    return x
+
+
+def _sample_with_executor(
+    model, executor, diffusion, x, y, dtype, cache, cfg_scale, guide_all_channels, generator, use_graphs,
+    progress, return_info, was_training,
+):
+    executor = executor if executor is not None else executor_for(model)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=diffusion.num_steps, desc=f"{diffusion.method} sampling", unit="step")
+    counts = [0, 0]
+
+    def advance(k: int, full: bool) -> None:
+        counts[0 if full else 1] += 1
+        if bar is not None:
+            bar.update(1)
+            if cache is not None:
+                bar.set_postfix(full=counts[0], cached=counts[1])
+
+    started = time.perf_counter()
+    try:
+        x, _ = executor.run(
+            diffusion, x, y, dtype, cache=cache, cfg_scale=cfg_scale, guide_all_channels=guide_all_channels,
+            generator=generator, graphs=use_graphs, callback=advance,
+        )
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+    finally:
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - started
+        model.train(was_training)
+    if return_info:
+        return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache, 0)
     return x
