@@ -159,15 +159,15 @@ def sampler_update(
 class _DiTEmbed:
     """DiT's ``embed`` without its per-call host checks and with the sinusoid frequencies on the
     device once (``TimestepEmbedder`` builds them on the CPU and copies them over each call: a
-    synchronising copy that cannot be captured). Same ops otherwise; tested equal to ``stack.embed``."""
+    synchronising copy that cannot be captured). Same ops otherwise; tested equal to ``stack.embed``.
+    Holds no reference to the stack (the executor's registry must not keep a model alive)."""
 
-    def __init__(self, stack):
-        self.stack = stack
+    def __init__(self):
         self._freqs: dict[torch.device, torch.Tensor] = {}
 
-    def prepare(self, device: torch.device) -> None:
+    def prepare(self, stack, device: torch.device) -> None:
         if device not in self._freqs:
-            dim = self.stack.t_embedder.frequency_embedding_size
+            dim = stack.t_embedder.frequency_embedding_size
             half, max_period = dim // 2, 10000
             exponent = torch.arange(half, dtype=torch.float32) * (-math.log(max_period) / half)
             self._freqs[device] = torch.exp(exponent).to(device)
@@ -175,8 +175,7 @@ class _DiTEmbed:
     def release(self) -> None:
         self._freqs.clear()
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        stack = self.stack
+    def __call__(self, stack, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = stack.x_embedder(x) + stack.pos_embed
         angles = t[:, None].float() * self._freqs[x.device][None]
         t_freq = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
@@ -188,27 +187,27 @@ class _DiTEmbed:
 
 
 class _StackEmbed:
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, method: str):
+        self.method = method
 
-    def prepare(self, device) -> None:
+    def prepare(self, stack, device) -> None:
         pass
 
     def release(self) -> None:
         pass
 
-    def __call__(self, x, t, y):
-        return self.fn(x, t, y)
+    def __call__(self, stack, x, t, y):
+        return getattr(stack, self.method)(x, t, y)
 
 
 def _embedder(stack):
     """A stack's own capture-safe ``graph_embed`` if it has one; DiT's embed rebuilt capture-safe;
     else ``stack.embed`` (which must then be capturable for the graph path)."""
     if hasattr(stack, "graph_embed"):
-        return _StackEmbed(stack.graph_embed)
+        return _StackEmbed("graph_embed")
     if all(hasattr(stack, name) for name in ("x_embedder", "t_embedder", "y_embedder", "pos_embed")):
-        return _DiTEmbed(stack)
-    return _StackEmbed(stack.embed)
+        return _DiTEmbed()
+    return _StackEmbed("embed")
 
 
 class StepBuffers:
@@ -294,7 +293,7 @@ class SkipStackExecutor:
         b = self._buffers.get(signature)
         if b is None:
             b = self._buffers[signature] = StepBuffers(signature)
-            self._embed.prepare(signature.device)
+            self._embed.prepare(self.stack, signature.device)
         return b
 
     @property
@@ -348,6 +347,7 @@ class SkipStackExecutor:
             return torch.add(shallow_out, deep, out=b.like("h", deep.shape, deep.dtype, deep.device))
         return deep
 
+    @torch.no_grad()
     def step(self, b: StepBuffers, program: Program, full: bool) -> None:
         """One sampler step on ``b``: reads x, t, y, coef, noise; writes x_{i-1} into ``b.x``. This is
         the function captured as the full / cached graph."""
@@ -358,7 +358,7 @@ class SkipStackExecutor:
             b.model_in[n:].copy_(b.x)
         else:
             b.model_in.copy_(b.x)
-        h, c = self._embed(b.model_in, b.t, b.y)
+        h, c = self._embed(stack, b.model_in, b.t, b.y)
 
         depth, half = stack.depth, stack.depth // 2
         k = program.shallow

@@ -1,0 +1,60 @@
+"""sample() through the cache-aware executor: the cuda_graphs switch, executor reuse, what stays eager."""
+import pytest
+import torch
+
+import skipdit_kernels as sk
+from skipdit_kernels.cache import SkipStackExecutor
+from skipdit_kernels.cache import executor as executor_module
+from skipdit_kernels.sampling import GaussianDiffusion
+
+from ..models.conftest import TINY, randomize
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize(sk.SkipDiT(**TINY), std=0.05)
+
+
+def test_cuda_graphs_true_without_cuda_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        sk.sample(model, [1], steps=4, progress=False, cuda_graphs=True)
+
+
+def test_auto_is_the_eager_module_path_on_cpu(model):
+    kw = dict(steps=6, method="ddpm", cache=2, progress=False, seed=5)
+    auto = sk.sample(model, [1, 2], **kw)
+    eager = sk.sample(model, [1, 2], cuda_graphs=False, **kw)
+    assert torch.equal(auto, eager)
+    assert model not in executor_module._EXECUTORS  # nothing captured or held on CPU
+
+
+def test_an_executor_is_reused_across_calls_and_reports_like_the_eager_path(model):
+    ex = SkipStackExecutor(model)
+    cache = sk.SkipCache(interval=3, shallow_blocks=2)
+    model.train()
+    got, info = sk.sample(model, [3, 4], steps=10, method="ddim", cache=cache, progress=True, executor=ex,
+                          return_info=True)
+    assert model.training  # restored
+    model.eval()
+    want, want_info = sk.sample(model, [3, 4], steps=10, method="ddim", cache=cache, progress=False,
+                                cuda_graphs=False, return_info=True)
+    assert torch.equal(got, want)
+    assert (info.full_steps, info.cached_steps) == (want_info.full_steps, want_info.cached_steps)
+    plan = cache.plan(GaussianDiffusion.create(10, method="ddim").timesteps)
+    assert info.cached_steps == plan.count(False) > 0 and info.cache == cache
+    again = sk.sample(model, [3, 4], steps=10, method="ddim", cache=cache, progress=False, executor=ex)
+    assert torch.equal(again, got) and len(ex.signatures) == 1
+
+
+def test_executor_of_another_model_is_refused(model):
+    other = randomize(sk.SkipDiT(**TINY))
+    with pytest.raises(ValueError, match="another model"):
+        sk.sample(model, [1], steps=2, progress=False, executor=SkipStackExecutor(other))
+
+
+def test_forecast_stays_on_the_eager_path(model):
+    cache = sk.SkipCache(interval=2, shallow_blocks=1, forecast=1)
+    with pytest.raises(ValueError, match="eager path only"):
+        sk.sample(model, [1], steps=4, method="ddim", cache=cache, progress=False, executor=SkipStackExecutor(model))
+    _, info = sk.sample(model, [1], steps=4, method="ddim", cache=cache, progress=False, return_info=True)
+    assert info.forecast == 1 and info.cached_steps > 0
