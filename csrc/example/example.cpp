@@ -59,6 +59,9 @@ int main() {
   const Tensor act = lin_gelu.call(x, w1, b1);
   expect_close("linear_gelu", act, at::gelu(at::linear(x, w1, b1), "tanh"), 1e-5);
 
+  auto lin = op<Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&)>("skipdit::linear");
+  expect_close("linear", lin.call(x, w1, b1), at::linear(x, w1, b1), 1e-5);
+
   auto lin_gated =
       op<Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&)>(
           "skipdit::linear_gated_residual");
