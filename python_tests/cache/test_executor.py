@@ -169,10 +169,36 @@ def test_graph_capture_refuses_a_cpu_signature(skipdit):
         ex.graphs(ex.buffers(sig), program)
 
 
-def test_forecast_is_not_run_by_the_executor_yet(skipdit):
-    ex = SkipStackExecutor(skipdit)
-    with pytest.raises(NotImplementedError, match="forecast"):
-        ex.program(GaussianDiffusion.create(4, method="ddim"), sk.SkipCache(shallow_blocks=1, forecast=1), False, False, 4)
+@pytest.mark.parametrize("family", ["skipdit", "dit"])
+@pytest.mark.parametrize("order,method", [(1, "ddim"), (2, "ddim"), (3, "ddpm")])
+def test_forecast_matches_the_module_path(request, family, order, method):
+    model = request.getfixturevalue(family)
+    cache = sk.SkipCache(interval=3, shallow_blocks=1, forecast=order)
+    kw = dict(method=method, steps=30, cache=cache)
+    eager, eager_info = trajectory(model, None, cuda_graphs=False, return_info=True, **kw)
+    ex = SkipStackExecutor(model)
+    ours, info = trajectory(model, ex, return_info=True, **kw)
+    # The blend reads its weights from a tensor (fp32 sums) where the module path uses host floats.
+    torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ours, trajectory(model, ex, method=method, steps=30, cache=cache.with_forecast(0)))
+    assert (info.full_steps, info.cached_steps) == (eager_info.full_steps, eager_info.cached_steps)
+    assert ex.buffers(ex.signatures[0]).lazy["history"].shape[0] == order + 1
+
+
+def test_forecast_tables_follow_the_history():
+    from skipdit_kernels.cache.executor import COEF_FORECAST, NUM_COEF, forecast_tables
+
+    cache = sk.SkipCache(interval=2, shallow_blocks=1, forecast=2, stop_t=30)
+    timesteps = [90, 80, 70, 60, 50, 40, 30, 20, 10]  # resets after t=30
+    rows = torch.zeros(len(timesteps), NUM_COEF).double().numpy()
+    slots = torch.zeros(len(timesteps), 1, dtype=torch.long)
+    forecast_tables(cache, timesteps, rows, slots)
+    assert cache.plan(timesteps) == [True, False, True, False, True, False, True, True, True]  # t <= 30 resets
+    assert slots[:, 0].tolist() == [0, 0, 1, 0, 2, 0, 0, 0, 0]  # t=30 overwrites the oldest; the reset restarts
+    w = rows[:, COEF_FORECAST:COEF_FORECAST + 3]
+    assert w[1].tolist() == [1.0, 0.0, 0.0]  # one point: reuse
+    assert w[3].tolist() == [-0.5, 1.5, 0.0]  # through steps 0, 2 at step 3
+    assert w[5].tolist() == pytest.approx([0.375, -1.25, 1.875])  # through 0, 2, 4 at 5
 
 
 def test_executor_for_keeps_one_per_model_without_keeping_the_model_alive():

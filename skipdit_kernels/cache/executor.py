@@ -22,14 +22,14 @@ coefficients from the static tensor ``coef`` (layout ``COEF_*`` below), filled p
 table computed on the host in float64 with the same formulas as ``GaussianDiffusion``; DDPM noise
 comes from the seeded CPU generator (the draws of the eager loop, in its order) and is copied in.
 
-Forecast hook (``SkipCache(forecast=k)``, issue 12): not run here yet; ``run`` raises
-``NotImplementedError`` and ``sample(cuda_graphs="auto")`` keeps the eager path for it. To add it:
-replace the single ``deep`` buffer by ``history`` of shape (k + 1, *deep.shape), zeroed per
-trajectory; a full step writes its deep state into slot ``slot`` (a static long tensor the host
-fills; ``history.index_copy_(0, slot, h[None])``), and a cached step computes ``deep =
-ops.forecast_blend(list(history), weights)`` with ``weights`` k + 1 extra columns of the coefficient
-table, filled on the host by replaying the plan through ``forecast.lagrange_weights`` (slots not yet
-written get weight 0). See ``_restore_deep`` / ``_store_deep``: the only two places that change.
+Forecast Skip-Cache (``SkipCache(forecast=k)``): the deep cache becomes ``history``, k + 1 slots
+(zeroed per trajectory). A full step writes its deep state into slot ``b.slot`` (a static long tensor
+the host fills: ``history.index_copy_``); a cached step computes ``ops.forecast_blend(slots,
+weights)`` with the weights in k + 1 extra columns of the coefficient row (``COEF_FORECAST``), filled
+on the host by replaying the plan through ``forecast.lagrange_weights`` (a slot not in the current
+history gets weight 0), so one graph serves every step. Only ``_store_deep`` / ``_restore_deep``
+differ from reuse. Numerically the blend takes the weights from a tensor (fp32 accumulation), where
+the module path uses host floats (``lerp`` for two points): equal to float rounding, not bitwise.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from .forecast import MAX_FORECAST_ORDER, lagrange_weights
 from .schedule import SkipCache
 
 # Columns of the per-step coefficient table (float32 on the device; computed in float64 on the host).
@@ -55,7 +56,8 @@ COEF_SQRT_ACP_PREV = 7  # DDIM
 COEF_DIRECTION = 8  # DDIM: sqrt(1 - acp_prev - sigma^2)
 COEF_SIGMA = 9  # DDIM noise scale
 COEF_CFG = 10  # classifier-free guidance scale
-NUM_COEF = 11
+COEF_FORECAST = 11  # Forecast Skip-Cache: the weights of the history slots (MAX_FORECAST_ORDER + 1)
+NUM_COEF = COEF_FORECAST + MAX_FORECAST_ORDER + 1
 
 
 class Signature(NamedTuple):
@@ -84,6 +86,7 @@ class Program(NamedTuple):
     noisy: bool  # the update consumes noise
     guided: int  # channels guided under CFG
     backend: str  # ops backend the graph was captured under
+    forecast: int = 0  # Forecast Skip-Cache order (0: reuse the stored deep state)
 
 
 def resolve_cuda_graphs(cuda_graphs, device: torch.device | str) -> bool:
@@ -110,6 +113,7 @@ def sampler_coefficients(diffusion, cfg_scale: float = 1.0) -> np.ndarray:
     n = diffusion.num_steps
     table = np.zeros((n, NUM_COEF), dtype=np.float64)
     eta = float(getattr(diffusion, "eta", 0.0))
+    table[:, COEF_FORECAST] = 1.0
     for i in range(n):
         acp, acp_prev = float(diffusion.alphas_cumprod[i]), float(diffusion.alphas_cumprod_prev[i])
         sigma = eta * math.sqrt((1 - acp_prev) / (1 - acp)) * math.sqrt(1 - acp / acp_prev)
@@ -125,7 +129,7 @@ def sampler_coefficients(diffusion, cfg_scale: float = 1.0) -> np.ndarray:
             math.sqrt(max(0.0, 1 - acp_prev - sigma**2)),
             sigma,
             float(cfg_scale),
-        ]
+        ] + [1.0] + [0.0] * MAX_FORECAST_ORDER
     return table
 
 
@@ -225,6 +229,7 @@ class StepBuffers:
         self.y = torch.zeros(s.model_batch, dtype=torch.long, device=dev)
         self.coef = torch.zeros(NUM_COEF, device=dev)
         self.noise = torch.zeros(s.batch, s.channels, s.height, s.width, device=dev)
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # forecast: the history slot a full step writes
         self.lazy: dict[str, torch.Tensor] = {}
 
     def hold(self, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -240,14 +245,15 @@ class StepBuffers:
         buf.copy_(value)
         return buf
 
-    def like(self, name: str, shape, dtype, device) -> torch.Tensor:
+    def like(self, name: str, shape, dtype, device, zero: bool = False) -> torch.Tensor:
         buf = self.lazy.get(name)
         if buf is None:
-            buf = self.lazy[name] = torch.empty(shape, dtype=dtype, device=device)
+            buf = self.lazy[name] = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
         return buf
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        fixed = dict(x=self.x, model_in=self.model_in, t=self.t, y=self.y, coef=self.coef, noise=self.noise)
+        fixed = dict(x=self.x, model_in=self.model_in, t=self.t, y=self.y, coef=self.coef, noise=self.noise,
+                     slot=self.slot)
         return {**fixed, **self.lazy}
 
     def nbytes(self) -> int:
@@ -316,11 +322,8 @@ class SkipStackExecutor:
         stack = self.stack
         if cache is not None:
             cache.check_depth(stack.depth)
-            if cache.forecast != 0:
-                raise NotImplementedError(
-                    "the executor does not run Forecast Skip-Cache yet (SkipCache.forecast != 0); "
-                    "sample() runs it on the eager module path (see the hook in cache/executor.py)"
-                )
+            if cache.forecast == "auto":
+                raise ValueError("resolve SkipCache(forecast='auto') for the sampler first (sample() does)")
         return Program(
             shallow=None if cache is None else int(cache.shallow_blocks),
             residual=not stack.long_skips,
@@ -329,6 +332,7 @@ class SkipStackExecutor:
             noisy=bool(diffusion.is_stochastic),
             guided=(channels if guide_all_channels else 3) if cfg else 0,
             backend=ops.current_backend(),
+            forecast=0 if cache is None else int(cache.forecast),
         )
 
     # -- one step -------------------------------------------------------------------------------
@@ -336,13 +340,20 @@ class SkipStackExecutor:
     def _store_deep(self, b: StepBuffers, program: Program, h: torch.Tensor, shallow_out: torch.Tensor) -> None:
         """Full step: remember what enters block depth - shallow (``SkipCacheState.store``)."""
         if program.residual:
-            torch.sub(h, shallow_out, out=b.like("deep", h.shape, h.dtype, h.device))
+            deep = torch.sub(h, shallow_out, out=b.like("deep", h.shape, h.dtype, h.device))
         else:
-            b.hold("deep", h)
+            deep = h if program.forecast else b.hold("deep", h)
+        if program.forecast:
+            history = b.like("history", (program.forecast + 1, *h.shape), h.dtype, h.device, zero=True)
+            history.index_copy_(0, b.slot, deep.unsqueeze(0))
 
     def _restore_deep(self, b: StepBuffers, program: Program, shallow_out: torch.Tensor) -> torch.Tensor:
         """Cached step: what enters block depth - shallow instead of the middle's output."""
-        deep = b.lazy["deep"]
+        if program.forecast:
+            k = program.forecast + 1
+            deep = ops.forecast_blend(list(b.lazy["history"].unbind(0)), b.coef[COEF_FORECAST : COEF_FORECAST + k])
+        else:
+            deep = b.lazy["deep"]
         if program.residual:
             return torch.add(shallow_out, deep, out=b.like("h", deep.shape, deep.dtype, deep.device))
         return deep
@@ -454,6 +465,9 @@ class SkipStackExecutor:
 
         # Per-trajectory tables (host-made, uploaded once; pinned so per-step copies are async).
         coef_rows = sampler_coefficients(diffusion, cfg_scale)[::-1].copy()  # row k: step k of the trajectory
+        slot_table = torch.zeros(steps, 1, dtype=torch.long)
+        if program.forecast:
+            forecast_tables(cache, timesteps, coef_rows, slot_table)
         coef_table = torch.from_numpy(coef_rows).to(torch.float32)
         t_table = torch.tensor(timesteps, dtype=torch.long)[:, None].expand(steps, sig.model_batch).contiguous()
         noise_table = None
@@ -464,7 +478,7 @@ class SkipStackExecutor:
             draws[-1].zero_()  # the last step (i == 0) takes no noise
             noise_table = torch.stack(draws)
         if sig.device.type == "cuda":
-            coef_table, t_table = coef_table.pin_memory(), t_table.pin_memory()
+            coef_table, t_table, slot_table = coef_table.pin_memory(), t_table.pin_memory(), slot_table.pin_memory()
             noise_table = noise_table.pin_memory() if noise_table is not None else None
 
         check = getattr(self.stack, "_check_inputs", None)
@@ -476,9 +490,13 @@ class SkipStackExecutor:
             b.coef.copy_(coef_table[0])
             captured = self.graphs(b, program)
         b.x.copy_(x)
+        if "history" in b.lazy:
+            b.lazy["history"].zero_()  # unwritten slots weigh 0; keep them finite
         for k in range(steps):
             b.t.copy_(t_table[k], non_blocking=True)
             b.coef.copy_(coef_table[k], non_blocking=True)
+            if program.forecast:
+                b.slot.copy_(slot_table[k], non_blocking=True)
             if noise_table is not None:
                 b.noise.copy_(noise_table[k], non_blocking=True)
             if graphs:
@@ -488,6 +506,32 @@ class SkipStackExecutor:
             if callback is not None:
                 callback(k, plan[k])
         return b.x.clone(), plan
+
+
+def forecast_tables(cache: SkipCache, timesteps, coef_rows: np.ndarray, slot_table: torch.Tensor) -> None:
+    """Replay ``cache``'s schedule on the host (as ``SkipCacheState`` + ``ForecastHistory`` run it) and
+    write, per trajectory step k, the history slot a full step stores into (``slot_table[k]``) and the
+    weights a cached step blends the slots with (``coef_rows[k, COEF_FORECAST:]``)."""
+    slots = int(cache.forecast) + 1
+    plan = cache.plan(timesteps)
+    entries: list[tuple[int, int]] = []  # (step counter, slot), oldest first
+    counter, next_slot = 0, 0
+    for k, (t, full) in enumerate(zip(timesteps, plan)):
+        weights = [0.0] * (MAX_FORECAST_ORDER + 1)
+        if full:
+            if len(entries) == slots:
+                entries.pop(0)  # the oldest entry holds next_slot: the ring overwrites it
+            entries.append((counter, next_slot))
+            slot_table[k, 0] = next_slot
+            next_slot = (next_slot + 1) % slots
+            weights[0] = 1.0  # unused on a full step
+        else:
+            for (_, slot), w in zip(entries, lagrange_weights([s for s, _ in entries], counter)):
+                weights[slot] = w
+        coef_rows[k, COEF_FORECAST:] = weights
+        counter += 1
+        if float(t) <= cache.stop_t:
+            counter, entries, next_slot = 0, [], 0
 
 
 _EXECUTORS: "weakref.WeakKeyDictionary[object, SkipStackExecutor]" = weakref.WeakKeyDictionary()

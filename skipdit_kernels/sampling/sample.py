@@ -94,7 +94,7 @@ def sample(
     calls; ``cache.executor.executor_for(model).release()`` frees them) when sampling on a CUDA
     device, and the eager module loop elsewhere; ``True`` insists (an error without CUDA); ``False``
     is always eager. ``executor``: a ``SkipStackExecutor`` of this model to run through (eagerly
-    unless graphs are on; its buffers persist across calls). Forecast Skip-Cache runs eagerly.
+    unless graphs are on; its buffers persist across calls).
     """
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
@@ -118,13 +118,6 @@ def sample(
 
     use_graphs = resolve_cuda_graphs(cuda_graphs, device)
     run_cache = cache if cache is not None else (model.skip_cache.config if model.skip_cache is not None else None)
-    if run_cache is not None and run_cache.forecast != 0:
-        if cuda_graphs is True or executor is not None:
-            raise ValueError(
-                "Forecast Skip-Cache (SkipCache.forecast != 0) runs on the eager path only: "
-                "use cuda_graphs='auto' or False and no executor"
-            )
-        use_graphs = False
     if executor is not None and executor.stack is not model:
         raise ValueError("executor belongs to another model")
 
@@ -221,5 +214,6 @@ def _sample_with_executor(
         seconds = time.perf_counter() - started
         model.train(was_training)
     if return_info:
-        return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache, 0)
+        return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache,
+                             int(cache.forecast) if cache is not None else 0)
     return x
