@@ -406,13 +406,20 @@ class SkipStackExecutor:
 
     def graphs(self, b: StepBuffers, program: Program) -> _Graphs:
         """The captured (full, cached) pair for this signature and program; captured on first use,
-        after ``warmup`` eager rounds on a side stream. The buffers' contents are clobbered."""
+        after ``warmup`` eager rounds on a side stream. The buffers' contents are clobbered. A graph
+        reads the parameters' memory (in-place updates are seen) but also what was derived from them
+        at capture (e.g. the skip fusion's folded weights): after changing weights, ``release()``."""
         key = (b.signature, program)
         if key in self._graphs:
             return self._graphs[key]
         device = b.signature.device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, the signature is on {device}")
+        # One eager round on the current stream first, so the lazily made buffers belong to it (the
+        # stream they are replayed on), then warm-up rounds on a side stream, as torch's docs do.
+        self.step(b, program, True)
+        if program.shallow is not None:
+            self.step(b, program, False)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
