@@ -22,7 +22,7 @@ whole trajectories once (``sample()``) and report that wall time next to the com
 The FLOP bound of a schedule is full-trajectory MACs / its MACs, counted analytically from the
 blocks each step runs, plus embedding and final layer; "of bound" = achieved speedup / bound.
 Peak memory: CPU, the growth of the process's peak RSS over one full + one cached step in a fresh
-subprocess (buffers included); CUDA, torch.cuda.max_memory_allocated over a trajectory.
+subprocess (buffers included); CUDA, torch.cuda.max_memory_allocated over one full + one cached step.
 Results: bench/results/sampling-<device tag>.{json,md}.
 """
 from __future__ import annotations
@@ -266,6 +266,7 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
     fused, fused_note = fused_backend(device)
     graphs_ok = device.type == "cuda"
     rows = []
+    cuda_peaks: dict = {}
     for sampler in samplers:
         method, steps = ("ddim", int(sampler[4:])) if sampler.startswith("ddim") else ("ddpm", int(sampler[4:]))
         diffusion = GaussianDiffusion.create(steps, method=method)
@@ -284,6 +285,13 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
             fns[f"{name}/full"], fns[f"{name}/cached"] = v.full, v.cached
         log(f"{preset} batch {batch} {sampler}: timing {len(fns)} step kinds x {rounds} rounds")
         t = time_steps(fns, device, rounds)
+        if memory and device.type == "cuda":
+            cuda_peaks[(sampler, "official")] = cuda_peak_mb(fns["official/full"], device)
+            for name, v in variants.items():
+                peak = cuda_peak_mb(lambda v=v: (v.full(), v.cached()), device)
+                if v._graphs is not None:  # replay allocates nothing: count the graphs' private pool instead
+                    peak += graph_pool_mb(v._graphs.pool) or 0.0
+                cuda_peaks[(sampler, name)] = peak
 
         def latency(full_s, cached_s, interval):
             n_full, n_cached = schedule_counts(diffusion, interval)
@@ -326,15 +334,42 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
                 row["e2e_s"] = run_e2e(row, model, runner, diffusion, batch, device, dtype, variants, log)
         del variants
 
-    if memory:
+    if memory and device.type == "cpu":
         mem = {}
-        for variant in ["official", "ours"] + ([fused] if fused and device.type == "cpu" else []):
-            if device.type == "cpu":
-                mem[variant] = probe_in_subprocess(preset, variant, batch, threads)
+        for variant in ["official", "ours"] + ([fused] if fused else []):
+            mem[variant] = probe_in_subprocess(preset, variant, batch, threads)
         for row in rows:
             key = "official" if row["variant"].startswith("(a)") else ("ours" if "fused" not in row["variant"] else fused)
             row["peak_mb"] = mem.get(key)
+    elif memory and device.type == "cuda":
+        for row in rows:
+            row["peak_mb"] = cuda_peaks.get((row["sampler"], _variant_key(row["variant"])))
     return rows, fused_note
+
+
+def _variant_key(label: str) -> str:
+    if label.startswith("(a)"):
+        return "official"
+    return "fused" if "fused" in label else ("graphs" if "graphs" in label else "ours")
+
+
+def graph_pool_mb(pool) -> float | None:
+    """Memory reserved by one CUDA-graph private pool (segments tagged with its id), or None."""
+    try:
+        return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
+                   if tuple(seg.get("segment_pool_id", ())) == tuple(pool)) / 2**20
+    except Exception:
+        return None
+
+
+def cuda_peak_mb(fn, device) -> float:
+    """Peak allocated memory above the current allocation while ``fn`` runs (buffers already made)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def run_e2e(row, model, runner, diffusion, batch, device, dtype, variants, log):
@@ -444,8 +479,10 @@ def run(args) -> int:
     if device.type == "cpu" and not args.no_memory:
         notes.append("peak MB: growth of peak RSS over one full + one cached step in a fresh process "
                      "(activations, workspace and the executor's buffers; weights excluded).")
-    elif device.type == "cuda":
-        notes.append("peak MB: not measured on CUDA by this version (torch.cuda.max_memory_allocated to be added).")
+    elif device.type == "cuda" and not args.no_memory:
+        notes.append("peak MB: torch.cuda.max_memory_allocated above the allocation before one full + one cached "
+                     "step (weights and the executor's persistent buffers excluded: they exist before); for graph rows "
+                     "the memory reserved by the graphs' private pool is added (replays allocate nothing).")
     notes.append(f"whole benchmark wall time {time.perf_counter() - started:.0f} s.")
     stem = report.write_results("sampling", rows, COLUMNS, meta=vars(args) | {"e2e": str(e2e)}, device=device,
                                 notes=notes, out_dir=args.out, title="End-to-end sampling latency")

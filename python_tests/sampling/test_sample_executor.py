@@ -59,3 +59,20 @@ def test_forecast_runs_through_the_executor(model):
     want = sk.sample(model, [1], steps=8, method="ddim", cache=cache, progress=False, cuda_graphs=False)
     assert info.forecast > 0 and info.cached_steps > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_skipdit_bench_is_a_command_and_its_flop_bound_is_below_the_block_bound():
+    from skipdit_kernels import cli
+    from skipdit_kernels.commands import bench as bench_command
+
+    args = cli.build_parser().parse_args(["bench", "--models", "DiT-S/2", "--samplers", "ddim10", "--e2e", "none"])
+    assert args.command == "bench" and args.models == ["DiT-S/2"]
+    bench = bench_command._bench_module()
+    cfg = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0)
+    diffusion = GaussianDiffusion.create(50, method="ddim")
+    previous = 1.0
+    for interval in (2, 3, 4):
+        macs, blocks = bench.flop_bound(cfg, diffusion, interval)
+        assert previous < macs < blocks  # embedding and final layer always run
+        previous = macs
+    assert bench.schedule_counts(diffusion, 4) == (14, 36)
