@@ -277,3 +277,21 @@ def test_gpu_new_signature_recaptures_and_auto_uses_graphs():
     c = sk.sample(model, [1, 2], cfg_scale=1.0, **kw)  # CFG off: another signature
     assert ex.captures == before + 3 and len(ex.signatures) == 3
     assert a.shape == (2, 4, 16, 16) and b.shape == (4, 4, 16, 16) and torch.isfinite(c).all()
+
+
+@pytest.mark.parametrize("family", [sk.SkipDiT, sk.DiT])
+@pytest.mark.parametrize("method,forecast", [("ddim", 0), ("ddpm", 2)])
+def test_the_captured_step_is_device_pure(family, method, forecast):
+    """What a graph captures must not read device values on the host (.item(), int(tensor)) nor make
+    tensors on another device: run the step on the meta device, where both raise."""
+    model = randomize(family(**TINY)).to("meta")
+    ex = SkipStackExecutor(model)
+    sig = ex.signature(torch.zeros(2, 4, 8, 8, device="meta"), torch.float32, True)
+    program = ex.program(GaussianDiffusion.create(10, method=method),
+                         sk.SkipCache(interval=2, shallow_blocks=2, forecast=forecast), True, False, 4)
+    b = ex.buffers(sig)
+    ex.step(b, program, True)
+    ex.step(b, program, False)
+    assert all(t.device.type == "meta" for t in b.tensors().values())
+    with pytest.raises(Exception):  # the model's own embed checks labels on the host: not capturable
+        model.embed(b.model_in, b.t, b.y)
