@@ -3,23 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import time
 
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from report import cpu_model  # one CPU naming for every benchmark
 
 
 def device_tag() -> str:
