@@ -213,7 +213,8 @@ class SkipStackExecutor:
             backend=ops.current_backend(),
         )
 
-    def _acquire(self, signature: Signature, program: Program, num_coef: int) -> StepBuffers:
+    def acquire(self, signature: Signature, program: Program, num_coef: int) -> StepBuffers:
+        """A buffer set for one run: an idle one that fits, or a new one; ``give_back`` it after."""
         with self._lock:
             free = self._free.setdefault(signature, [])
             for k, b in enumerate(free):
@@ -221,7 +222,7 @@ class SkipStackExecutor:
                     return free.pop(k)
         return StepBuffers(signature, num_coef, program.slots, program.residual)
 
-    def _give_back(self, b: StepBuffers) -> None:
+    def give_back(self, b: StepBuffers) -> None:
         with self._lock:
             self._free.setdefault(b.signature, []).append(b)
 
@@ -345,7 +346,7 @@ class SkipStackExecutor:
         probe = torch.empty((sig.model_batch, *sig.latent[1:]), dtype=dtype, device=sig.device)
         stack.check_inputs(probe, t_table[0].to(sig.device), cond)
 
-        b = self._acquire(sig, program, coef_table.shape[1])
+        b = self.acquire(sig, program, coef_table.shape[1])
         b.copy_outputs = graphs
         try:
             guard = torch.cuda.device(sig.device) if sig.device.type == "cuda" else contextlib.nullcontext()
@@ -375,7 +376,7 @@ class SkipStackExecutor:
                         callback(k, plan[k] if plan else None)
                 result = b.x.clone()
         finally:
-            self._give_back(b)
+            self.give_back(b)
         return result, plan
 
 
