@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from . import _kernels as K
-from . import interpreting
+from . import interpreting, on_device
 from ..adaln_modulate import adaln_modulate_reference
 from ..folding import folded_weights_for
 from ..gated_residual import gated_residual_reference, linear_gated_residual_reference
@@ -30,10 +30,12 @@ def _skip_launch(*tensors: Tensor) -> bool:
 
 
 def _launch(plain, tuned, kind: str, grid, *args, **meta) -> None:
-    if _INTERPRET:
-        wrap_triton(plain)[grid](*args, **meta, **K.INTERPRET_META[kind])
-    else:
-        wrap_triton(tuned)[grid](*args, **meta)
+    """Every launch goes through here, on the device of its first tensor (all are on one device)."""
+    with on_device(args[0]):
+        if _INTERPRET:
+            wrap_triton(plain)[grid](*args, **meta, **K.INTERPRET_META[kind])
+        else:
+            wrap_triton(tuned)[grid](*args, **meta)
 
 
 def _allow_tf32(dtype: torch.dtype) -> bool:

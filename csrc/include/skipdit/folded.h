@@ -1,0 +1,29 @@
+// Host-side preparation shared by both drivers' folded skip fusion. ATen ops only, so the CPU and the
+// CUDA driver run this same code on their devices (and the CPU tests check what the GPU runs).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace skipdit {
+
+// The folded GEMM's operand when it runs in fp32 (or TF32 on a GPU): z - p as one (rows, 2 * hidden)
+// fp32 matrix, z = [x | skip] per row and p the row's first element of x.
+//
+// acc - mean * rowsum cancels |mean| / std digits of acc, and TF32 rounds the GEMM's inputs to 11
+// bits: rows with mean 300 and std 1 would keep almost none. From z - p the GEMM sees values of the
+// row's spread, and the epilogue subtracts mean(z - p) * rowsum, where nothing large cancels. The
+// statistics are then taken from z - p too: its first element is 0, so the row-statistics pivot is 0
+// and the mean they return is mean(z - p) itself (mean(z) - p would carry mean(z)'s rounding); the
+// variance is the same. Half-precision GEMMs read z unshifted: z - p would be rounded to the half
+// type again, while the products of exact half inputs accumulate in fp32 anyway.
+inline at::Tensor shifted_pair(const at::Tensor& x2, const at::Tensor& s2) {
+  const int64_t rows = x2.size(0), hidden = x2.size(1);
+  at::Tensor z = at::empty({rows, 2 * hidden}, x2.options().dtype(at::kFloat));
+  const at::Tensor pivot = x2.narrow(1, 0, 1).to(at::kFloat);  // fp32: half inputs subtract in fp32
+  at::Tensor zx = z.narrow(1, 0, hidden), zskip = z.narrow(1, hidden, hidden);
+  at::sub_out(zx, x2, pivot);
+  at::sub_out(zskip, s2, pivot);
+  return z;
+}
+
+}  // namespace skipdit
