@@ -144,8 +144,9 @@ def _skip_fuse_float64(x, skip, nw, nb, w, b, shift=None, scale=None):
 @pytest.mark.parametrize("hidden, tokens", [(1152, 64), (37, 5)])
 def test_skip_fuse_mean_300_within_twice_eager_error(hidden, tokens):
     """Rows with mean 300 and std 1 (issue 22, item 6): acc - mean * rowsum cancels |mean| / std digits
-    unless the fp32 GEMM reads [x | skip] - p (skipdit/folded.h, shared with the CUDA driver, which
-    runs it under TF32 too: test_native_gpu.py). Against float64: at most twice eager fp32's error."""
+    unless the fp32 GEMM reads [x | skip] - row mean (skipdit/folded.h, shared with the CUDA driver,
+    which runs it under TF32 too: test_ops_gpu.py). Against float64: at most twice eager fp32's error
+    (unshifted: 3.3x here)."""
     g = gen(hidden)
     x, skip = rnd(2, tokens, hidden, g=g, mean=300.0), rnd(2, tokens, hidden, g=g, mean=300.0)
     nw, nb, w, b = skip_params(hidden, g)

@@ -85,9 +85,11 @@ def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
     M, N = B * T, weight.shape[0]
     if M == 0 or N == 0:
         return
+    # The kernel's pivot: each row's mean of [x | skip] in fp32 (one read of x and skip).
+    pivot = (x.sum(-1, dtype=torch.float32) + skip.sum(-1, dtype=torch.float32)).div_(2 * D).reshape(M)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _launch(K.skip_fuse_kernel, K.skip_fuse_tuned, "gemm", grid,
-            x, skip, weight, rowsum, bias, out, M, N, D, T,
+            x, skip, weight, rowsum, bias, pivot, out, M, N, D, T,
             *x.stride(), *skip.stride(), *weight.stride(), eps,
             ALLOW_TF32=_allow_tf32(x.dtype), SHIFT_A=x.dtype == torch.float32)
 
