@@ -2,7 +2,7 @@
 
 fp32 within 1e-5 relative (1e-4 for the folded skip fusion); bf16 within twice the error that the
 eager bf16 chain makes against an fp32 reference, plus a small atol. The CUDA driver's tests are in
-test_native_gpu.py (marker ``gpu``).
+test_ops_gpu.py (marker ``gpu``).
 """
 import os
 import subprocess
