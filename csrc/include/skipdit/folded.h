@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 namespace skipdit {
 
@@ -19,6 +20,9 @@ namespace skipdit {
 // (simulated); with the mean, about 1x. Half-precision GEMMs read z unshifted: z - p would be rounded
 // to the half type again, while the products of exact half inputs accumulate in fp32 anyway.
 inline at::Tensor shifted_pair(const at::Tensor& x2, const at::Tensor& s2) {
+  // Kernel-internal arithmetic: no autograd recording (the out= calls would refuse inputs that
+  // require grad, e.g. activations of a forward run outside no_grad).
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t rows = x2.size(0), hidden = x2.size(1);
   at::Tensor z = at::empty({rows, 2 * hidden}, x2.options().dtype(at::kFloat));
   const at::Tensor pivot =
