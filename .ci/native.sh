@@ -7,7 +7,7 @@
 # 3. the CMake build against libtorch (with the CUDA driver, same one architecture, when a toolkit
 #    is found: compile only) and its dispatcher example under ctest (on CPU).
 # Measured on 2 cores: CPU extension ~70 s, CUDA (one arch) ~2 min, CMake + ctest ~55 s (with the
-# CUDA driver for sm_90: 45 s at load 1), tests ~20 s.
+# CUDA driver for sm_90: 45 s at load average 1, 2.5 min at load 7.5 on a shared machine), tests ~20 s.
 # Set SKIPDIT_CI_REQUIRE_CUDA=1 to fail (not skip) when no CUDA toolkit is found.
 set -euo pipefail
 cd "$(dirname "$0")/.."

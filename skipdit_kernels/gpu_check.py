@@ -115,6 +115,12 @@ def run_op(op: str, backend: str, t: dict) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
+def _describe(exc: Exception) -> str:
+    """A failed cell's message: the exception's type and first line."""
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
 def _max_err(got, ref) -> float:
     return max((g.double() - r.double()).abs().max().item() for g, r in zip(got, ref))
 
@@ -166,7 +172,7 @@ def check_op(op: str, backend: str, dtype: str = "fp32", layout: str = "rows", d
                 bound = 2 * _max_err(eager, ref) + HALF_ATOL[dt]
             _sync(device)
     except Exception as exc:  # a kernel that raises is a failed cell, reported with its message
-        return {**row, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        return {**row, "ok": False, "error": _describe(exc)}
     wrong_dtype = [g.dtype for g in got if g.dtype != dt]
     err = _max_err(got, ref)
     ok = not wrong_dtype and err <= bound
@@ -196,7 +202,7 @@ def check_tf32_large_mean(backend: str, device="cuda", shape=(2, 256, 1152), mea
             got = run_op("skip_fuse", backend, t)[0]
         _sync(device)
     except Exception as exc:
-        return {**row, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        return {**row, "ok": False, "error": _describe(exc)}
     err, err_eager = _max_err((got,), (ref,)), _max_err((eager,), (ref,))
     return {**row, "err": err, "bound": 2 * err_eager, "ok": err <= 2 * err_eager}
 
@@ -204,8 +210,10 @@ def check_tf32_large_mean(backend: str, device="cuda", shape=(2, 256, 1152), mea
 def graph_chain(t: dict, hist: torch.Tensor, slot: torch.Tensor) -> list[torch.Tensor]:
     """Every op once, plus the executor's two graph-side primitives: forecast_blend reading device
     weights and index_copy_ of a deep state into a persistent history buffer at a device index."""
-    calls = _calls()
-    outs = [o for op in OPS for o in (lambda r: r if isinstance(r, tuple) else (r,))(calls[op](t))]
+    outs = []
+    for call in _calls().values():
+        out = call(t)
+        outs += out if isinstance(out, tuple) else (out,)
     hist.index_copy_(0, slot, outs[4].unsqueeze(0))  # skip_fuse's output into slot `slot`
     outs.append(hist.clone())
     return outs
@@ -245,7 +253,7 @@ def check_graph(backend: str, dtype: str = "bf16", device="cuda", shape=(2, 64, 
             expected = graph_chain(static, eager_hist, slot)
             torch.cuda.synchronize(device)
     except Exception as exc:
-        return {**row, "ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        return {**row, "ok": False, "error": _describe(exc)}
     err = _max_err(captured, expected)
     scale = max(e.abs().max().item() for e in expected)
     bound = (1e-6 if dt == torch.float32 else 1e-2) * scale
