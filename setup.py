@@ -1,10 +1,11 @@
 """skipdit-kernels. Builds the native extension (csrc/) against the torch already installed:
 
-    pip install -e . --no-build-isolation      # build isolation would fetch a second torch
+    pip install torch && pip install --no-build-isolation -e .   # build isolation would fetch a second torch
 
 Environment:
     SKIPDIT_BUILD_EXT=0            pure-Python install (the torch backend; a JIT build stays possible)
-    SKIPDIT_BUILD_CUDA=auto|0|1    CUDA kernels: auto = when torch has CUDA and a toolkit is found
+    SKIPDIT_BUILD_CUDA=auto|0|1    CUDA kernels: auto = when torch has CUDA, a toolkit is found and
+                                   either a GPU is visible or TORCH_CUDA_ARCH_LIST names the targets
     TORCH_CUDA_ARCH_LIST           CUDA architectures (default "8.0;9.0": Ampere and Hopper)
     CUDA_HOME                      the toolkit root (otherwise found from nvcc, see _toolkit.py)
     MAX_JOBS                       parallel compile jobs (ninja)
@@ -44,8 +45,15 @@ def native_sources(cuda: bool) -> list:
 def extension_modules():
     if _flag("SKIPDIT_BUILD_EXT", "1") in ("0", "false", "no", "off"):
         return [], {}
-    import torch
-    from torch.utils import cpp_extension
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        raise SystemExit(
+            "skipdit-kernels builds its C++ extension against the installed torch, and this build "
+            "environment has none: install torch first, then pip install --no-build-isolation -e . "
+            "(or set SKIPDIT_BUILD_EXT=0 for a pure-Python install)"
+        ) from None
 
     want_cuda = _flag("SKIPDIT_BUILD_CUDA", "auto")
     if want_cuda not in ("auto", "0", "1"):
@@ -59,7 +67,9 @@ def extension_modules():
                 "SKIPDIT_BUILD_CUDA=1 but "
                 + ("this torch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit was found (set CUDA_HOME)")
             )
-        if not usable:
+        # auto: compile for a GPU that is here, or for the targets named; minutes saved on CPU machines.
+        wanted = want_cuda == "1" or torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+        if not (usable and wanted):
             cuda_home = None
     build_cuda = cuda_home is not None
 
@@ -95,12 +105,9 @@ setup(
     description="Fused kernels, Skip-Cache and samplers for Skip-DiT diffusion transformers",
     packages=find_packages(include=["skipdit_kernels", "skipdit_kernels.*"]),
     package_data={"skipdit_kernels": ["assets/*"], "skipdit_kernels.ops": ["*.json"]},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors"],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
-        "images": ["pillow"],
-    },
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
