@@ -113,7 +113,7 @@ setup(
     packages=find_packages(include=["skipdit_kernels", "skipdit_kernels.*"]),
     package_data={"skipdit_kernels": ["assets/*"], "skipdit_kernels.ops": ["*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow"],
+    install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,

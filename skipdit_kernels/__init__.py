@@ -3,6 +3,7 @@
 The names below load on first use (PEP 562), so ``import skipdit_kernels.cli`` and
 ``skipdit --help`` do not import torch."""
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -22,9 +23,12 @@ __all__ = ["CheckpointError", "DiT", "SkipCache", "SkipDiT", "__version__", "loa
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # sk.ops, sk.sampling, ... as before
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():
