@@ -229,3 +229,14 @@ def test_bundled_digits_are_scikit_learns():
     digits = datasets.load_digits()
     assert torch.equal(y, torch.from_numpy(digits.target).long())
     assert torch.equal(x, torch.from_numpy(digits.images / 16.0).float().unsqueeze(1) * 2 - 1)
+
+
+def test_train_defaults_give_the_bundled_size_on_the_bundled_digits(tmp_path, capsys):
+    """`skipdit train` with its defaults (digits data, no sizes) needs no extra package and a small model."""
+    assert cli.main(["train", "--steps", "1", "--batch-size", "8", "--threads", "1", "--no-progress",
+                     "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    model = sk.load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert type(model) is sk.SkipDiT
+    assert {k: model.config[k] for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads")} == dict(
+        input_size=16, patch_size=4, hidden_size=96, depth=8, num_heads=4)
+    assert "1797 training images" in capsys.readouterr().out

@@ -7,10 +7,14 @@ import time
 
 from skipdit_kernels.commands._common import nonnegative_int, positive_int
 
+# Without --preset: the size of the bundled models (a few minutes of CPU training on the digits).
+BUNDLED_SIZE = {"patch_size": 4, "hidden_size": 96, "depth": 8, "num_heads": 4}
+
 
 def configure(parser) -> None:
     parser.add_argument("--model", choices=["skipdit", "dit", "classifier"], default="skipdit")
-    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override)")
+    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override; "
+                        "default: the bundled models' size, patch 4, hidden 96, depth 8, 4 heads)")
     parser.add_argument("--input-size", type=positive_int, default=None, help="image side (pixel-space models; default 16)")
     parser.add_argument("--patch-size", type=positive_int, default=None)
     parser.add_argument("--in-channels", type=positive_int, default=None, help="default 1 (digits)")
@@ -137,9 +141,11 @@ def run(args) -> int:
     config = dict(input_size=args.input_size or x.shape[-1], in_channels=args.in_channels or x.shape[1],
                   num_classes=args.num_classes or int(y.max()) + 1, class_dropout_prob=args.class_dropout,
                   learn_sigma=not args.no_learn_sigma)
-    for key in ("patch_size", "hidden_size", "depth", "num_heads"):
+    for key, default in BUNDLED_SIZE.items():
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+        elif args.preset is None:
+            config[key] = default
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.preset, **config)
     n_params = sum(p.numel() for p in model.parameters())
