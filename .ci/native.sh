@@ -16,7 +16,7 @@ SCRATCH="${SKIPDIT_CI_SCRATCH:-$(mktemp -d -t skipdit-native-XXXXXX)}"
 step() { echo "== native: $* ($(date +%T))"; }
 
 step "CPU extension"
-if ! python -c "import skipdit_kernels._C" 2>/dev/null; then
+if ! python -c "import torch, skipdit_kernels._C" 2>/dev/null; then  # the library links against torch's
   SKIPDIT_BUILD_CUDA=0 python setup.py -q build_ext --inplace
 fi
 python -c "from skipdit_kernels import ops; ok, why = ops.backend_status()['native']; print('native:', ok, why); assert ok"

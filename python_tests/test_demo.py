@@ -1,6 +1,8 @@
 import math
 import os
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -53,9 +55,19 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "speedup" in out and "PSNR" in out and "classifier accuracy" in out
-    for f in ("demo_full.png", "demo_skipcache.png"):
+    from PIL import Image
+
+    for f in demo.OUTPUTS:
+        assert f in out
         with open(tmp_path / f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "demo_full.png") as full, Image.open(tmp_path / "demo_compare.png") as compare:
+        # full | Skip-Cache | difference, each panel as wide as the full grid, under a band of labels
+        assert compare.width > 3 * full.width and compare.height > full.height
+        pixels = np.asarray(compare.convert("L"))
+        band = pixels[: compare.height - full.height]
+        assert (band < 128).sum() > 50  # the labels are drawn
+        assert np.array_equal(pixels[-full.height:, : full.width], np.asarray(full.convert("L")))
 
 
 def test_demo_numbers_small(tmp_path):

@@ -1,9 +1,18 @@
-"""The ``skipdit`` command: ``skipdit info | sample | ...`` (``skipdit <command> --help``)."""
+"""The ``skipdit`` command: ``skipdit info | sample | train | bench | demo`` (``skipdit <command> --help``).
+
+Every refused request is one line on stderr, ``skipdit <command>: error: <what and why>``, exit code
+2, without a traceback (set SKIPDIT_DEBUG=1 to get the traceback). Building the parser imports
+neither torch nor the library: each command module configures its options without them and imports
+what it needs when it runs.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from skipdit_kernels.commands._common import CommandError
 
 # name -> (module implementing configure(parser) and run(args), one-line help)
 COMMANDS = {
@@ -14,10 +23,21 @@ COMMANDS = {
     "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x10 digit grid with and without Skip-Cache"),
 }
 
+# What a command may raise for a request it cannot serve: the library's ValueError (CheckpointError
+# included) and TypeError for bad arguments, missing files and optional packages, our own refusals.
+USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipdit", description="Skip-DiT kernels, Skip-Cache and samplers.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="skipdit", description="Skip-DiT kernels, Skip-Cache and samplers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -30,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args._module).run(args) or 0
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"skipdit {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if os.environ.get("SKIPDIT_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"skipdit {args.command}: error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"skipdit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Training data that ships offline: scikit-learn's bundled handwritten digits, tensor datasets,
-image folders.
+"""Training data that ships offline: the bundled handwritten digits, tensor datasets, image folders.
 
-``load_digits`` (UCI optical digits, 1797 images, 8x8, 16 grey levels 0..16, 10 classes) comes inside
-scikit-learn, so no download is needed. We upscale it bilinearly to 16x16: nearest-neighbour would
+The digits are the UCI ML optical recognition of handwritten digits test set (Alpaydin and Kaynak,
+1998; CC BY 4.0): 1797 images, 8x8, grey levels 0..16, 10 classes. It is the copy scikit-learn ships
+as ``sklearn.datasets.load_digits``, stored here as uint8 in ``assets/digits.npz`` (45 kB) so that
+neither training nor the tests need scikit-learn; written with
+``np.savez_compressed(path, images=d.images.astype(np.uint8), labels=d.target.astype(np.uint8))``.
+We upscale it bilinearly to 16x16: nearest-neighbour would
 make every 2x2 patch of a patch-size-2 DiT one constant original pixel (the model would be an 8x8
 model in disguise and sub-patch detail would not exist), while bilinear gives smooth strokes with
 real structure inside each patch, closer to what a diffusion model of images has to learn.
@@ -18,18 +21,18 @@ import torch
 import torch.nn.functional as F
 
 DIGITS_SIZE = 16
+DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits.npz")
 
 
 def load_digits_tensors(size: int = DIGITS_SIZE, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as ``(images (N,1,size,size) float32 in [-1,1], labels (N,) int64)``."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8) in [0,1]
+    with np.load(DIGITS_FILE) as digits:
+        images, labels = digits["images"], digits["labels"]
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8) in [0,1]
     if size != 8:
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
         x = F.interpolate(x, size=(size, size), mode=mode, **kwargs).clamp(0.0, 1.0)
-    y = torch.from_numpy(digits.target.astype(np.int64))
+    y = torch.from_numpy(labels.astype(np.int64))
     return x * 2.0 - 1.0, y
 
 

@@ -49,10 +49,10 @@ def load_bundled(name: str = "skipdit", dtype: torch.dtype = torch.float32) -> t
 
 def save_half(model: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
     """Save a model with fp16 weights (fp32 positions); the config goes into the metadata."""
-    from safetensors.torch import save_file
+    from .files import save_safetensors
 
     state = {k: (v.detach().half() if v.is_floating_point() and k != "pos_embed" else v.detach()).contiguous().cpu()
              for k, v in model.state_dict().items()}
     meta = {CONFIG_KEY: json.dumps(getattr(model, "config", {}))}
     meta.update(metadata or {})
-    save_file(state, path, metadata=meta)
+    save_safetensors(state, path, metadata=meta)

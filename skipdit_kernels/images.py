@@ -1,10 +1,8 @@
-"""Images out of latents: optional VAE decoding and a dependency-free PNG grid writer."""
+"""Images out of latents: optional VAE decoding, PNG grids and a labelled side-by-side (Pillow)."""
 from __future__ import annotations
 
 import math
 import os
-import struct
-import zlib
 
 import numpy as np
 import torch
@@ -12,19 +10,30 @@ import torch
 SD_VAE_SCALE = 0.18215  # the latent scaling of DiT's sd-vae-ft-* autoencoders
 
 
-def decode_latents(latents: torch.Tensor, vae_dir: str | os.PathLike, batch_size: int = 8) -> torch.Tensor:
-    """Decode DiT latents with diffusers' AutoencoderKL from a local folder (nothing is downloaded)."""
+def check_vae(vae_dir: str | os.PathLike) -> None:
+    """Raise before any work if ``vae_dir`` cannot be decoded with: FileNotFoundError when it is not
+    a folder holding an AutoencoderKL's config.json, ImportError when diffusers is not installed."""
+    import importlib.util
+
     vae_dir = os.fspath(vae_dir)
     if not os.path.isdir(vae_dir):
         raise FileNotFoundError(
-            f"VAE folder not found: {vae_dir!r}. Pass a local copy of an AutoencoderKL "
+            f"VAE folder not found: {vae_dir}. Pass a local copy of an AutoencoderKL "
             f"(e.g. stabilityai/sd-vae-ft-ema saved with save_pretrained); nothing is downloaded."
         )
-    try:
-        from diffusers.models import AutoencoderKL
-    except ImportError as exc:
-        raise ImportError("decoding latents needs diffusers: pip install diffusers") from exc
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(latents.device).eval()
+    if not os.path.isfile(os.path.join(vae_dir, "config.json")):
+        raise FileNotFoundError(f"{vae_dir} has no config.json: not an AutoencoderKL folder written by save_pretrained")
+    if importlib.util.find_spec("diffusers") is None:
+        raise ImportError("decoding latents with --vae needs diffusers, which is not installed: pip install diffusers")
+
+
+def decode_latents(latents: torch.Tensor, vae_dir: str | os.PathLike, batch_size: int = 8) -> torch.Tensor:
+    """Decode DiT latents (N, 4, h, w) with diffusers' AutoencoderKL from a local folder (nothing is
+    downloaded); returns (N, 3, 8h, 8w) images in about [-1, 1]. Errors as ``check_vae``."""
+    check_vae(vae_dir)
+    from diffusers.models import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(os.fspath(vae_dir), local_files_only=True).to(latents.device).eval()
     with torch.no_grad():
         chunks = [vae.decode(chunk / SD_VAE_SCALE).sample for chunk in latents.split(batch_size)]
     return torch.cat(chunks)
@@ -50,23 +59,45 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
     return grid
 
 
-def write_png(path: str | os.PathLike, pixels: np.ndarray, scale: int = 1) -> None:
-    """Write an (H, W) / (H, W, 1|3|4) uint8 array as PNG, optionally upscaled by pixel repetition."""
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
+def _image(pixels: np.ndarray, scale: int = 1):
+    from PIL import Image
+
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    image = Image.fromarray(np.ascontiguousarray(pixels))
     if scale > 1:
-        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
-    h, w, c = pixels.shape
-    color_type = {1: 0, 3: 2, 4: 6}[c]
-    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    return image
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> None:
-    write_png(path, make_grid(images, nrow), scale=scale)
+    """Write (N, C, H, W) images in [-1, 1] as one PNG grid, upscaled ``scale`` times (nearest neighbour)."""
+    _image(make_grid(images, nrow), scale).save(os.fspath(path))
+
+
+def save_comparison(
+    full: torch.Tensor, cached: torch.Tensor, path: str | os.PathLike, labels: tuple[str, str],
+    nrow: int | None = None, scale: int = 1, magnify: float = 10.0,
+) -> None:  # fmt: skip
+    """One PNG, three labelled panels side by side: ``full`` | ``cached`` | ``|cached - full|``
+    magnified ``magnify`` times (white = a difference of 2/magnify or more, i.e. the full [-1, 1] range
+    at magnify 1). ``full`` and ``cached`` are (N, C, H, W) in [-1, 1]; ``labels`` name the first two."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if full.shape != cached.shape:
+        raise ValueError(f"full and cached must have one shape, got {tuple(full.shape)} and {tuple(cached.shape)}")
+    difference = ((cached.float() - full.float()).abs() * magnify - 1.0).clamp(-1.0, 1.0)
+    texts = [*labels, f"|difference| x{magnify:g}"]
+    panels = [_image(make_grid(x, nrow), scale).convert("RGB") for x in (full, cached, difference)]
+    font = ImageFont.load_default(size=max(12, min(24, panels[0].width // 16)))
+    band = int(font.size * 1.6)
+    gap = max(4, band // 3)
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, band + panels[0].height), "white")
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for text, panel in zip(texts, panels):
+        canvas.paste(panel, (left, band))
+        draw.text((left + panel.width // 2, band // 2), text, fill="black", font=font, anchor="mm")
+        left += panel.width + gap
+    canvas.save(os.fspath(path))

@@ -3,14 +3,11 @@ from __future__ import annotations
 import importlib.util
 import platform
 
-import torch
-
-import skipdit_kernels
-from skipdit_kernels import ops
-
 
 def cpu_description() -> str:
     """The CPU model and the vector instruction set torch dispatches to, e.g. 'AMD EPYC (AVX2)'."""
+    import torch
+
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -28,6 +25,11 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    import torch
+
+    import skipdit_kernels
+    from skipdit_kernels import ops
+
     def version(module: str) -> str:
         if importlib.util.find_spec(module) is None:
             return "not installed"

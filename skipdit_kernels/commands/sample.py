@@ -1,83 +1,157 @@
+"""``skipdit sample``: images or latents from a DiT / Skip-DiT checkpoint, or from random weights.
+
+Model class: with ``--ckpt`` the checkpoint decides (SkipDiT when it has ``skip_linears.*`` keys);
+``--preset`` names a size only (the official names, ``DiT-S/2`` ... ``DiT-XL/8``, as the Skip-DiT
+release uses them too). With ``--random-init``, ``--skip`` builds a SkipDiT. Every option is checked
+before the model is built or sampling starts."""
 from __future__ import annotations
 
-import warnings
+import os
 
-import numpy as np
-import torch
+from skipdit_kernels.commands._common import (
+    CommandError,
+    guidance_scale,
+    nonnegative_int,
+    notice,
+    positive_int,
+    resolve_device,
+)
 
-from skipdit_kernels import DiT, SkipCache, SkipDiT, load_checkpoint
-from skipdit_kernels.images import decode_latents, save_grid
-from skipdit_kernels.sampling import sample
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("bf16", "fp16", "fp32")
+VAE_FACTOR = 8  # DiT's sd-vae-ft-* autoencoders: 4-channel latents, 8x smaller than the image
+MIN_PANEL = 64  # --scale auto: the smallest factor that shows each image at least this many pixels wide
 
 
 def configure(parser) -> None:
-    parser.add_argument("--preset", default=None, help="model size, e.g. DiT-XL/2 (inferred from --ckpt if omitted)")
-    parser.add_argument("--ckpt", default=None, help="checkpoint (.pt, .pth or .safetensors)")
+    parser.add_argument("--preset", default=None,
+                        help="model size, DiT-S/2 ... DiT-XL/8 (default: inferred from --ckpt; DiT-XL/2 with --random-init)")
+    parser.add_argument("--ckpt", default=None, help="checkpoint (.pt, .pth or .safetensors); its keys decide DiT or SkipDiT")
     parser.add_argument("--random-init", action="store_true", help="no checkpoint: random weights (for testing)")
     parser.add_argument("--skip", action="store_true", help="with --random-init: a SkipDiT rather than a DiT")
-    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's)")
-    parser.add_argument("--num-classes", type=int, default=None, help="with --random-init (default 1000)")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="image side in pixels (default: the model's; latent models: 8 x latent side)")
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="with --random-init (default 1000)")
     parser.add_argument("--labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=positive_int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
-    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--cache", type=int, default=0, help="Skip-Cache interval (0 = off)")
+    parser.add_argument("--cfg", type=guidance_scale, default=4.0, help="classifier-free guidance scale, >= 1 (1 = off)")
+    parser.add_argument("--cache", type=nonnegative_int, default=0, help="Skip-Cache interval (0 = off)")
     parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
                         help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
-    parser.add_argument("--shallow", type=int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
+    parser.add_argument("--shallow", type=positive_int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--vae", default=None, help="local AutoencoderKL folder, to decode latents to images")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--vae", default=None, help="local AutoencoderKL folder (needs diffusers), to decode latents to images")
     parser.add_argument("--out", default="samples.png", help=".png for an image grid, .npz for latents")
+    parser.add_argument("--scale", type=positive_int, default=None,
+                        help=f"PNG upscaling factor, nearest neighbour (default: smallest giving {MIN_PANEL}-pixel images)")
     parser.add_argument("--no-progress", action="store_true")
 
 
-def build_model(args):
+def check_request(args) -> None:
+    """What can be refused from the options alone, before torch or the model is loaded."""
     if args.ckpt and args.random_init:
-        raise ValueError("give either --ckpt or --random-init, not both")
-    if args.ckpt:
-        if args.preset:
-            cls = SkipDiT if "skip" in args.preset.lower() else DiT
-            from skipdit_kernels.models.checkpoint import infer_config, read_state_dict
+        raise CommandError("give either --ckpt or --random-init, not both")
+    if not args.ckpt and not args.random_init:
+        raise CommandError("no weights: pass --ckpt PATH, or --random-init to sample from random weights")
+    if args.ckpt and not os.path.isfile(args.ckpt):
+        raise CommandError(f"--ckpt {args.ckpt}: no such file")
+    if args.skip and not args.random_init:
+        raise CommandError("--skip goes with --random-init; with --ckpt the checkpoint decides DiT or SkipDiT")
+    if args.num_classes is not None and not args.random_init:
+        raise CommandError("--num-classes goes with --random-init; a checkpoint has its own")
+    if not args.out.endswith((".png", ".npz")):
+        raise CommandError(f"--out must end in .png or .npz, got {args.out!r}")
+    if args.out.endswith(".npz") and (args.vae or args.scale):
+        raise CommandError(f"--out {args.out} saves latents; --vae and --scale apply to .png output only")
+    if args.out.endswith(".png") and args.random_init and not args.vae:
+        raise CommandError("random-init models make 4-channel latents: pass --vae DIR for images, or use --out x.npz")
+    if args.vae:
+        from skipdit_kernels.images import check_vae
 
-            _, shape_config = infer_config(read_state_dict(args.ckpt))
-            model = cls.from_preset(
-                args.preset, input_size=shape_config["input_size"], num_classes=shape_config["num_classes"],
-                in_channels=shape_config["in_channels"], learn_sigma=shape_config["learn_sigma"],
-            )  # fmt: skip
-            return load_checkpoint(args.ckpt, model)
-        return load_checkpoint(args.ckpt)
-    if not args.random_init:
-        raise ValueError("no weights: pass --ckpt PATH, or --random-init to sample from random weights")
-    warnings.warn("sampling from randomly initialised weights: the output is noise-like", stacklevel=2)
-    cls = SkipDiT if args.skip or (args.preset and "skip" in args.preset.lower()) else DiT
-    size = args.image_size or 256
-    in_channels = 4
+        check_vae(args.vae)
+    if args.preset:
+        check_preset(args.preset)
+    if args.random_init:
+        from skipdit_kernels.models.presets import preset_config
+
+        check_image_size(args.image_size or 256, preset_config(args.preset or "DiT-XL/2")["patch_size"], VAE_FACTOR, None)
+
+
+def check_preset(name: str) -> None:
+    from skipdit_kernels.models.presets import PRESETS
+
+    if name not in PRESETS:
+        hint = ("; a SkipDiT comes from its checkpoint, or from --skip with --random-init"
+                if "skip" in name.lower() else "")
+        raise CommandError(f"unknown --preset {name!r}; valid: {', '.join(PRESETS)}{hint}")
+
+
+def check_image_size(image_size: int, patch: int, factor: int, model_side: int | None) -> None:
+    """``--image-size`` against a model: pixels / ``factor`` must be a whole latent side divisible by
+    the patch size, and equal the model's side when the model is fixed (``model_side``)."""
+    what = f"{factor}x-downsampled latents" if factor > 1 else "pixel-space images"
+    if model_side is not None and image_size != model_side * factor:
+        raise CommandError(f"--image-size {image_size}: this model makes {model_side * factor}-pixel images "
+                           f"({what}, side {model_side}); omit --image-size or give {model_side * factor}")
+    step = factor * patch
+    if image_size % step:
+        lower, upper = image_size // step * step, (image_size // step + 1) * step
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise CommandError(f"--image-size {image_size}: must be a multiple of {step} ({what}, patch size {patch}); "
+                           f"nearest valid: {nearest}")
+
+
+def build_model(args):
+    import torch
+
+    from skipdit_kernels import DiT, SkipDiT, load_checkpoint
+    from skipdit_kernels.models.presets import preset_config
+
+    if args.ckpt:
+        overrides = preset_config(args.preset) if args.preset else {}
+        return load_checkpoint(args.ckpt, **overrides)
+    notice("sample", "--random-init: random weights, the samples will be noise-like")
+    cls = SkipDiT if args.skip else DiT
     torch.manual_seed(args.seed)
-    return cls.from_preset(args.preset or "DiT-XL/2", input_size=size // 8, in_channels=in_channels,
-                           num_classes=args.num_classes or 1000)
+    return cls.from_preset(args.preset or "DiT-XL/2", input_size=(args.image_size or 256) // VAE_FACTOR,
+                           in_channels=4, num_classes=args.num_classes or 1000)
+
+
+def auto_scale(side: int) -> int:
+    return max(1, -(-MIN_PANEL // side))
 
 
 def run(args) -> int:
-    if not args.out.endswith((".png", ".npz")):
-        raise ValueError(f"--out must end in .png or .npz, got {args.out!r}")
-    if args.out.endswith(".png") and not args.vae and args.random_init:
-        raise ValueError("random-init models make 4-channel latents: pass --vae DIR for images, or use --out x.npz")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_request(args)
+    device = resolve_device(args.device)
     model = build_model(args)
-    if args.out.endswith(".png") and not args.vae and model.in_channels not in (1, 3):
-        raise ValueError(f"{model.in_channels}-channel latents need --vae DIR to become images; or use --out x.npz")
+    pixel_model = model.in_channels in (1, 3)
+    if args.image_size is not None:
+        check_image_size(args.image_size, model.patch_size, 1 if pixel_model else VAE_FACTOR, model.input_size)
+    if args.out.endswith(".png") and not args.vae and not pixel_model:
+        raise CommandError(f"{model.in_channels}-channel latents need --vae DIR to become images; or use --out x.npz")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise CommandError(f"--out {args.out}: folder {out_dir} does not exist")
+
+    import numpy as np
+    import torch
+
+    from skipdit_kernels import SkipCache
+    from skipdit_kernels.images import decode_latents, save_grid
+    from skipdit_kernels.sampling import sample
+
     cache = None
     if args.cache:
         shallow = args.shallow or min(4, model.depth // 2)
         forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
         cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     latents, info = sample(
         model, args.labels, image_size=args.image_size, steps=args.steps, method=args.method,
-        cfg_scale=args.cfg, cache=cache, seed=args.seed, device=device, dtype=DTYPES[args.dtype],
+        cfg_scale=args.cfg, cache=cache, seed=args.seed, device=device, dtype=dtype,
         progress=not args.no_progress, return_info=True,
     )  # fmt: skip
     print(
@@ -89,6 +163,6 @@ def run(args) -> int:
         np.savez(args.out, latents=latents.cpu().numpy(), labels=np.asarray(args.labels))
     else:
         images = decode_latents(latents, args.vae) if args.vae else latents
-        save_grid(images, args.out, nrow=min(len(args.labels), 8))
+        save_grid(images, args.out, nrow=min(len(args.labels), 8), scale=args.scale or auto_scale(images.shape[-1]))
     print(f"wrote {args.out}")
     return 0

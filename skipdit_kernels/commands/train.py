@@ -5,47 +5,53 @@ import json
 import os
 import time
 
-import torch
+from skipdit_kernels.commands._common import nonnegative_int, positive_int
+
+# Without --preset: the size of the bundled models (a few minutes of CPU training on the digits).
+BUNDLED_SIZE = {"patch_size": 4, "hidden_size": 96, "depth": 8, "num_heads": 4}
 
 
 def configure(parser) -> None:
     parser.add_argument("--model", choices=["skipdit", "dit", "classifier"], default="skipdit")
-    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override)")
-    parser.add_argument("--input-size", type=int, default=None, help="image side (pixel-space models; default 16)")
-    parser.add_argument("--patch-size", type=int, default=None)
-    parser.add_argument("--in-channels", type=int, default=None, help="default 1 (digits)")
-    parser.add_argument("--hidden-size", type=int, default=None)
-    parser.add_argument("--depth", type=int, default=None)
-    parser.add_argument("--num-heads", type=int, default=None)
-    parser.add_argument("--num-classes", type=int, default=None, help="default: from the data")
+    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override; "
+                        "default: the bundled models' size, patch 4, hidden 96, depth 8, 4 heads)")
+    parser.add_argument("--input-size", type=positive_int, default=None, help="image side (pixel-space models; default 16)")
+    parser.add_argument("--patch-size", type=positive_int, default=None)
+    parser.add_argument("--in-channels", type=positive_int, default=None, help="default 1 (digits)")
+    parser.add_argument("--hidden-size", type=positive_int, default=None)
+    parser.add_argument("--depth", type=positive_int, default=None)
+    parser.add_argument("--num-heads", type=positive_int, default=None)
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the data")
     parser.add_argument("--class-dropout", type=float, default=0.1, help="label dropout for classifier-free guidance")
     parser.add_argument("--no-learn-sigma", action="store_true")
     parser.add_argument("--data", default="digits", help="'digits' (bundled), an image folder root/<class>/<img>, "
                         "or a .pt / .safetensors file holding 'images' (N,C,H,W in [-1,1]) and 'labels'")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=positive_int, default=3000)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (DiT: 1e-4)")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (DiT: 0.9999, for long runs)")
     parser.add_argument("--no-ema-warmup", action="store_true", help="plain EMA from step 0")
     parser.add_argument("--grad-clip", type=float, default=None)
-    parser.add_argument("--epochs", type=int, default=30, help="classifier only")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="classifier only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="run folder: model.safetensors, train_state.pt, log.jsonl")
-    parser.add_argument("--save-every", type=int, default=500)
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--eval-every", type=int, default=0, help="Frechet distance of EMA samples every N steps "
+    parser.add_argument("--save-every", type=positive_int, default=500)
+    parser.add_argument("--log-every", type=positive_int, default=50)
+    parser.add_argument("--eval-every", type=nonnegative_int, default=0, help="Frechet distance of EMA samples every N steps "
                         "(digits data; uses the bundled classifier or --classifier)")
-    parser.add_argument("--eval-samples", type=int, default=100)
-    parser.add_argument("--eval-steps", type=int, default=20, help="DDIM steps of the evaluation samples")
+    parser.add_argument("--eval-samples", type=positive_int, default=100)
+    parser.add_argument("--eval-steps", type=positive_int, default=20, help="DDIM steps of the evaluation samples")
     parser.add_argument("--classifier", default=None, help="classifier .safetensors for --eval-every")
     parser.add_argument("--export", default=None, help="also write the final EMA weights here in fp16 (.safetensors)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a train_state.pt")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--no-progress", action="store_true")
 
 
 def _load_data(spec: str):
+    import torch
+
     if spec == "digits" or os.path.isdir(spec):
         return spec
     if spec.endswith(".safetensors"):
@@ -59,6 +65,8 @@ def _load_data(spec: str):
 
 def _classifier_eval(args):
     """eval_fn: Frechet distance (classifier features) of EMA samples vs all digits, and their accuracy."""
+    import torch
+
     from skipdit_kernels import embedded
     from skipdit_kernels.data import load_digits_tensors
     from skipdit_kernels.metrics import classifier_accuracy, classifier_features, frechet_distance
@@ -89,6 +97,8 @@ def _classifier_eval(args):
 
 
 def _run_classifier(args) -> int:
+    import torch
+
     from skipdit_kernels.data import digits_split
     from skipdit_kernels.embedded import save_half
     from skipdit_kernels.metrics import DigitClassifier
@@ -102,10 +112,10 @@ def _run_classifier(args) -> int:
     started = time.perf_counter()
     info = train_classifier(model, train_data, test_data, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
-    from safetensors.torch import save_file
+    from skipdit_kernels.files import save_safetensors
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(args.out, "model.safetensors"),
-              metadata={"skipdit_config": json.dumps(model.config)})
+    save_safetensors(model.state_dict(), os.path.join(args.out, "model.safetensors"),
+                     metadata={"skipdit_config": json.dumps(model.config)})
     with open(os.path.join(args.out, "log.jsonl"), "w") as f:
         for row in info["history"]:
             f.write(json.dumps(row) + "\n")
@@ -117,6 +127,8 @@ def _run_classifier(args) -> int:
 
 
 def run(args) -> int:
+    import torch
+
     if args.model == "classifier":
         return _run_classifier(args)
     from skipdit_kernels.data import as_tensors
@@ -129,9 +141,11 @@ def run(args) -> int:
     config = dict(input_size=args.input_size or x.shape[-1], in_channels=args.in_channels or x.shape[1],
                   num_classes=args.num_classes or int(y.max()) + 1, class_dropout_prob=args.class_dropout,
                   learn_sigma=not args.no_learn_sigma)
-    for key in ("patch_size", "hidden_size", "depth", "num_heads"):
+    for key, default in BUNDLED_SIZE.items():
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+        elif args.preset is None:
+            config[key] = default
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.preset, **config)
     n_params = sum(p.numel() for p in model.parameters())

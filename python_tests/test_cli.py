@@ -1,0 +1,242 @@
+"""The ``skipdit`` command line: one-line errors before any work, presets, image outputs, file modes,
+and a --help that does not import torch."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import skipdit_kernels as sk
+from skipdit_kernels import cli, embedded
+from skipdit_kernels.commands import sample as sample_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED = embedded.asset_path("skipdit")
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Fail the test if sampling starts: every refusal must come before the work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sample() ran although the request should have been refused first")
+
+    monkeypatch.setattr("skipdit_kernels.sampling.sample", refuse)
+
+
+def refused(capsys, argv) -> str:
+    """Run the CLI, expect exit code 2 and exactly one line on stderr; return that line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"skipdit {argv[0]}: error: "), err
+    return err
+
+
+def parse_error(capsys, argv) -> str:
+    """argparse refusals: exit code 2, one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"skipdit {argv[0]}: error: "), err
+    return err
+
+
+def test_help_imports_neither_torch_nor_the_library():
+    code = (
+        "import sys\n"
+        "from skipdit_kernels import cli\n"
+        "for argv in ([], ['info'], ['sample'], ['train'], ['bench'], ['demo']):\n"
+        "    try:\n"
+        "        cli.main(argv + ['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (argv, e.code)\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'skipdit_kernels.models', 'skipdit_kernels.ops') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_gpu_names_the_available_devices(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--device", "cuda", "--out", str(tmp_path / "x.png")])
+    assert "--device cuda" in err and "available here: cpu" in err
+
+
+def test_unknown_device_names_the_available_devices(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--device", "gpu", "--out", str(tmp_path / "x.png")])
+    assert "'gpu' is not a device name" in err and "available here: cpu" in err
+
+
+def test_vae_folder_is_checked_before_sampling(capsys, tmp_path, no_sampling):
+    out = str(tmp_path / "x.png")
+    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "nope"), "--out", out])
+    assert "VAE folder not found" in err and "nope" in err
+    (tmp_path / "empty").mkdir()
+    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "empty"), "--out", out])
+    assert "no config.json" in err
+
+
+def test_vae_without_diffusers_is_refused_before_sampling(capsys, tmp_path, monkeypatch, no_sampling):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else find_spec(name, *a))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "vae"),
+                           "--out", str(tmp_path / "x.png")])  # fmt: skip
+    assert "needs diffusers" in err and "pip install diffusers" in err
+
+
+@pytest.mark.parametrize("size", [31, 40, 250])
+def test_image_size_speaks_of_the_pixels_typed(capsys, tmp_path, size, no_sampling):
+    # DiT-S/2 latents: 8x downsampling, patch 2 -> multiples of 16 pixels; never floored silently.
+    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/2", "--image-size", str(size),
+                           "--out", str(tmp_path / "x.npz")])  # fmt: skip
+    lower, upper = size // 16 * 16, size // 16 * 16 + 16
+    assert f"--image-size {size}: must be a multiple of 16" in err and f"nearest valid: {lower} or {upper}" in err
+
+
+def test_image_size_of_a_fixed_model(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--image-size", "31", "--out", str(tmp_path / "x.png")])
+    assert "--image-size 31: this model makes 16-pixel images" in err
+
+
+@pytest.mark.parametrize("command", ["sample", "demo"])
+@pytest.mark.parametrize("value", ["0.5", "-1", "nan"])
+def test_guidance_below_one_is_refused_with_the_range(capsys, command, value):
+    err = parse_error(capsys, [command, "--cfg", value])
+    assert f"argument --cfg: the guidance scale must be a finite number >= 1 (1 = no guidance), got {value}" in err
+
+
+def test_unknown_preset_lists_the_valid_names(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--random-init", "--preset", "SkipDiT-S/2", "--out", str(tmp_path / "x.npz")])
+    assert "unknown --preset 'SkipDiT-S/2'" in err and "--skip" in err
+    for name in ("DiT-S/2", "DiT-B/4", "DiT-L/8", "DiT-XL/2"):
+        assert name in err
+
+
+def test_a_preset_size_loads_a_skipdit_checkpoint_as_skipdit(tmp_path, monkeypatch):
+    """--preset names a size; the checkpoint's keys decide DiT or SkipDiT."""
+    model = sk.SkipDiT.from_preset("DiT-S/8", input_size=8, in_channels=1, num_classes=3)
+    ckpt = tmp_path / "s8.safetensors"
+    sk.save_checkpoint(model, ckpt)
+    seen = []
+
+    def record(model, labels, **kwargs):
+        seen.append(model)
+        return torch.zeros(len(labels), 1, 8, 8), type("Info", (), dict(steps=1, method="ddim", full_steps=1,
+                                                                          cached_steps=0, seconds=0.0, forecast=0))
+    monkeypatch.setattr("skipdit_kernels.sampling.sample", record)
+    assert cli.main(["sample", "--ckpt", str(ckpt), "--preset", "DiT-S/8", "--labels", "0", "--cfg", "1",
+                     "--out", str(tmp_path / "x.png")]) == 0  # fmt: skip
+    assert type(seen[0]) is sk.SkipDiT and seen[0].config["num_heads"] == 6
+
+
+def test_random_init_is_one_line_of_notice_not_a_warning(capsys, tmp_path):
+    out = tmp_path / "x.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli.main(["sample", "--random-init", "--skip", "--preset", "DiT-S/8", "--image-size", "64",
+                         "--num-classes", "4", "--labels", "1", "--steps", "2", "--cfg", "1", "--no-progress",
+                         "--out", str(out)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err == "skipdit sample: note: --random-init: random weights, the samples will be noise-like\n"
+    assert np.load(out)["latents"].shape == (1, 4, 8, 8)
+
+
+def test_library_errors_are_one_line_and_debug_gives_the_traceback(capsys, tmp_path, monkeypatch):
+    argv = ["sample", "--ckpt", BUNDLED, "--labels", "0", "12", "--out", str(tmp_path / "x.png")]
+    err = refused(capsys, argv)  # sample()'s own ValueError
+    assert "class labels must be in 0..9" in err
+    monkeypatch.setenv("SKIPDIT_DEBUG", "1")
+    with pytest.raises(ValueError, match="class labels"):
+        cli.main(argv)
+
+
+def test_other_refusals_before_work(capsys, tmp_path, no_sampling):
+    npz, png = str(tmp_path / "x.npz"), str(tmp_path / "x.png")
+    assert "--random-init" in refused(capsys, ["sample", "--out", npz])
+    assert "no such file" in refused(capsys, ["sample", "--ckpt", str(tmp_path / "nope.pt"), "--out", npz])
+    assert "--skip goes with --random-init" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--skip", "--out", png])
+    assert "apply to .png output only" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz])
+    err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--out", str(tmp_path / "missing" / "x.png")])
+    assert "does not exist" in err
+    assert "must be >= 1, got 0" in parse_error(capsys, ["sample", "--steps", "0"])
+    assert "must be >= 1, got 0" in parse_error(capsys, ["demo", "--per-class", "0"])
+
+
+@pytest.mark.parametrize("scale,side", [(None, 64), (2, 32)])
+def test_sample_pngs_of_small_models_are_upscaled(tmp_path, scale, side):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--ckpt", BUNDLED, "--labels", "0", "1", "2", "--steps", "2", "--method", "ddim", "--cfg", "1",
+            "--no-progress", "--out", str(out)] + (["--scale", str(scale)] if scale else [])
+    assert cli.main(argv) == 0
+    with Image.open(out) as image:
+        factor = side // 16
+        # 3 images of 16 px in one row, 2 px padding around each, all upscaled by the factor
+        assert image.size == ((3 * 18 + 2) * factor, 18 * factor + 2 * factor)
+
+
+def test_weight_files_get_the_usual_mode(tmp_path):
+    from skipdit_kernels.files import save_safetensors
+
+    previous = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.ones(2, 3)}, tmp_path / "w.safetensors", {"a": "b"})
+        embedded.save_half(sk.DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2,
+                                  num_classes=3), str(tmp_path / "h.safetensors"))  # fmt: skip
+        torch.save({}, tmp_path / "plain.pt")
+    finally:
+        os.umask(previous)
+    for name in ("w.safetensors", "h.safetensors", "plain.pt"):
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o644", name
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert f.metadata() == {"a": "b"} and torch.equal(f.get_tensor("w"), torch.ones(2, 3))
+
+
+def test_classifier_training_run_files_get_the_usual_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert cli.main(["train", "--model", "classifier", "--epochs", "1", "--threads", "1", "--no-progress",
+                         "--out", str(tmp_path / "run"), "--export", str(tmp_path / "clf.safetensors")]) == 0
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "run" / "model.safetensors", tmp_path / "run" / "log.jsonl", tmp_path / "clf.safetensors"):
+        assert oct(os.stat(path).st_mode & 0o777) == "0o644", path
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_bundled_digits_are_scikit_learns():
+    datasets = pytest.importorskip("sklearn.datasets")
+    from skipdit_kernels.data import load_digits_tensors
+
+    x, y = load_digits_tensors(size=8)
+    digits = datasets.load_digits()
+    assert torch.equal(y, torch.from_numpy(digits.target).long())
+    assert torch.equal(x, torch.from_numpy(digits.images / 16.0).float().unsqueeze(1) * 2 - 1)
+
+
+def test_train_defaults_give_the_bundled_size_on_the_bundled_digits(tmp_path, capsys):
+    """`skipdit train` with its defaults (digits data, no sizes) needs no extra package and a small model."""
+    assert cli.main(["train", "--steps", "1", "--batch-size", "8", "--threads", "1", "--no-progress",
+                     "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    model = sk.load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert type(model) is sk.SkipDiT
+    assert {k: model.config[k] for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads")} == dict(
+        input_size=16, patch_size=4, hidden_size=96, depth=8, num_heads=4)
+    assert "1797 training images" in capsys.readouterr().out

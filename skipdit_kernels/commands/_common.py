@@ -1,0 +1,80 @@
+"""What the subcommands share: the CLI's own error, argument types, notices, device and preset checks.
+
+Argument types and ``CommandError`` import nothing heavy (``skipdit --help`` must not load torch);
+the checks that need torch import it when they run."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+
+class CommandError(Exception):
+    """A request the command refuses before doing any work; the CLI prints it as one line, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    """A classifier-free guidance scale: a finite number >= 1 (1 = no guidance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 1.0:
+        raise argparse.ArgumentTypeError(f"the guidance scale must be a finite number >= 1 (1 = no guidance), got {text}")
+    return value
+
+
+def notice(command: str, text: str) -> None:
+    """One line on stderr for something the user should know but that is not an error."""
+    print(f"skipdit {command}: note: {text}", file=sys.stderr)
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: "cpu", then "cuda", "cuda:0", ... and "mps" when present."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(spec: str | None):
+    """``--device`` as a torch.device that exists here (default: cuda when available, else cpu).
+    Raises CommandError naming the available devices."""
+    import torch
+
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {spec!r} is not a device name; available here: {', '.join(available)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise CommandError(f"--device {spec}: {why}; available here: {', '.join(available)}")
+    if str(device) not in available and device.type != "cpu":
+        raise CommandError(f"--device {spec}: not available here; available here: {', '.join(available)}")
+    return device
