@@ -13,14 +13,12 @@ from skipdit_kernels.cache.forecast import AUTO_DETERMINISTIC_ORDER
 
 @pytest.fixture(scope="session")
 def trained_skipdit():
-    """A depth-4 SkipDiT trained for a few seconds on sklearn's 8x8 digits: enough temporal structure."""
-    datasets = pytest.importorskip("sklearn.datasets")
+    """A depth-4 SkipDiT trained for a few seconds on the bundled 8x8 digits: enough temporal structure."""
+    from skipdit_kernels.data import load_digits_tensors
     from skipdit_kernels.sampling import GaussianDiffusion
 
     torch.manual_seed(0)
-    digits = datasets.load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    y = torch.tensor(digits.target)
+    x, y = load_digits_tensors(size=8)
     model = sk.SkipDiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=4,
                        num_classes=10, learn_sigma=False)  # fmt: skip
     diffusion = GaussianDiffusion.create("", learn_sigma=False)
