@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from skipdit_kernels.data import digits_split, load_digits_tensors
-from skipdit_kernels.metrics import DigitClassifier, classifier_accuracy, frechet_distance, psnr, ssim
+from skipdit_kernels.metrics import (
+    DigitClassifier, classifier_accuracy, fidelity, frechet_distance, psnr, ssim, worst_mean,
+)
 
 
 def test_psnr_known_values_and_identical():
@@ -17,6 +19,42 @@ def test_psnr_known_values_and_identical():
     assert psnr(a, a + 0.1, data_range=1.0) == pytest.approx(10 * math.log10(1 / 0.01))
     with pytest.raises(ValueError):
         psnr(a, a[:2])
+
+
+def test_psnr_pooled_is_one_mse_over_all_pairs():
+    a = torch.zeros(4, 1, 4, 4)
+    errors = torch.tensor([1e-4, 1e-4, 1e-4, 1.0])  # one badly-off image
+    b = a + errors.sqrt()[:, None, None, None]
+    assert psnr(a, b, reduction="pooled") == pytest.approx(10 * math.log10(4 / errors.mean().item()))
+    assert psnr(a, b) == pytest.approx(float(np.mean([10 * math.log10(4 / e) for e in errors.tolist()])))
+    assert psnr(a, b, reduction="pooled") < psnr(a, b) - 10  # the outlier dominates the pooled value
+    with pytest.raises(ValueError, match="reduction"):
+        psnr(a, b, reduction="sum")
+
+
+def test_worst_mean_and_fidelity_summary():
+    values = torch.arange(100, dtype=torch.float64)  # 0..99
+    assert worst_mean(values) == pytest.approx(2.0)  # mean of 0..4: the worst 5 of 100
+    assert worst_mean(values, higher_is_better=False) == pytest.approx(97.0)
+    assert worst_mean(values[:10]) == pytest.approx(0.0)  # at least one sample
+    assert worst_mean(values[:30], 0.1) == pytest.approx(1.0)  # 3 of 30
+    with pytest.raises(ValueError, match="fraction"):
+        worst_mean(values, 0)
+    with pytest.raises(ValueError, match="1-d"):
+        worst_mean(values[None])
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(20, 1, 16, 16, generator=g) * 2 - 1
+    noise = torch.randn(ref.shape, generator=g) * torch.linspace(0.01, 0.5, 20)[:, None, None, None]
+    out = ref + noise
+    r = fidelity(out, ref)
+    per_psnr, per_ssim = psnr(out, ref, reduction="none"), ssim(out, ref, reduction="none")
+    assert r["worst_count"] == 1
+    assert r["psnr_mean"] == pytest.approx(float(per_psnr.mean()))
+    assert r["psnr_pooled"] == pytest.approx(psnr(out, ref, reduction="pooled"))
+    assert r["psnr_worst"] == pytest.approx(float(per_psnr.min()))
+    assert r["ssim_mean"] == pytest.approx(ssim(out, ref)) and r["ssim_worst"] == pytest.approx(float(per_ssim.min()))
+    assert r["psnr_worst"] < r["psnr_pooled"] < r["psnr_mean"]
 
 
 def test_ssim_identical_is_one_and_symmetric():

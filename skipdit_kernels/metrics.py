@@ -2,11 +2,14 @@
 accuracy; and the small digit classifier whose penultimate features the Frechet distance uses.
 
 - ``psnr(a, b)``: 10 log10(range^2 / MSE) over each pair, averaged; ``inf`` for identical images
-  (the mean is ``inf`` if any pair is identical, so ``psnr(..., reduction="none")`` gives per-image).
+  (the mean is ``inf`` if any pair is identical, so ``psnr(..., reduction="none")`` gives per-image);
+  ``reduction="pooled"``: one MSE over all pairs, so a few badly-off images dominate it.
 - ``ssim(a, b)``: Wang et al. 2004 with a 7x7 Gaussian window (sigma 1.5; small because the images
   are 16x16), valid convolution, K1 = 0.01, K2 = 0.03, per channel, averaged.
 - ``frechet_distance(f1, f2)``: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two feature sets
   (as FID, here in the digit classifier's 64-d feature space, so the numbers are not FIDs).
+- ``fidelity(images, reference)``: PSNR and SSIM scored per sample (mean, worst 5%) and pooled,
+  side by side, as the fidelity reports print them.
 """
 from __future__ import annotations
 
@@ -19,17 +22,23 @@ import torch.nn.functional as F
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, reduction: str = "mean"):
-    """PSNR in dB of each image pair (N, ...); mean over pairs, or per pair with reduction="none"."""
+    """PSNR in dB of image pairs (N, ...): the mean of the per-pair values (``reduction="mean"``),
+    the per-pair values as an (N,) float64 tensor (``"none"``), or one value from the MSE over all
+    pairs together (``"pooled"``). ValueError for different shapes or an unknown reduction."""
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if reduction not in ("mean", "none", "pooled"):
+        raise ValueError(f"reduction must be 'mean', 'none' or 'pooled', got {reduction!r}")
     a = a.detach().double().reshape(a.shape[0], -1)
     b = b.detach().double().reshape(b.shape[0], -1)
     mse = ((a - b) ** 2).mean(1)
+    if reduction == "pooled":
+        mse = mse.mean(0, keepdim=True)
     with np.errstate(divide="ignore"):
         values = torch.where(mse == 0, torch.full_like(mse, math.inf), 10.0 * torch.log10(data_range**2 / mse))
     if reduction == "none":
         return values
-    return float(values.mean())
+    return float(values.mean())  # "pooled": the mean of one value
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -41,7 +50,11 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 7, sigma: float = 1.5,
          reduction: str = "mean"):
-    """Mean SSIM of image pairs (N, C, H, W); 1 for identical images."""
+    """Mean SSIM of image pairs (N, C, H, W), or per pair as an (N,) float64 tensor with
+    ``reduction="none"``; 1 for identical images. Every image has the same number of windows, so
+    the mean over pairs is also the SSIM pooled over all windows of all pairs."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     n, c, h, w = a.shape
@@ -57,6 +70,44 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int 
     smap = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     values = smap.reshape(n, -1).mean(1)
     return values if reduction == "none" else float(values.mean())
+
+
+def _worst_count(n: int, fraction: float) -> int:
+    return max(1, math.ceil(fraction * n - 1e-9))  # the epsilon keeps 0.05 * 100 at 5, not 6
+
+
+def worst_mean(values: torch.Tensor, fraction: float = 0.05, higher_is_better: bool = True) -> float:
+    """Mean of the worst ``ceil(fraction * N)`` (at least 1) of N per-sample scores."""
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"expected a non-empty 1-d tensor of per-sample scores, got shape {tuple(values.shape)}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    worst = torch.topk(values.double(), _worst_count(len(values), fraction), largest=not higher_is_better).values
+    return float(worst.mean())
+
+
+def fidelity(images: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0, worst_fraction: float = 0.05) -> dict:
+    """How close ``images`` are to ``reference`` (both (N, C, H, W), same noise), scored three ways:
+
+    - ``psnr_mean`` / ``ssim_mean``: per sample, then averaged (what a typical sample looks like;
+      ``inf`` PSNR if any pair is identical);
+    - ``psnr_pooled``: one MSE over all samples (a few badly-off samples dominate it); SSIM pooled
+      over all windows equals ``ssim_mean``;
+    - ``psnr_worst`` / ``ssim_worst``: the mean over the worst ``worst_fraction`` of samples
+      (``ceil(worst_fraction * N)`` of them, given as ``worst_count``).
+
+    PSNR in dB with peak-to-peak ``data_range`` (2 for images in [-1, 1]).
+    """
+    per_psnr = psnr(images, reference, data_range, reduction="none")
+    per_ssim = ssim(images, reference, data_range, reduction="none")
+    return dict(
+        psnr_mean=float(per_psnr.mean()),
+        psnr_pooled=psnr(images, reference, data_range, reduction="pooled"),
+        psnr_worst=worst_mean(per_psnr, worst_fraction),
+        ssim_mean=float(per_ssim.mean()),
+        ssim_worst=worst_mean(per_ssim, worst_fraction),
+        worst_count=_worst_count(len(per_psnr), worst_fraction),
+    )
 
 
 def _sqrtm_psd_product_trace(s1: np.ndarray, s2: np.ndarray) -> float:
