@@ -76,27 +76,29 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 
 
 def save_comparison(
-    full: torch.Tensor, cached: torch.Tensor, path: str | os.PathLike, labels: tuple[str, str],
-    nrow: int | None = None, scale: int = 1, magnify: float = 10.0,
+    panels: list[tuple[str, torch.Tensor]], path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
+    magnify: float = 10.0,
 ) -> None:  # fmt: skip
-    """One PNG, three labelled panels side by side: ``full`` | ``cached`` | ``|cached - full|``
-    magnified ``magnify`` times (white = a difference of 2/magnify or more, i.e. the full [-1, 1] range
-    at magnify 1). ``full`` and ``cached`` are (N, C, H, W) in [-1, 1]; ``labels`` name the first two."""
+    """One PNG of labelled panels side by side: each (label, images) of ``panels``, then
+    ``|last - first|`` magnified ``magnify`` times (white = a difference of 2/magnify or more, i.e.
+    the full [-1, 1] range at magnify 1). Images are (N, C, H, W) in [-1, 1], all of one shape."""
     from PIL import Image, ImageDraw, ImageFont
 
-    if full.shape != cached.shape:
-        raise ValueError(f"full and cached must have one shape, got {tuple(full.shape)} and {tuple(cached.shape)}")
-    difference = ((cached.float() - full.float()).abs() * magnify - 1.0).clamp(-1.0, 1.0)
-    texts = [*labels, f"|difference| x{magnify:g}"]
-    panels = [_image(make_grid(x, nrow), scale).convert("RGB") for x in (full, cached, difference)]
-    font = ImageFont.load_default(size=max(12, min(24, panels[0].width // 16)))
+    shapes = {tuple(images.shape) for _, images in panels}
+    if len(panels) < 2 or len(shapes) != 1:
+        raise ValueError(f"save_comparison needs two or more panels of one shape, got shapes {sorted(shapes)}")
+    first, last = panels[0][1], panels[-1][1]
+    difference = ((last.float() - first.float()).abs() * magnify - 1.0).clamp(-1.0, 1.0)
+    texts = [label for label, _ in panels] + [f"|{panels[-1][0].split(',')[0]} - {panels[0][0].split(',')[0]}| x{magnify:g}"]
+    images = [_image(make_grid(x, nrow), scale).convert("RGB") for x in [*(p for _, p in panels), difference]]
+    font = ImageFont.load_default(size=max(12, min(24, images[0].width // 16)))
     band = int(font.size * 1.6)
     gap = max(4, band // 3)
-    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
-    canvas = Image.new("RGB", (width, band + panels[0].height), "white")
+    width = sum(p.width for p in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, band + images[0].height), "white")
     draw = ImageDraw.Draw(canvas)
     left = 0
-    for text, panel in zip(texts, panels):
+    for text, panel in zip(texts, images):
         canvas.paste(panel, (left, band))
         draw.text((left + panel.width // 2, band // 2), text, fill="black", font=font, anchor="mm")
         left += panel.width + gap

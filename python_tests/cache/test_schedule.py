@@ -110,3 +110,21 @@ def test_weights_sum_to_one_and_nodes_must_be_distinct():
     assert lagrange_weights([0, 2], 3) == pytest.approx((-0.5, 1.5))
     with pytest.raises(ValueError, match="distinct"):
         lagrange_weights([1, 1], 2)
+
+
+def test_the_fast_preset_resolves_per_sampler():
+    fast = sk.SkipCache.preset("fast")
+    assert (fast.interval, fast.shallow_blocks, fast.start_t, fast.stop_t, fast.forecast) == (4, 1, 950, 20, "auto")
+    deterministic = fast.for_sampler(stochastic=False)
+    assert deterministic == sk.SkipCache(interval=4, shallow_blocks=1, start_t=950, forecast=AUTO_DETERMINISTIC_ORDER)
+    # a stochastic sampler gets the paper's reuse schedule (extrapolation amplifies injected noise)
+    assert fast.for_sampler(stochastic=True) == sk.SkipCache(interval=2, shallow_blocks=1, forecast=0)
+    assert sk.SkipCache(interval=3, forecast="auto").for_sampler(stochastic=True).forecast == 0
+    assert sk.SkipCache(interval=3, forecast=2).for_sampler(stochastic=False).forecast == 2
+    # DDIM-50 on the bundled model: 2.11x FLOP bound (measured 2.11x, bench/results/quality-sweep-*)
+    from skipdit_kernels.sampling import GaussianDiffusion
+
+    timesteps = GaussianDiffusion.create(50, method="ddim").timesteps
+    assert 1 / deterministic.block_fraction(timesteps, 8) == pytest.approx(2.105, abs=0.01)
+    full = deterministic.full_steps(timesteps)
+    assert full[:2] == [True, True] and full[2:6] == [False, False, True, False]  # t=999, 979 >= 950

@@ -59,7 +59,7 @@ def test_interval_shorthand_and_bad_cache(model):
     _, info = sample(model, [0], steps=4, method="ddim", cache=2, progress=False, return_info=True, cfg_scale=1)
     assert info.cache == sk.SkipCache(interval=2, shallow_blocks=3) and info.cached_steps == 2
     with pytest.raises(ValueError, match="cache must be"):
-        sample(model, [0], steps=4, cache="fast", progress=False)
+        sample(model, [0], steps=4, cache=2.5, progress=False)
 
 
 @pytest.mark.parametrize("labels, match", [

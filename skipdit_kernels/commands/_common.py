@@ -21,6 +21,16 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def cache_setting(text: str) -> int | str:
+    """A Skip-Cache interval (0 = off) or the preset name 'fast'."""
+    if text == "fast":
+        return text
+    try:
+        return _int_at_least(text, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an interval >= 0 or 'fast', got {text!r}") from None
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

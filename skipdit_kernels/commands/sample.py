@@ -11,7 +11,7 @@ import os
 from skipdit_kernels.commands._common import (
     CommandError,
     guidance_scale,
-    nonnegative_int,
+    cache_setting,
     notice,
     positive_int,
     resolve_device,
@@ -35,7 +35,9 @@ def configure(parser) -> None:
     parser.add_argument("--steps", type=positive_int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=guidance_scale, default=4.0, help="classifier-free guidance scale, >= 1 (1 = off)")
-    parser.add_argument("--cache", type=nonnegative_int, default=0, help="Skip-Cache interval (0 = off)")
+    parser.add_argument("--cache", type=cache_setting, default=0,
+                        help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
+                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM)")
     parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
                         help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
     parser.add_argument("--shallow", type=positive_int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
@@ -144,7 +146,9 @@ def run(args) -> int:
     from skipdit_kernels.sampling import sample
 
     cache = None
-    if args.cache:
+    if args.cache == "fast":
+        cache = "fast"
+    elif args.cache:
         shallow = args.shallow or min(4, model.depth // 2)
         forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
         cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)

@@ -11,7 +11,6 @@ import torch
 
 from ..cache import SkipCache, as_skip_stack
 from ..cache.executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
-from ..cache.forecast import resolve_forecast
 from .diffusion import GaussianDiffusion
 from .trajectory import SamplerTrajectory
 
@@ -29,16 +28,18 @@ class SampleInfo:
     forecast: int = 0  # the Skip-Cache forecast order used ("auto" resolved from the sampler)
 
 
-def resolve_cache(cache: SkipCache | int | None, num_units: int) -> SkipCache | None:
+def resolve_cache(cache: SkipCache | int | str | None, num_units: int) -> SkipCache | None:
     """``None``/0: no cache; an int: that interval with the official defaults (shallow_blocks
-    capped at num_units/2 for small models); or a SkipCache."""
+    capped at num_units/2 for small models); a preset name (``SkipCache.preset``); or a SkipCache."""
     if cache is None or cache is False or (isinstance(cache, int) and not isinstance(cache, bool) and cache == 0):
         return None
     if isinstance(cache, SkipCache):
         return cache
+    if isinstance(cache, str):
+        return SkipCache.preset(cache)
     if isinstance(cache, int) and not isinstance(cache, bool):
         return SkipCache(interval=cache, shallow_blocks=min(SkipCache.shallow_blocks, num_units // 2))
-    raise ValueError(f"cache must be None, an interval (int) or a SkipCache, got {cache!r}")
+    raise ValueError(f"cache must be None, an interval (int), a preset name or a SkipCache, got {cache!r}")
 
 
 def resolve_device(device) -> torch.device:
@@ -118,8 +119,8 @@ def sample(
     latent = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
     diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
     cache = resolve_cache(cache, stack.num_units)
-    if cache is not None and cache.forecast == "auto":
-        cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
+    if cache is not None:
+        cache = cache.for_sampler(diffusion.is_stochastic)
     use_graphs = resolve_cuda_graphs(cuda_graphs, device)
     if executor is not None and executor.model is not model:
         raise ValueError("executor belongs to another model")
