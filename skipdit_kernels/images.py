@@ -12,8 +12,8 @@ import torch
 SD_VAE_SCALE = 0.18215  # the latent scaling of DiT's sd-vae-ft-* autoencoders
 
 
-def decode_latents(latents: torch.Tensor, vae_dir: str | os.PathLike, batch_size: int = 8) -> torch.Tensor:
-    """Decode DiT latents with diffusers' AutoencoderKL from a local folder (nothing is downloaded)."""
+def load_vae(vae_dir: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """diffusers' AutoencoderKL from a local folder (nothing is downloaded), in eval mode on ``device``."""
     vae_dir = os.fspath(vae_dir)
     if not os.path.isdir(vae_dir):
         raise FileNotFoundError(
@@ -24,7 +24,14 @@ def decode_latents(latents: torch.Tensor, vae_dir: str | os.PathLike, batch_size
         from diffusers.models import AutoencoderKL
     except ImportError as exc:
         raise ImportError("decoding latents needs diffusers: pip install diffusers") from exc
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(latents.device).eval()
+    return AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(device).eval()
+
+
+def decode_latents(latents: torch.Tensor, vae: "str | os.PathLike | torch.nn.Module", batch_size: int = 8) -> torch.Tensor:
+    """Decode DiT latents (N, 4, h, w) to images (N, 3, 8h, 8w) in about [-1, 1] with an AutoencoderKL,
+    given loaded or as a local folder (``load_vae``)."""
+    if isinstance(vae, (str, os.PathLike)):
+        vae = load_vae(vae, latents.device)
     with torch.no_grad():
         chunks = [vae.decode(chunk / SD_VAE_SCALE).sample for chunk in latents.split(batch_size)]
     return torch.cat(chunks)
