@@ -230,3 +230,58 @@ def test_resumption_skips_written_batches(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="holds a run with other settings .*seed: 11 then, 12 now"):
         single_process(tmp_path, "resumed", **{**kwargs, "seed": 12})
+
+
+def torchrun(tmp_path, *args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), "-m", "skipdit_kernels.cli", "sample-ddp", "--bundled", "skipdit",
+               "--steps", "3", "--method", "ddim", "--cfg", "3", "--cache", "2", "--shallow", "1", "--timeout", str(TIMEOUT_S),
+               "--no-progress", *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+
+
+def test_cli_data_parallel_under_torchrun(tmp_path):
+    done = torchrun(tmp_path, "--num-samples", "3", "--batch-size", "2", "--seed", "5", "--out-dir", "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 samples, data parallel over 2 rank(s)" in done.stdout
+    from skipdit_kernels.embedded import load_bundled
+
+    model = load_bundled("skipdit")
+    with np.load(tmp_path / "run" / "samples.npz") as z:
+        images, labels = z["arr_0"], z["labels"]
+    assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
+    info = RankInfo(0, 1, torch.device("cpu"), TIMEOUT_S)
+    path = sample_ddp(model, 3, tmp_path / "one", batch_size=2, seed=5, steps=3, method="ddim", cfg_scale=3.0,
+                      cache=SkipCache(interval=2, shallow_blocks=1), info=info, progress=False)  # fmt: skip
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["labels"], labels)
+        assert np.abs(z["arr_0"].astype(int) - images).max() <= 1  # uint8 rounding of fp32-close samples
+
+
+
+def test_cli_refuses_to_mix_runs_without_a_traceback(tmp_path, capsys):
+    from skipdit_kernels.cli import main
+
+    common = ["sample-ddp", "--bundled", "skipdit", "--num-samples", "2", "--steps", "2", "--cfg", "1",
+              "--no-progress", "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(common + ["--seed", "5"]) == 0  # one plain process: world size 1
+    assert main(common + ["--seed", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"skipdit sample-ddp: error: '{tmp_path / 'run'}' holds a run with other settings (seed: 5 then, 6 now)" in err
+
+
+def test_cli_cfg_parallel_under_torchrun(tmp_path):
+    done = torchrun(tmp_path, "--cfg-parallel", "--labels", "0", "7", "--seed", "2", "--out-dir", "one")
+    assert done.returncode == 0, done.stderr[-3000:]
+    from skipdit_kernels.embedded import load_bundled
+    from skipdit_kernels.images import to_uint8
+
+    expected = sample(load_bundled("skipdit"), [0, 7], seed=2, steps=3, method="ddim", cfg_scale=3.0,
+                      cache=SkipCache(interval=2, shallow_blocks=1), progress=False)  # fmt: skip
+    with np.load(tmp_path / "one" / "samples.npz") as z:
+        assert z["arr_0"].shape == (2, 16, 16, 3)
+        assert np.abs(z["arr_0"][..., 0].astype(int) - to_uint8(expected)[..., 0]).max() <= 1

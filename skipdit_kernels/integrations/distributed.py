@@ -127,7 +127,9 @@ def batch_seeds(seed: int, batch: int) -> tuple[int, int]:
     return int(noise), int(labels)
 
 
-def _output_kind(stack, latent_shape: tuple[int, ...], vae) -> str:
+def output_kind(stack, latent_shape: tuple[int, ...], vae) -> str:
+    """"images" when samples become uint8 images (a VAE is given, or a 1/3-channel pixel model),
+    else "latents"."""
     if vae is not None:
         return "images"
     if len(latent_shape) == 3 and stack.channel_dim == 1 and latent_shape[0] in (1, 3):
@@ -135,8 +137,9 @@ def _output_kind(stack, latent_shape: tuple[int, ...], vae) -> str:
     return "latents"
 
 
-def _to_output(latents: torch.Tensor, kind: str, vae) -> np.ndarray:
-    """Latents (N, C, H, W) -> uint8 (N, H, W, 3) images, or float32 latents."""
+def fid_array(latents: torch.Tensor, kind: str, vae) -> np.ndarray:
+    """Samples as FID tools read them: ``kind`` "images": (N, C, H, W) -> uint8 (N, H, W, 3), decoded
+    by ``vae`` (an AutoencoderKL or None for pixels); "latents": float32 (N, C, H, W)."""
     if kind == "latents":
         return latents.float().cpu().numpy()
     images = decode_latents(latents, vae) if vae is not None else latents
@@ -263,7 +266,7 @@ def sample_ddp(
     GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)  # checks them
     resolved_cache = resolve_cache(cache, stack.num_units)
     latent = tuple(stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size))
-    kind = _output_kind(stack, latent, vae)
+    kind = output_kind(stack, latent, vae)
     dtype = dtype or next(model.parameters()).dtype
     vae_module = load_vae(vae, info.device) if vae is not None else None
 
@@ -305,7 +308,7 @@ def sample_ddp(
             seed=noise_seed, device=info.device, dtype=dtype, progress=False, guide_all_channels=guide_all_channels,
             eta=eta, cuda_graphs=cuda_graphs,
         )  # fmt: skip
-        return _to_output(latents, kind, vae_module), y.numpy()
+        return fid_array(latents, kind, vae_module), y.numpy()
 
     bar = None
     if progress and info.rank == 0:
