@@ -23,6 +23,7 @@ from skipdit_kernels.integrations.distributed import (
     sample_ddp,
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEADLINE_S = 50  # per spawned run; the collectives' own timeout is shorter
 TIMEOUT_S = 15.0
 COMMON = dict(steps=4, method="ddpm", cfg_scale=2.0, cache=SkipCache(interval=2, shallow_blocks=1))
@@ -241,7 +242,7 @@ def torchrun(tmp_path, *args: str) -> "subprocess.CompletedProcess":
                "--steps", "3", "--method", "ddim", "--cfg", "3", "--cache", "2", "--shallow", "1", "--timeout", str(TIMEOUT_S),
                "--no-progress", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+                          env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip
 
 
 def test_cli_data_parallel_under_torchrun(tmp_path):

@@ -66,8 +66,9 @@ def run(args) -> int:
         raise ValueError("--cfg-parallel samples one request: give its --labels")
     if not args.cfg_parallel and args.num_samples is None:
         raise ValueError("give --num-samples (or --cfg-parallel with --labels)")
-    info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
+    rank = os.environ.get("RANK", "0")
     try:
+        info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
         model = _model(args).eval()
         cache = None
         if args.cache:
@@ -100,7 +101,7 @@ def run(args) -> int:
             print(f"{count} samples, {mode}, {time.perf_counter() - started:.1f} s; wrote {path}")
         return 0
     except ddp.DistributedSamplingError as exc:
-        print(f"skipdit sample-ddp (rank {info.rank}): error: {exc}", file=sys.stderr)
+        print(f"skipdit sample-ddp (rank {rank}): error: {exc}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

@@ -67,7 +67,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
     already; without those variables: one process, no group. ``backend``: "nccl" when CUDA is
     available, else "gloo". ``timeout_s`` bounds every collective of a group made here (for NCCL,
     with torch's default asynchronous error handling). The device is ``cuda:LOCAL_RANK`` when CUDA
-    is available, else the CPU."""
+    is available, else the CPU. DistributedSamplingError when the group cannot be joined."""
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -84,7 +84,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             return RankInfo(0, 1, device, float(timeout_s))
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except RuntimeError as exc:
+            where = ", ".join(f"{k}={os.environ.get(k)}" for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"))
+            raise DistributedSamplingError(
+                f"could not join the {backend} process group ({where}) within {timeout_s:g} s: {exc}"
+            ) from exc
     return RankInfo(dist.get_rank(), dist.get_world_size(), device, float(timeout_s))
 
 
@@ -109,6 +115,11 @@ def _agree(info: RankInfo, settings: dict, what: str) -> None:
         if differ:
             shown = ", ".join(f"{k}={other[k]!r} (rank 0: {everyone[0][k]!r})" for k in differ[:4])
             raise DistributedSamplingError(f"{what}: rank {r} was started with other settings than rank 0: {shown}")
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return f"{tensor.dtype}{tuple(tensor.shape)}:" + hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -268,6 +279,8 @@ def sample_ddp(
     latent = tuple(stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size))
     kind = output_kind(stack, latent, vae)
     dtype = dtype or next(model.parameters()).dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     vae_module = load_vae(vae, info.device) if vae is not None else None
 
     num_batches = -(-num_samples // batch_size)
@@ -276,7 +289,7 @@ def sample_ddp(
         method=method, cfg_scale=cfg_scale, eta=float(eta), cache=repr(resolved_cache),
         guide_all_channels=bool(guide_all_channels), dtype=str(dtype), output=kind,
         vae=None if vae is None else os.path.basename(os.path.normpath(os.fspath(vae))),
-        labels=None if labels is None else hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest(),
+        labels=None if labels is None else _digest(labels.to(torch.int64)),
         model=weights_fingerprint(model),
     )  # fmt: skip
     _agree(info, manifest, "sample_ddp")
@@ -434,7 +447,7 @@ def sample_cfg_parallel(
     cache = resolve_cache(cache, stack.num_units)
     if cache is not None and cache.forecast == "auto":
         cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
-    _agree(info, dict(cond={k: v.tolist() for k, v in cond.items()}, latent=tuple(latent), steps=steps, method=method,
+    _agree(info, dict(cond={k: _digest(v) for k, v in cond.items()}, latent=tuple(latent), steps=steps, method=method,
                       cfg_scale=cfg_scale, eta=float(eta), cache=repr(cache), seed=int(seed), dtype=str(dtype),
                       guide_all_channels=bool(guide_all_channels)), "sample_cfg_parallel")  # fmt: skip
     if info.rank == 1:
