@@ -18,6 +18,7 @@ from skipdit_kernels.commands._common import CommandError
 COMMANDS = {
     "info": ("skipdit_kernels.commands.info", "versions, device and which kernel backends are live"),
     "sample": ("skipdit_kernels.commands.sample", "sample images or latents from a DiT / Skip-DiT checkpoint"),
+    "sample-ddp": ("skipdit_kernels.commands.sample_ddp", "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel"),
     "train": ("skipdit_kernels.commands.train", "train a DiT / SkipDiT (or the digit classifier), resumable"),
     "bench": ("skipdit_kernels.commands.bench", "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused"),
     "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x10 digit grid with and without Skip-Cache"),

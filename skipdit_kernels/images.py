@@ -27,13 +27,20 @@ def check_vae(vae_dir: str | os.PathLike) -> None:
         raise ImportError("decoding latents with --vae needs diffusers, which is not installed: pip install diffusers")
 
 
-def decode_latents(latents: torch.Tensor, vae_dir: str | os.PathLike, batch_size: int = 8) -> torch.Tensor:
-    """Decode DiT latents (N, 4, h, w) with diffusers' AutoencoderKL from a local folder (nothing is
-    downloaded); returns (N, 3, 8h, 8w) images in about [-1, 1]. Errors as ``check_vae``."""
+def load_vae(vae_dir: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """diffusers' AutoencoderKL from a local folder (nothing is downloaded), in eval mode on ``device``.
+    Errors as ``check_vae``."""
     check_vae(vae_dir)
     from diffusers.models import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(os.fspath(vae_dir), local_files_only=True).to(latents.device).eval()
+    return AutoencoderKL.from_pretrained(os.fspath(vae_dir), local_files_only=True).to(device).eval()
+
+
+def decode_latents(latents: torch.Tensor, vae: "str | os.PathLike | torch.nn.Module", batch_size: int = 8) -> torch.Tensor:
+    """Decode DiT latents (N, 4, h, w) to images (N, 3, 8h, 8w) in about [-1, 1] with an AutoencoderKL,
+    given loaded or as a local folder (``load_vae``)."""
+    if isinstance(vae, (str, os.PathLike)):
+        vae = load_vae(vae, latents.device)
     with torch.no_grad():
         chunks = [vae.decode(chunk / SD_VAE_SCALE).sample for chunk in latents.split(batch_size)]
     return torch.cat(chunks)

@@ -1,0 +1,108 @@
+"""``skipdit sample-ddp``: sampling on every rank of a ``torchrun`` launch (or one plain process):
+data parallel into one FID-ready .npz, resumable; or, with ``--cfg-parallel``, one guided request
+split over 2 ranks (conditional / unconditional half). See docs/distributed.md."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def configure(parser) -> None:
+    model = parser.add_argument_group("model (one of --bundled, --ckpt, --random-init)")
+    model.add_argument("--bundled", choices=["skipdit", "dit"], default=None, help="a model shipped with the package")
+    model.add_argument("--ckpt", default=None, help="checkpoint (.pt, .pth or .safetensors)")
+    model.add_argument("--preset", default=None, help="model size, e.g. DiT-XL/2 (inferred from --ckpt if omitted)")
+    model.add_argument("--random-init", action="store_true", help="random weights, seeded by --seed (for testing)")
+    model.add_argument("--skip", action="store_true", help="with --random-init: a SkipDiT rather than a DiT")
+    model.add_argument("--num-classes", type=int, default=None, help="with --random-init (default 1000)")
+    parser.add_argument("--num-samples", type=int, default=None, help="how many samples (data parallel; e.g. 50000 for FID-50K)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per sampling call (per rank at a time)")
+    parser.add_argument("--labels", type=int, nargs="+", default=None,
+                        help="class labels: --num-samples of them (default: uniform random, seeded), or the request's with --cfg-parallel")
+    parser.add_argument("--cfg-parallel", action="store_true",
+                        help="one request for --labels on exactly 2 ranks: rank 0 the conditional, rank 1 the unconditional half")
+    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's)")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
+    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--cache", type=int, default=0, help="Skip-Cache interval (0 = off)")
+    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
+                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
+    parser.add_argument("--shallow", type=int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
+    parser.add_argument("--seed", type=int, default=0, help="global seed: each batch's seeds derive from it and the batch index")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--vae", default=None, help="local AutoencoderKL folder: the .npz then holds uint8 images")
+    parser.add_argument("--out-dir", required=True,
+                        help="rank 0 writes samples.npz (arr_0, labels) and, data parallel, batches/ and run.json for resuming")
+    parser.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto", help="auto: nccl with CUDA, else gloo")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds a rank waits for the others before failing (must exceed one batch's sampling time)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _model(args):
+    if args.bundled:
+        if args.ckpt or args.random_init:
+            raise ValueError("give one of --bundled, --ckpt, --random-init")
+        from skipdit_kernels.embedded import load_bundled
+
+        return load_bundled(args.bundled)
+    from skipdit_kernels.commands.sample import build_model
+
+    return build_model(args)
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from skipdit_kernels import SkipCache
+    from skipdit_kernels.commands.sample import DTYPES
+    from skipdit_kernels.integrations import distributed as ddp
+
+    if args.cfg_parallel and not args.labels:
+        raise ValueError("--cfg-parallel samples one request: give its --labels")
+    if not args.cfg_parallel and args.num_samples is None:
+        raise ValueError("give --num-samples (or --cfg-parallel with --labels)")
+    rank = os.environ.get("RANK", "0")
+    try:
+        info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
+        model = _model(args).eval()
+        cache = None
+        if args.cache:
+            shallow = args.shallow or min(4, model.depth // 2)
+            forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
+            cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
+        common = dict(image_size=args.image_size, steps=args.steps, method=args.method, cfg_scale=args.cfg, cache=cache,
+                      seed=args.seed, dtype=DTYPES[args.dtype], progress=not args.no_progress, info=info)  # fmt: skip
+        started = time.perf_counter()
+        if args.cfg_parallel:
+            latents = ddp.sample_cfg_parallel(model, args.labels, **common)
+            path = None
+            if info.rank == 0:
+                from skipdit_kernels.cache import as_skip_stack
+                from skipdit_kernels.images import load_vae
+
+                stack = as_skip_stack(model)
+                kind = ddp.output_kind(stack, tuple(latents.shape[1:]), args.vae)
+                vae = load_vae(args.vae, latents.device) if args.vae else None
+                os.makedirs(args.out_dir, exist_ok=True)
+                path = os.path.join(args.out_dir, "samples.npz")
+                np.savez(path, arr_0=ddp.fid_array(latents, kind, vae), labels=np.asarray(args.labels, dtype=np.int64))
+            count = len(args.labels)
+        else:
+            path = ddp.sample_ddp(model, args.num_samples, args.out_dir, batch_size=args.batch_size, labels=args.labels,
+                                  vae=args.vae, **common)  # fmt: skip
+            count = args.num_samples
+        if info.rank == 0:
+            mode = "CFG-parallel over 2 ranks" if args.cfg_parallel else f"data parallel over {info.world_size} rank(s)"
+            print(f"{count} samples, {mode}, {time.perf_counter() - started:.1f} s; wrote {path}")
+        return 0
+    except ddp.DistributedSamplingError as exc:
+        print(f"skipdit sample-ddp (rank {rank}): error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
