@@ -12,6 +12,7 @@ import torch
 
 from skipdit_kernels import ops
 from skipdit_kernels.ops import native
+from skipdit_kernels.ops.folding import fold_skip_weights
 
 pytestmark = [
     pytest.mark.gpu,
@@ -125,7 +126,7 @@ def test_cuda_graph_capture(dtype):
 def test_opcheck_cuda():
     _require_cuda_kernels()
     t = make(16, 5, batch=2)
-    f = native._fold_uncached(t["nw"], t["nb"], t["ws"], t["bs"])
+    f = fold_skip_weights(t["nw"], t["nb"], t["ws"], t["bs"])
     sk = torch.ops.skipdit
     samples = [
         (sk.adaln_modulate, (t["x"], t["shift"], t["scale"], 1e-6)),

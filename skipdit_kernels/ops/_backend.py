@@ -115,7 +115,9 @@ def current_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the ops inside the block on backend ``name`` (``torch``, ``triton``, ``native``, ``auto``)."""
+    """Run the ops inside the block on backend ``name`` (``torch``, ``triton``, ``native``, ``auto``).
+    Where an input requires grad, ops of a backend without a backward (``native``) run the torch
+    reference: run inference under ``torch.no_grad()`` / ``torch.inference_mode()``."""
     name = _validate_choice(name)
     if name != "auto":
         ok, why = backend_status()[name]
@@ -183,11 +185,12 @@ def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None
 
 def kernel_for(op: str, device: torch.device, dtype: torch.dtype | None = None, grad: bool = False) -> Callable | None:
     """The registered kernel of ``op`` for the current backend, or None for the reference.
-    ``grad``: some input requires grad (``needs_grad``); only matters to ``auto``."""
+    ``grad``: some input requires grad (``needs_grad``); a backend without a backward then runs the
+    reference instead (a result gradients can flow through), whether chosen or picked by ``auto``."""
     name = current_backend()
     if name == "auto":
         name = auto_backend(op, device, dtype, grad)
-    if name == "torch":
+    if name == "torch" or (grad and name not in _autograd):
         return None
     if name not in _loaded:
         ensure_loaded(name)
