@@ -156,6 +156,71 @@ def test_batch_and_non_contiguous():
     close_rel(m, rm, 1e-4)
 
 
+# ---- layouts: odd and empty shapes, non-contiguous and misaligned inputs (also run under ASan/UBSan) --
+def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t``'s values in the given memory layout."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "misaligned":  # the data pointer one element past an allocation's start
+        base = torch.empty(t.numel() + 1, dtype=t.dtype)
+        out = base[1:].view(t.shape)
+        return out.copy_(t)
+    if layout == "every_other":  # stride 2 along the last dimension
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        return wide[..., ::2].copy_(t)
+    if layout == "transposed":  # first two dimensions swapped in memory, unit stride kept last
+        if t.dim() < 2:
+            return t
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    raise ValueError(layout)
+
+
+LAYOUT_SHAPES = [(0, 5, 8), (2, 0, 8), (1, 1, 1), (3, 7, 37), (2, 5, 130)]
+LAYOUTS = ["contiguous", "misaligned", "every_other", "transposed"]
+
+
+def _layout_cases(B, T, D, dtype, g):
+    x, y, skip = (rnd(B, T, D, g=g, mean=0.2).to(dtype) for _ in range(3))
+    shift, scale, gate = (rnd(B, D, g=g, scale=0.5).to(dtype) for _ in range(3))
+    w, b = rnd(D + 3, D, g=g, scale=D**-0.5).to(dtype), rnd(D + 3, g=g, scale=0.1).to(dtype)
+    wsq, bsq = rnd(D, D, g=g, scale=D**-0.5).to(dtype), rnd(D, g=g, scale=0.1).to(dtype)
+    nw, nb, ws, bs = skip_params(D, g, dtype=dtype)
+    f = fold_skip_weights(nw, nb, ws, bs)
+    return {
+        "adaln_modulate": ((x, shift, scale), lambda a: SK.adaln_modulate(*a, 1e-6),
+                           lambda a: ops.adaln_modulate_reference(*a, 1e-6)),
+        "gated_residual": ((x, gate, y), lambda a: SK.gated_residual(*a), lambda a: ops.gated_residual_reference(*a)),
+        "linear_gelu": ((x, w, b), lambda a: SK.linear_gelu(*a), lambda a: ops.linear_gelu_reference(*a)),
+        "linear": ((x, w, b), lambda a: SK.linear(*a), lambda a: F.linear(*a)),
+        "linear_gated_residual": ((x, y, wsq, bsq, gate), lambda a: SK.linear_gated_residual(*a),
+                                  lambda a: ops.linear_gated_residual_reference(*a)),
+        "skip_fuse": ((x, skip, f.weight, f.rowsum, f.bias), lambda a: SK.skip_fuse(*a, 1e-6),
+                      lambda a: ops.skip_fuse_reference(a[0], a[1], nw, nb, ws.to(a[0].dtype), bs.to(a[0].dtype))),
+        "skip_fuse_adaln": ((x, skip, f.weight, f.rowsum, f.bias, shift, scale),
+                            lambda a: SK.skip_fuse_adaln(*a, 1e-6)[1],
+                            lambda a: ops.skip_fuse_adaln_reference(a[0], a[1], nw, nb, ws.to(a[0].dtype), bs.to(a[0].dtype), a[5], a[6])[1]),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_layouts(shape, layout, dtype):
+    g = gen(sum(shape) + len(layout))
+    for op, (args, native_fn, ref_fn) in _layout_cases(*shape, dtype, g).items():
+        laid = tuple(_laid_out(a, layout) if a.dim() >= 1 and a.dtype == dtype else a for a in args)
+        got = native_fn(laid)
+        want = ref_fn(args)
+        assert got.shape == want.shape and got.dtype == want.dtype, op
+        if want.numel() == 0:
+            continue
+        if dtype == torch.float32:
+            close_rel(got, want, 1e-4)
+        else:
+            ref32 = ref_fn(tuple(a.float() for a in args))
+            close_bf16(got, want, ref32, atol=2e-2)
+
+
 # ---- bf16 ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hidden", (1152, 37))
 def test_bf16_through_the_backend(hidden):

@@ -3,7 +3,9 @@
 One op name per kernel; torch's dispatcher runs the CPU or the CUDA driver by the inputs' device.
 The library comes from the installed extension (``skipdit_kernels._C``, built by ``pip install``),
 or, when that is missing, from a cached JIT build (``build_jit()``, or ``SKIPDIT_NATIVE_JIT=1`` at
-import; ``SKIPDIT_NATIVE_JIT=force`` uses the JIT build even when the extension is installed). Importing this package never fails: without the library the backend reports why.
+import; ``SKIPDIT_NATIVE_JIT=force`` uses the JIT build even when the extension is installed), or
+from the shared library named by ``SKIPDIT_NATIVE_LIBRARY`` (a sanitizer build: .ci/sanitize.sh).
+Importing this package never fails: without the library the backend reports why.
 
 Weight preparation happens here, on every call (nothing is cached, so no update of the weights is
 ever missed):
@@ -39,7 +41,15 @@ def load(jit: bool | None = None, verbose: bool = False) -> bool:
         return True
     errors = []
     jit_env = os.environ.get("SKIPDIT_NATIVE_JIT", "0").strip().lower()
-    if jit_env == "force":  # the JIT build even when an extension is installed (tests, debugging)
+    library = os.environ.get("SKIPDIT_NATIVE_LIBRARY", "").strip()
+    if library:  # a library built elsewhere (.ci/sanitize.sh's sanitizer build, debugging)
+        try:
+            torch.ops.load_library(library)
+            _state["source"] = f"library {library}"
+        except Exception as exc:
+            errors.append(f"SKIPDIT_NATIVE_LIBRARY={library} did not load ({type(exc).__name__}: {exc})")
+            jit = False
+    elif jit_env == "force":  # the JIT build even when an extension is installed (tests, debugging)
         jit = True
     else:
         try:
@@ -163,6 +173,7 @@ def _register() -> None:
     for name in _OPS + ("linear",):
         _backend.register(name, "native")(globals()[name])
     _backend.register_probe("native", probe)
+    _backend.declare_dtypes("native", (torch.float32, torch.bfloat16, torch.float16))
 
 
 try:
