@@ -46,6 +46,7 @@ import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels import ops  # noqa: E402
 from skipdit_kernels.cache import SkipStackExecutor  # noqa: E402
 from skipdit_kernels.sampling import GaussianDiffusion  # noqa: E402
+from skipdit_kernels.sampling.trajectory import NUM_COEF, SamplerTrajectory, sampler_coefficients  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INTERVALS = (2, 3, 4)
@@ -122,7 +123,7 @@ def step_macs(cfg: dict, batch: int, blocks: list[int], long_skips: bool = True)
 def schedule_counts(diffusion, interval: int | None):
     if interval is None:
         return diffusion.num_steps, 0
-    plan = sk.SkipCache(interval=interval, shallow_blocks=SHALLOW).plan(diffusion.timesteps)
+    plan = sk.SkipCache(interval=interval, shallow_blocks=SHALLOW).full_steps(diffusion.timesteps)
     return plan.count(True), plan.count(False)
 
 
@@ -151,23 +152,23 @@ class ExecutorSteps:
         self.x0 = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(device)
         y = torch.randint(0, model.num_classes, (batch,), generator=g)
         self.y = torch.cat([y, torch.full_like(y, model.num_classes)]).to(device)
-        self.sig = self.ex.signature(self.x0, dtype, True)
+        cond = {"y": self.y}
+        self.sig = self.ex.signature(self.x0, cond, dtype, True)
+        self.trajectory = SamplerTrajectory(diffusion, CFG_SCALE, guided=model.guided_channels(False))
         with ops.use_backend(backend):
-            self.program = self.ex.program(diffusion, sk.SkipCache(interval=2, shallow_blocks=SHALLOW), True, False,
-                                           model.in_channels)
-        self.b = self.ex.buffers(self.sig)
-        from skipdit_kernels.cache.executor import sampler_coefficients
-
+            self.program = self.ex.program(sk.SkipCache(interval=2, shallow_blocks=SHALLOW), self.trajectory)
+        self.b = self.ex.acquire(self.sig, self.program, NUM_COEF)
+        self.b.copy_outputs = graphs
         mid = diffusion.num_steps // 2
         self.b.coef.copy_(torch.from_numpy(sampler_coefficients(diffusion, CFG_SCALE)[mid]).float())
         self.b.t.fill_(int(diffusion.timestep_map[mid]))
-        self.b.y.copy_(self.y)
+        self.b.cond["y"].copy_(self.y)
         self.b.noise.normal_(generator=None)
         self._graphs = None
         self.full()  # allocates the buffers, fills the deep cache
         if graphs:
             with ops.use_backend(backend):
-                self._graphs = self.ex.graphs(self.b, self.program)
+                self._graphs = self.ex.graphs(self.b, self.program, self.trajectory)
 
     def _run(self, full):
         self.b.x.copy_(self.x0)  # every timed step starts from the same state
@@ -175,7 +176,7 @@ class ExecutorSteps:
             (self._graphs.full if full else self._graphs.cached).replay()
         else:
             with ops.use_backend(self.backend):
-                self.ex.step(self.b, self.program, full)
+                self.ex.step(self.b, self.program, self.trajectory, full)
 
     def full(self):
         self._run(True)

@@ -38,8 +38,9 @@ def model_from(args):
 
 
 def measure(model, orders, batch, interval, shallow, rounds):
-    models = {o: copy.deepcopy(model).enable_skip_cache(sk.SkipCache(interval=interval, shallow_blocks=shallow,
-                                                                      forecast=o)) for o in orders}  # fmt: skip
+    models = {o: copy.deepcopy(model) for o in orders}
+    requests = {o: sk.enable_skip_cache(models[o], sk.SkipCache(interval=interval, shallow_blocks=shallow, forecast=o))
+                for o in orders}  # fmt: skip
     times = {o: {True: [], False: []} for o in orders}
     g = torch.Generator().manual_seed(0)
     y = torch.arange(batch) % model.num_classes
@@ -54,7 +55,9 @@ def measure(model, orders, batch, interval, shallow, rounds):
                     m(x, tt, y)
                     elapsed = time.perf_counter() - start
                     if r > 0 or t < 900:  # warm-up
-                        times[o][m.skip_cache.last_step_full].append(elapsed)
+                        times[o][requests[o].last_step_full].append(elapsed)
+    for request in requests.values():
+        request.close()
     return {o: {("full" if k else "cached"): statistics.median(v) for k, v in d.items() if v} for o, d in times.items()}
 
 

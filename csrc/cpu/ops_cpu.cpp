@@ -4,6 +4,7 @@
 // GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
 // with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
 // epilogue applied while its output is still in cache (measured in bench/bench_native.py).
+#include <skipdit/folded.h>
 #include <skipdit/ops.h>
 
 #include <ATen/ATen.h>
@@ -237,8 +238,9 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
 
 namespace {
 
-// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then two GEMMs over the halves of
-// the folded weight into one accumulator, then the folded epilogue (and the adaLN modulation).
+// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then the GEMM (fp32: one GEMM over
+// [x | skip] - p; half precision: two GEMMs over the halves of the folded weight into one accumulator),
+// then the folded epilogue (and the adaLN modulation).
 void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
                     const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor& h,
                     Tensor* mod) {
@@ -252,12 +254,18 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   const float feps = static_cast<float>(eps);
+  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h); the statistics come from the same rows.
+  const bool shifted = compute == at::kFloat;
+  const Tensor zs = shifted ? shifted_pair(x2, s2) : Tensor();
+  const Storage stats_st = shifted ? Storage::f32 : st;
+  const Rows stats_x = shifted ? rows2(zs, 0) : rows3(x);
+  const Rows stats_skip = shifted ? rows2(zs.narrow(1, D, D), 0) : rows3(skip);
 
   Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
   float* mean = stats.data_ptr<float>();
   float* rstd = mean + M;
   at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
-    k.pair_stats(st, rows3(x), rows3(skip), D, feps, mean + r0, rstd + r0, r0, r1);
+    k.pair_stats(stats_st, stats_x, stats_skip, D, feps, mean + r0, rstd + r0, r0, r1);
   });
 
   Tensor shift, scale;
@@ -275,6 +283,10 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   gemm_rows(
       M, Dout, compute, direct, x.options(),
       [&](Tensor& acc, int64_t r0, int64_t n) {
+        if (shifted) {
+          at::mm_out(acc, zs.narrow(0, r0, n), weight.t());
+          return;
+        }
         at::mm_out(acc, as_compute(x2.narrow(0, r0, n), compute), wx_t);
         acc.addmm_(as_compute(s2.narrow(0, r0, n), compute), ws_t);
       },

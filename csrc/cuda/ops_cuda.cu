@@ -3,6 +3,7 @@
 // runs (and the CPU tests check); only indexing and launch are specific to this file. GEMMs are
 // cuBLAS through at::addmm / at::mm (only c10/cuda headers here: no cuBLAS/cuSPARSE headers needed). Compile-checked in CI; run by the `gpu` tests on a GPU.
 #include <skipdit/arith.h>
+#include <skipdit/folded.h>
 #include <skipdit/ops.h>
 
 #include <ATen/ATen.h>
@@ -151,15 +152,17 @@ __global__ void gelu_kernel(const A* acc, T* out, int64_t n) {
     out[i] = from_f<T>(gelu_tanh(to_f(acc[i])));
 }
 
-// h = folded epilogue of (acc [+ acc2]); then optionally mod = adaLN(h) with h's stored values.
-template <bool VEC, typename T, typename A>
+// h = folded epilogue of (acc [+ acc2]) with the statistics of the row pair (x, skip) stored as S (the
+// inputs, or fp32 [x | skip] - p when the GEMM read that); then optionally mod = adaLN(h) with h's
+// stored values.
+template <bool VEC, typename S, typename T, typename A>
 __global__ void folded_kernel(Rows x, Rows skip, int64_t hidden, const A* acc, const A* acc2, const float* rowsum,
                               const float* bias, T* h, int64_t width, const T* shift, int64_t s_shift, const T* scale,
                               int64_t s_scale, T* mod, float eps) {
   __shared__ float smem[33];
   const int64_t r = blockIdx.x;
   float mean, rstd;
-  row_stats<VEC, T>(x.row<const T>(r), skip.row<const T>(r), hidden, eps, smem, mean, rstd);
+  row_stats<VEC, S>(x.row<const S>(r), skip.row<const S>(r), hidden, eps, smem, mean, rstd);
   const A* a = acc + r * width;
   const A* a2 = acc2 ? acc2 + r * width : nullptr;
   T* hr = h + r * width;
@@ -335,18 +338,20 @@ void skip_fuse_cuda(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   if (M == 0 || Dout == 0) return;
   const auto compute = weight.scalar_type();
   const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
-  const Tensor wx_t = weight.narrow(1, 0, D).t(), ws_t = weight.narrow(1, D, D).t();
-  const Tensor xa = x2.scalar_type() == compute ? x2 : x2.to(compute);
-  const Tensor sa = s2.scalar_type() == compute ? s2 : s2.to(compute);
-  // The accumulator stays fp32 (acc - mean * rowsum cancels): fp32 GEMMs accumulate in place;
-  // half-precision GEMMs write fp32 outputs (mm.dtype) that the epilogue adds.
-  Tensor acc, acc2;
-  if (compute == at::kFloat) {
-    acc = at::mm(xa, wx_t);
-    acc.addmm_(sa, ws_t);
+  // The accumulator stays fp32 (acc - mean * rowsum cancels). fp32 (and TF32) GEMMs read
+  // [x | skip] - p in one GEMM (skipdit/folded.h) and the statistics come from the same rows;
+  // half-precision GEMMs read x and skip and write fp32 outputs (mm.dtype) that the epilogue adds.
+  const bool shifted = compute == at::kFloat;
+  Tensor acc, acc2, stats_x = x, stats_skip = skip;
+  if (shifted) {
+    const Tensor zs = shifted_pair(x2, s2);
+    acc = at::mm(zs, weight.t());
+    const Tensor zs3 = zs.view({B, N, 2 * D});
+    stats_x = zs3.narrow(2, 0, D);
+    stats_skip = zs3.narrow(2, D, D);
   } else {
-    acc = at::mm(xa, wx_t, at::kFloat);
-    acc2 = at::mm(sa, ws_t, at::kFloat);
+    acc = at::mm(x2, weight.narrow(1, 0, D).t(), at::kFloat);
+    acc2 = at::mm(s2, weight.narrow(1, D, D).t(), at::kFloat);
   }
   Tensor shift, scale;
   if (mod) {
@@ -354,18 +359,22 @@ void skip_fuse_cuda(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
     scale = unit_last(*scale_in);
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const bool vec = vec_ok({&x, &skip}, D);
+  const bool vec = vec_ok({&stats_x, &stats_skip}, D);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "skipdit_skip_fuse", [&] {
-    auto launch = [&](auto vec_tag) {
+    auto launch = [&](auto vec_tag, auto stats_tag) {
       constexpr bool V = decltype(vec_tag)::value;
-      folded_kernel<V, scalar_t, float><<<M, threads_for(std::max(Dout, V ? D / Pack<scalar_t>::n : D)), 0, stream>>>(
-          rows3(x), rows3(skip), D, acc.data_ptr<float>(), acc2.defined() ? acc2.data_ptr<float>() : nullptr,
+      using S = std::conditional_t<decltype(stats_tag)::value, float, scalar_t>;
+      folded_kernel<V, S, scalar_t, float><<<M, threads_for(std::max(Dout, V ? D / Pack<S>::n : D)), 0, stream>>>(
+          rows3(stats_x), rows3(stats_skip), D, acc.data_ptr<float>(), acc2.defined() ? acc2.data_ptr<float>() : nullptr,
           rowsum.data_ptr<float>(), bias.data_ptr<float>(), h.data_ptr<scalar_t>(), Dout,
           mod ? shift.data_ptr<scalar_t>() : nullptr, mod ? shift.stride(0) : 0,
           mod ? scale.data_ptr<scalar_t>() : nullptr, mod ? scale.stride(0) : 0,
           mod ? mod->data_ptr<scalar_t>() : nullptr, static_cast<float>(eps));
     };
-    if (vec) launch(std::true_type{}); else launch(std::false_type{});
+    auto launch_vec = [&](auto stats_tag) {
+      if (vec) launch(std::true_type{}, stats_tag); else launch(std::false_type{}, stats_tag);
+    };
+    if (shifted) launch_vec(std::true_type{}); else launch_vec(std::false_type{});
   });
   SKIPDIT_CUDA_CHECK_LAUNCH();
 }

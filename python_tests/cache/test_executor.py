@@ -1,18 +1,19 @@
-"""The cache-aware executor: exact against the eager path on CPU, buffers reused, signatures, the host
-plan, the sampler update from a coefficient tensor; CUDA-graph capture in the gpu-marked tests."""
+"""The cache-aware executor (what ``sample()`` runs): bit-identical to the official sampling loop on
+CPU, buffers per signature and per concurrent request, shapes part of a buffer's key, the plan drives
+the units; CUDA-graph capture in the gpu-marked tests."""
+import contextlib
+import gc
+import threading
+import weakref
+
 import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.cache import SkipCacheState, SkipStackExecutor, executor_for
-from skipdit_kernels.cache.executor import (
-    Program,
-    _DiTEmbed,
-    resolve_cuda_graphs,
-    sampler_coefficients,
-    sampler_update,
-)
+from skipdit_kernels.cache import SkipStackExecutor, executor_for
+from skipdit_kernels.cache.executor import resolve_cuda_graphs, weights_token
 from skipdit_kernels.sampling import GaussianDiffusion
+from skipdit_kernels.sampling.trajectory import SamplerTrajectory
 
 from ..models.conftest import TINY, randomize
 
@@ -27,7 +28,32 @@ def dit():
     return randomize(sk.DiT(**TINY), std=0.05)
 
 
-def trajectory(model, executor, method="ddim", steps=12, cfg=3.0, cache=None, seed=0, labels=(1, 2), **kw):
+def official_loop(model, labels, steps, method, cfg, cache=None, seed=0, eta=0.0, guide_all_channels=False,
+                  dtype=torch.float32):
+    """DiT's sample.py loop: forward_with_cfg (or forward) per step, then the diffusion step; Skip-Cache
+    through a step-by-step session."""
+    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=model.learn_sigma, eta=eta)
+    g = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    x = torch.randn(n, model.in_channels, model.input_size, model.input_size, generator=g)
+    y = torch.tensor(labels)
+    if cfg > 1:
+        y = torch.cat([y, torch.full_like(y, model.num_classes)])
+    session = sk.enable_skip_cache(model, cache) if cache is not None else contextlib.nullcontext()
+    with session, torch.no_grad():
+        for i, t in zip(range(steps - 1, -1, -1), diffusion.timesteps):
+            model_in = torch.cat([x, x]) if cfg > 1 else x
+            tt = torch.full((model_in.shape[0],), t)
+            if cfg > 1:
+                out = model.forward_with_cfg(model_in.to(dtype), tt, y, cfg, guide_all_channels)[:n]
+            else:
+                out = model(model_in.to(dtype), tt, y)
+            noise = torch.randn(x.shape, generator=g) if diffusion.is_stochastic else None
+            x = diffusion.step(out.float(), x, i, noise)
+    return x
+
+
+def run(model, executor=None, labels=(1, 2), steps=12, method="ddim", cfg=3.0, cache=None, seed=0, **kw):
     return sk.sample(model, list(labels), steps=steps, method=method, cfg_scale=cfg, cache=cache, seed=seed,
                      progress=False, executor=executor, **kw)
 
@@ -38,118 +64,138 @@ def trajectory(model, executor, method="ddim", steps=12, cfg=3.0, cache=None, se
     ("ddpm", 4.0, sk.SkipCache(interval=3, shallow_blocks=2)),
     ("ddpm", 1.0, None),
     ("ddim", 1.0, sk.SkipCache(interval=2, shallow_blocks=3)),
+    ("ddim", 3.3, sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
+    ("ddpm", 4.0, sk.SkipCache(interval=2, shallow_blocks=2, forecast=1)),
 ])
-def test_executor_trajectory_is_bit_identical_to_the_eager_loop(request, family, method, cfg, cache):
+def test_sampling_is_bit_identical_to_the_official_loop(request, family, method, cfg, cache):
     model = request.getfixturevalue(family)
-    eager = trajectory(model, None, method, cfg=cfg, cache=cache, cuda_graphs=False)
-    ours = trajectory(model, SkipStackExecutor(model), method, cfg=cfg, cache=cache)
-    assert torch.equal(ours, eager)
+    want = official_loop(model, (1, 2), 12, method, cfg, cache)
+    assert torch.equal(run(model, SkipStackExecutor(model), method=method, cfg=cfg, cache=cache), want)
 
 
-def test_bf16_and_all_channel_guidance_and_stochastic_ddim_are_exact(skipdit):
+def test_bf16_guidance_scale_all_channels_and_stochastic_ddim_are_exact():
+    """The guidance scale is a device tensor on the executor's path: it must not be rounded to bf16
+    (3.3 would become 3.296875) where the official code multiplies by a python float."""
     model = randomize(sk.SkipDiT(**TINY), std=0.05).to(torch.bfloat16)
     cache = sk.SkipCache(interval=2, shallow_blocks=2)
-    for kw in (dict(method="ddpm"), dict(method="ddim", eta=0.5, guide_all_channels=True)):
-        eager = trajectory(model, None, cache=cache, cuda_graphs=False, **kw)
-        ours = trajectory(model, SkipStackExecutor(model), cache=cache, **kw)
-        assert torch.equal(ours, eager)
+    for kw in (dict(method="ddpm", cfg=3.3), dict(method="ddim", eta=0.5, guide_all_channels=True, cfg=3.3)):
+        want = official_loop(model, (1, 2), 12, cache=cache, dtype=torch.bfloat16, **kw)
+        got = run(model, SkipStackExecutor(model), cache=cache, **kw)
+        assert torch.equal(got, want)
 
 
-def test_a_module_level_cache_is_honoured(skipdit):
-    model = randomize(sk.SkipDiT(**TINY), std=0.05).enable_skip_cache(sk.SkipCache(interval=2, shallow_blocks=2))
-    eager = trajectory(model, None, cuda_graphs=False)
-    ours, info = trajectory(model, SkipStackExecutor(model), return_info=True)
-    assert torch.equal(ours, eager) and info.cached_steps > 0
+def test_learned_sigma_guidance_never_touches_the_variance_channels():
+    """With fewer than 4 latent channels the official 'first 3 channels' would reach the variance."""
+    for channels in (1, 2):
+        model = randomize(sk.SkipDiT(**{**TINY, "in_channels": channels}), std=0.05)
+        x = torch.randn(2, channels, 8, 8)
+        t, y = torch.full((4,), 500), torch.tensor([1, 2, 10, 10])
+        with torch.no_grad():
+            guided = model.forward_with_cfg(torch.cat([x, x]), t, y, 4.0)
+            plain = model(torch.cat([x, x]), t, y)
+        assert model.guided_channels(False) == channels
+        assert torch.equal(guided[:2, channels:], plain[:2, channels:])  # variance: the conditional branch's
+        assert not torch.equal(guided[:2, :channels], plain[:2, :channels])
+    assert sk.SkipDiT(**TINY).guided_channels(False) == 3  # 4 channels: the official rule, for exact reproduction
 
 
-def test_steps_reuse_the_buffers_storage(skipdit):
+def test_the_plan_drives_the_units_and_the_report(dit):
+    calls = []
+    hooks = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in enumerate(dit.blocks)]
+    try:
+        cache = sk.SkipCache(interval=2, shallow_blocks=2)
+        _, info = run(dit, SkipStackExecutor(dit), steps=10, cache=cache, return_info=True)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    full = cache.full_steps(GaussianDiffusion.create(10, method="ddim").timesteps)
+    assert (info.full_steps, info.cached_steps) == (full.count(True), full.count(False))
+    # CFG runs both halves in one model batch: each step calls each block once
+    assert len(calls) == full.count(True) * 6 + full.count(False) * 4
+
+
+def _program_and_trajectory(ex, cache, steps=10, cfg=3.0):
+    diffusion = GaussianDiffusion.create(steps, method="ddim")
+    trajectory = SamplerTrajectory(diffusion, cfg, guided=3)
+    return ex.program(cache, trajectory), trajectory
+
+
+def test_graph_mode_steps_write_into_fixed_buffers(skipdit):
     ex = SkipStackExecutor(skipdit)
     cache = sk.SkipCache(interval=2, shallow_blocks=2)
-    first = trajectory(skipdit, ex, cache=cache, steps=4)
+    first = run(skipdit, ex, cache=cache, steps=4)
     (sig,) = ex.signatures
-    b = ex.buffers(sig)
+    (b,) = ex.buffer_sets(sig)
+    program, trajectory = _program_and_trajectory(ex, cache)
+    b.copy_outputs = True  # as on the graph path
+    ex.step(b, program, trajectory, True)
+    ex.step(b, program, trajectory, False)
     ptrs = {name: t.data_ptr() for name, t in b.tensors().items()}
-    assert {"deep", "out", "h", "model_output", "guided", "skip0", "skip1", "skip2"} <= set(ptrs)
-    diffusion = GaussianDiffusion.create(10, method="ddim")
-    program = ex.program(diffusion, cache, True, False, 4)
-    for full in (True, False, False, True, False):  # steps written straight into the buffers
-        ex.step(b, program, full)
+    assert {"history/(1, 4, 16, 64)", "out/(4, 8, 8, 8)", "h/(4, 16, 64)", "skip0/(4, 16, 64)"} <= set(ptrs)
+    for full in (True, False, False, True, False):
+        ex.step(b, program, trajectory, full)
         assert {name: t.data_ptr() for name, t in b.tensors().items()} == ptrs
-    second = trajectory(skipdit, ex, cache=cache, steps=4)
-    assert {name: t.data_ptr() for name, t in b.tensors().items()} == ptrs and ex.signatures == [sig]
-    assert torch.equal(first, second)  # the buffers' stale contents do not leak into a new trajectory
-    assert first.data_ptr() != b.x.data_ptr()  # the result is the caller's, not the buffer
+    second = run(skipdit, ex, cache=cache, steps=4)
+    assert torch.equal(first, second)  # stale buffer contents do not leak into a new trajectory
+    assert second.data_ptr() != b.x.data_ptr()  # the result is the caller's, not the buffer
+
+
+def test_a_buffer_whose_shape_would_change_is_another_buffer(skipdit):
+    """Forecast order 1 then 2, guidance of 3 then all channels, on one executor: each shape its own
+    buffer (never resized in place, which would leave a captured graph writing to freed memory)."""
+    ex = SkipStackExecutor(skipdit)
+    runs = [dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1)),
+            dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
+            dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1), guide_all_channels=True)]
+    for kw in runs:
+        assert torch.equal(run(skipdit, ex, method="ddim", steps=10, **kw),
+                           run(skipdit, SkipStackExecutor(skipdit), method="ddim", steps=10, **kw))
+    (sig,) = ex.signatures
+    slots = sorted(b.deep.slots for b in ex.buffer_sets(sig))
+    assert slots == [2, 3]  # one buffer set per history size, none resized
 
 
 def test_a_new_signature_gets_its_own_buffers_and_release_frees_them(skipdit):
     ex = SkipStackExecutor(skipdit)
-    trajectory(skipdit, ex, labels=(1, 2))
-    trajectory(skipdit, ex, labels=(1, 2, 3))
-    trajectory(skipdit, ex, labels=(1, 2), cfg=1.0)
+    run(skipdit, ex, labels=(1, 2))
+    run(skipdit, ex, labels=(1, 2, 3))
+    run(skipdit, ex, labels=(1, 2), cfg=1.0)
     sigs = ex.signatures
     assert [(s.batch, s.cfg) for s in sigs] == [(2, True), (3, True), (2, False)]
-    assert len({ex.buffers(s).x.data_ptr() for s in sigs}) == 3
-    assert ex.buffers(sigs[1]).model_in.shape[0] == 6 and ex.buffers(sigs[2]).model_in.shape[0] == 2
+    assert len({ex.buffer_sets(s)[0].x.data_ptr() for s in sigs}) == 3
+    assert ex.buffer_sets(sigs[1])[0].model_in.shape[0] == 6 and ex.buffer_sets(sigs[2])[0].model_in.shape[0] == 2
     ex.release(sigs[0])
     assert ex.signatures == sigs[1:]
     ex.release()
     assert ex.signatures == []
 
 
-def test_dit_embed_without_host_checks_matches_the_models(skipdit):
-    embed = _DiTEmbed()
-    embed.prepare(skipdit, torch.device("cpu"))
-    x = torch.randn(4, 4, 8, 8)
-    t, y = torch.tensor([999, 500, 3, 0]), torch.tensor([1, 2, 10, 10])
-    with torch.no_grad():
-        h, c = embed(skipdit, x, t, y)
-        h_ref, c_ref = skipdit.embed(x, t, y)
-    assert torch.equal(h, h_ref) and torch.equal(c, c_ref)
+def test_concurrent_requests_on_one_model_equal_sequential_ones(skipdit):
+    """Threads sampling one model at once, with and without Skip-Cache and forecast, through the
+    model's shared executor: every result equals the same call made alone."""
+    calls = [dict(cache=None), dict(cache=sk.SkipCache(interval=2, shallow_blocks=1)),
+             dict(cache=sk.SkipCache(interval=3, shallow_blocks=2, forecast=1)), dict(cache=2, method="ddpm")]
+    want = [run(skipdit, None, steps=8, **kw) for kw in calls]
+    got = [[] for _ in calls]
+    errors = []
+    barrier = threading.Barrier(len(calls))
 
+    def work(k):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                got[k].append(run(skipdit, None, steps=8, **calls[k]))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
 
-@pytest.mark.parametrize("cache", [
-    sk.SkipCache(interval=3, shallow_blocks=2),
-    sk.SkipCache(interval=2, shallow_blocks=1, start_t=700, stop_t=50),
-])
-def test_the_host_plan_is_the_module_states_decisions(skipdit, cache):
-    timesteps = GaussianDiffusion.create(50, method="ddim").timesteps
-    state = SkipCacheState(cache, skipdit.depth, residual=False)
-    decisions = []
-    for t in timesteps:
-        decisions.append(state.begin_step(float(t), ("sig",)))
-        state.deep = torch.zeros(1)  # what a full step stores
-        state.end_step(float(t))
-    assert cache.plan(timesteps) == decisions
-
-
-def test_blocks_run_follow_the_plan(dit):
-    calls = []
-    hooks = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in enumerate(dit.blocks)]
-    try:
-        cache = sk.SkipCache(interval=2, shallow_blocks=2)
-        _, info = trajectory(dit, SkipStackExecutor(dit), steps=10, cache=cache, return_info=True)
-    finally:
-        for hk in hooks:
-            hk.remove()
-    plan = cache.plan(GaussianDiffusion.create(10, method="ddim").timesteps)
-    assert (info.full_steps, info.cached_steps) == (plan.count(True), plan.count(False))
-    assert len(calls) == plan.count(True) * 6 + plan.count(False) * 4
-
-
-@pytest.mark.parametrize("method,learn_sigma,eta", [("ddpm", True, 0.0), ("ddpm", False, 0.0),
-                                                    ("ddim", True, 0.0), ("ddim", True, 0.7)])
-def test_sampler_update_from_the_coefficient_tensor_is_diffusion_step(method, learn_sigma, eta):
-    diffusion = GaussianDiffusion.create(20, method=method, learn_sigma=learn_sigma, eta=eta)
-    table = torch.from_numpy(sampler_coefficients(diffusion, 2.5)).float()
-    program = Program(None, False, method, learn_sigma, diffusion.is_stochastic, 0, "torch")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    out = torch.randn(2, 8 if learn_sigma else 4, 8, 8, generator=g).clamp(-1, 1)
-    noise = torch.randn(2, 4, 8, 8, generator=g)
-    for i in (19, 7, 1, 0):
-        used = noise if i else torch.zeros_like(noise)
-        got = sampler_update(program, x, out, table[i], used)
-        assert torch.equal(got, diffusion.step(out, x, i, noise)), i
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(calls))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for k in range(len(calls)):
+        assert all(torch.equal(g, want[k]) for g in got[k])
 
 
 def test_cuda_graph_switch_on_cpu():
@@ -163,51 +209,30 @@ def test_cuda_graph_switch_on_cpu():
 
 def test_graph_capture_refuses_a_cpu_signature(skipdit):
     ex = SkipStackExecutor(skipdit)
-    sig = ex.signature(torch.zeros(1, 4, 8, 8), torch.float32, False)
-    program = ex.program(GaussianDiffusion.create(4, method="ddim"), None, False, False, 4)
+    run(skipdit, ex, steps=2)
+    (b,) = ex.buffer_sets(ex.signatures[0])
+    program, trajectory = _program_and_trajectory(ex, None)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
-        ex.graphs(ex.buffers(sig), program)
+        ex.graphs(b, program, trajectory)
 
 
-@pytest.mark.parametrize("family", ["skipdit", "dit"])
-@pytest.mark.parametrize("order,method", [(1, "ddim"), (2, "ddim"), (3, "ddpm")])
-def test_forecast_matches_the_module_path(request, family, order, method):
-    model = request.getfixturevalue(family)
-    cache = sk.SkipCache(interval=3, shallow_blocks=1, forecast=order)
-    kw = dict(method=method, steps=30, cache=cache)
-    eager, eager_info = trajectory(model, None, cuda_graphs=False, return_info=True, **kw)
-    ex = SkipStackExecutor(model)
-    ours, info = trajectory(model, ex, return_info=True, **kw)
-    # The blend reads its weights from a tensor (fp32 sums) where the module path uses host floats.
-    torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-5)
-    assert not torch.equal(ours, trajectory(model, ex, method=method, steps=30, cache=cache.with_forecast(0)))
-    assert (info.full_steps, info.cached_steps) == (eager_info.full_steps, eager_info.cached_steps)
-    assert ex.buffers(ex.signatures[0]).lazy["history"].shape[0] == order + 1
-
-
-def test_forecast_tables_follow_the_history():
-    from skipdit_kernels.cache.executor import COEF_FORECAST, NUM_COEF, forecast_tables
-
-    cache = sk.SkipCache(interval=2, shallow_blocks=1, forecast=2, stop_t=30)
-    timesteps = [90, 80, 70, 60, 50, 40, 30, 20, 10]  # resets after t=30
-    rows = torch.zeros(len(timesteps), NUM_COEF).double().numpy()
-    slots = torch.zeros(len(timesteps), 1, dtype=torch.long)
-    forecast_tables(cache, timesteps, rows, slots)
-    assert cache.plan(timesteps) == [True, False, True, False, True, False, True, True, True]  # t <= 30 resets
-    assert slots[:, 0].tolist() == [0, 0, 1, 0, 2, 0, 0, 0, 0]  # t=30 overwrites the oldest; the reset restarts
-    w = rows[:, COEF_FORECAST:COEF_FORECAST + 3]
-    assert w[1].tolist() == [1.0, 0.0, 0.0]  # one point: reuse
-    assert w[3].tolist() == [-0.5, 1.5, 0.0]  # through steps 0, 2 at step 3
-    assert w[5].tolist() == pytest.approx([0.375, -1.25, 1.875])  # through 0, 2, 4 at 5
+def test_what_a_graph_read_is_part_of_its_key():
+    """A graph is re-captured when the model's parameter storage, version, dtype or device changed
+    (here: the token it is keyed by; the replay itself is in the gpu tests)."""
+    model = randomize(sk.SkipDiT(**TINY))
+    token = weights_token(model)
+    assert weights_token(model) == token
+    model.load_state_dict(randomize(sk.SkipDiT(**TINY), seed=1).state_dict())  # in-place copies bump versions
+    assert weights_token(model) != token
+    token = weights_token(model)
+    model.to(torch.bfloat16).to(torch.float32)  # new storage
+    assert weights_token(model) != token
 
 
 def test_executor_for_keeps_one_per_model_without_keeping_the_model_alive():
-    import gc
-    import weakref
-
     model = randomize(sk.SkipDiT(**TINY))
     ex = executor_for(model)
-    assert executor_for(model) is ex and ex.stack is model
+    assert executor_for(model) is ex and ex.model is model
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -216,43 +241,101 @@ def test_executor_for_keeps_one_per_model_without_keeping_the_model_alive():
         ex.stack
 
 
+@pytest.mark.parametrize("family", [sk.SkipDiT, sk.DiT])
+@pytest.mark.parametrize("method,forecast", [("ddim", 0), ("ddpm", 2)])
+def test_the_captured_step_is_device_pure(family, method, forecast):
+    """What a graph captures must not read device values on the host (.item(), int(tensor)) nor make
+    tensors on another device: run the step on the meta device, where both raise."""
+    model = randomize(family(**TINY)).to("meta")
+    ex = SkipStackExecutor(model)
+    cache = sk.SkipCache(interval=2, shallow_blocks=2, forecast=forecast)
+    diffusion = GaussianDiffusion.create(10, method=method)
+    trajectory = SamplerTrajectory(diffusion, 4.0, guided=3, generator=torch.Generator())
+    program = ex.program(cache, trajectory)
+    sig = ex.signature(torch.zeros(2, 4, 8, 8, device="meta"), {"y": torch.zeros(4, dtype=torch.long, device="meta")},
+                       torch.float32, True)
+    b = ex.acquire(sig, program, 11)
+    ex.step(b, program, trajectory, True)
+    ex.step(b, program, trajectory, False)
+    assert all(t.device.type == "meta" for t in b.tensors().values())
+    with pytest.raises(Exception):  # the model's own input checks read labels on the host: not capturable
+        model.check_inputs(b.model_in, b.t, b.cond)
+
+
 # -- GPU: the captured graphs -------------------------------------------------------------------
 
 
-def _gpu_model(dtype=torch.bfloat16):
+def _gpu_model(dtype=torch.bfloat16, device="cuda"):
     torch.manual_seed(0)
-    return randomize(sk.SkipDiT(**{**TINY, "input_size": 16, "hidden_size": 128, "depth": 8}), std=0.05).to("cuda", dtype)
+    model = randomize(sk.SkipDiT(**{**TINY, "input_size": 16, "hidden_size": 128, "depth": 8}), std=0.05)
+    return model.to(device, dtype)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["ddim", "ddpm"])
-def test_gpu_graph_replay_matches_eager_within_bf16_tolerance(method):
+@pytest.mark.parametrize("backend", ["torch", "triton", "native"])
+@pytest.mark.parametrize("method,forecast", [("ddim", 0), ("ddpm", 0), ("ddim", 1), ("ddim", 2)])
+def test_gpu_graph_replay_matches_eager_within_bf16_tolerance(backend, method, forecast):
+    """Every backend's kernels (and forecast_blend, index_copy_ at a device slot) under capture."""
+    from skipdit_kernels import ops
+
     model = _gpu_model()
-    cache = sk.SkipCache(interval=2, shallow_blocks=2)
-    kw = dict(steps=20, method=method, cache=cache, cfg_scale=4.0, seed=0, progress=False)
-    eager = sk.sample(model, [1, 2, 3], cuda_graphs=False, **kw)
+    cache = sk.SkipCache(interval=2, shallow_blocks=2, forecast=forecast)
+    kw = dict(steps=20, method=method, cache=cache, cfg_scale=3.3, seed=0, progress=False)
     ex = SkipStackExecutor(model)
-    graphed = sk.sample(model, [1, 2, 3], cuda_graphs=True, executor=ex, **kw)
-    through_executor = sk.sample(model, [1, 2, 3], cuda_graphs=False, executor=ex, **kw)
+    with ops.use_backend(backend):
+        eager = sk.sample(model, [1, 2, 3], cuda_graphs=False, executor=ex, **kw)
+        graphed = sk.sample(model, [1, 2, 3], cuda_graphs=True, executor=ex, **kw)
+        again = sk.sample(model, [1, 2, 3], cuda_graphs=True, executor=ex, **kw)
     assert ex.captures == 1
     torch.testing.assert_close(graphed, eager, rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(graphed, through_executor, rtol=2e-2, atol=2e-2)
+    assert torch.equal(graphed, again)  # replay of the same graph on the same inputs
+
+
+@pytest.mark.gpu
+def test_gpu_graphs_follow_weight_updates_and_dtype_switches():
+    model = _gpu_model(torch.float32)
+    kw = dict(steps=8, method="ddim", cache=2, seed=0, progress=False)
+    ex = SkipStackExecutor(model)
+    sk.sample(model, [1, 2], cuda_graphs=True, executor=ex, **kw)
+    fresh = randomize(sk.SkipDiT(**{**TINY, "input_size": 16, "hidden_size": 128, "depth": 8}), seed=3, std=0.05)
+    for update in ("data", "load_state_dict"):
+        with torch.no_grad():
+            if update == "data":
+                for p, q in zip(model.parameters(), fresh.parameters()):
+                    p.data.copy_(q.data)
+            else:
+                model.load_state_dict(randomize(fresh, seed=4, std=0.05).state_dict())
+        graphed = sk.sample(model, [1, 2], cuda_graphs=True, executor=ex, **kw)
+        eager = sk.sample(model, [1, 2], cuda_graphs=False, executor=ex, **kw)
+        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+    for dtype in (torch.bfloat16, torch.float16, torch.bfloat16):
+        graphed = sk.sample(model, [1, 2], cuda_graphs=True, executor=ex, dtype=dtype, **kw)
+        eager = sk.sample(model, [1, 2], cuda_graphs=False, executor=ex, dtype=dtype, **kw)
+        torch.testing.assert_close(graphed, eager, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_graphs_on_a_device_that_is_not_the_current_one():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    model = _gpu_model(torch.float32, device="cuda:1")
+    kw = dict(steps=8, method="ddim", cache=2, seed=0, progress=False)
+    ex = SkipStackExecutor(model)
+    graphed = sk.sample(model, [1, 2], cuda_graphs=True, executor=ex, **kw)
+    eager = sk.sample(model, [1, 2], cuda_graphs=False, executor=ex, **kw)
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+    x_T = torch.randn((2, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(graphed.cpu(), x_T)  # a graph that captured nothing returns the noise
 
 
 @pytest.mark.gpu
 def test_gpu_replay_does_not_touch_the_allocator():
     model = _gpu_model()
     ex = SkipStackExecutor(model)
-    cache = sk.SkipCache(interval=2, shallow_blocks=2)
-    diffusion = GaussianDiffusion.create(20, method="ddpm")
-    x = torch.randn(2, 4, 16, 16, device="cuda")
-    y = torch.tensor([1, 2, 10, 10], device="cuda")
-    gen = torch.Generator().manual_seed(0)
-    ex.run(diffusion, x, y, torch.bfloat16, cache=cache, cfg_scale=4.0, generator=gen, graphs=True)  # capture
-    sig = ex.signatures[0]
-    b = ex.buffers(sig)
-    program = ex.program(diffusion, cache, True, False, 4)
-    graphs = ex.graphs(b, program)
+    kw = dict(steps=20, method="ddpm", cache=sk.SkipCache(interval=2, shallow_blocks=2), seed=0, progress=False)
+    sk.sample(model, [1, 2], cuda_graphs=True, executor=ex, **kw)  # capture
+    (b,) = ex.buffer_sets(ex.signatures[0])
+    ((_, graphs),) = b.graphs.values()
     torch.cuda.synchronize()
     keys = ("allocation.all.current", "allocated_bytes.all.current", "allocation.all.allocated",
             "segment.all.allocated")
@@ -277,21 +360,3 @@ def test_gpu_new_signature_recaptures_and_auto_uses_graphs():
     c = sk.sample(model, [1, 2], cfg_scale=1.0, **kw)  # CFG off: another signature
     assert ex.captures == before + 3 and len(ex.signatures) == 3
     assert a.shape == (2, 4, 16, 16) and b.shape == (4, 4, 16, 16) and torch.isfinite(c).all()
-
-
-@pytest.mark.parametrize("family", [sk.SkipDiT, sk.DiT])
-@pytest.mark.parametrize("method,forecast", [("ddim", 0), ("ddpm", 2)])
-def test_the_captured_step_is_device_pure(family, method, forecast):
-    """What a graph captures must not read device values on the host (.item(), int(tensor)) nor make
-    tensors on another device: run the step on the meta device, where both raise."""
-    model = randomize(family(**TINY)).to("meta")
-    ex = SkipStackExecutor(model)
-    sig = ex.signature(torch.zeros(2, 4, 8, 8, device="meta"), torch.float32, True)
-    program = ex.program(GaussianDiffusion.create(10, method=method),
-                         sk.SkipCache(interval=2, shallow_blocks=2, forecast=forecast), True, False, 4)
-    b = ex.buffers(sig)
-    ex.step(b, program, True)
-    ex.step(b, program, False)
-    assert all(t.device.type == "meta" for t in b.tensors().values())
-    with pytest.raises(Exception):  # the model's own embed checks labels on the host: not capturable
-        model.embed(b.model_in, b.t, b.y)

@@ -97,6 +97,8 @@ def test_odd_depth_skip_model_is_refused(tiny_config):
         ((2, 4, 8, 8), [1, 2], [0], r"y must have shape \(2,\)"),
         ((2, 4, 8, 8), [1, 2], [0, 11], "class labels must be in 0..10"),
         ((2, 4, 8, 8), [1, 2], [-1, 0], "class labels"),
+        ((2, 4, 8, 8), [1, 2], [1.7, 0.0], "y must hold integer class labels, got torch.float32"),
+        ((2, 4, 8, 8), [1, 2], [True, False], "y must hold integer class labels, got torch.bool"),
     ],
 )
 def test_bad_inputs_name_the_problem(x_shape, t, y, match, tiny_config):

@@ -247,16 +247,51 @@ def test_forecast_blend(backend, dtype, shape, k, tensor_weights, how, which, se
         _close("forecast_blend", got, [history, weights], _blend_reference)
 
 
+@FUZZ
+@given(
+    backend=st.sampled_from(BACKENDS),
+    dtype=st.sampled_from(DTYPES + [torch.float64]),
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    scale=st.one_of(st.floats(-10, 10), st.integers(-3, 10), st.sampled_from(["tensor", math.nan, math.inf, None, "x"])),
+    how=st.one_of(st.none(), _bad_values()),
+    which=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_classifier_free_guidance(backend, dtype, shape, scale, how, which, seed):
+    args = [_tensor(tuple(shape), dtype, seed + i) for i in range(2)]
+    if scale == "tensor":
+        scale = torch.tensor(2.5)
+    if how is not None:
+        args[which] = _mutate(args[which], how)
+    try:
+        with torch.no_grad(), ops.use_backend(backend):
+            got = ops.classifier_free_guidance(*args, scale)
+    except (ValueError, TypeError) as exc:
+        assert "classifier_free_guidance" in str(exc), exc
+        return
+    cond, uncond = args
+    assert isinstance(scale, (int, float, torch.Tensor)) and math.isfinite(float(scale)), f"accepted scale {scale!r}"
+    assert cond.dtype.is_floating_point, f"accepted {cond.dtype}"
+    if cond.device.type != "meta":
+        _close("classifier_free_guidance", got, [cond, uncond, scale], _guidance_reference)
+
+
+def _guidance_reference(cond, uncond, scale):
+    s = float(scale)
+    if cond.dtype == torch.float64:
+        return uncond + s * (cond - uncond)
+    return uncond + (cond - uncond).float().mul(s).to(cond.dtype)
+
+
 def _blend_reference(history, weights):
     if isinstance(history[0], torch.Tensor) and history[0].dtype == torch.float64:
         weights = weights.double() if isinstance(weights, torch.Tensor) else weights
     return ops.forecast_blend_reference(history, weights)
 
 
-@pytest.mark.parametrize("op", TOKEN_OPS + ["attention", "forecast_blend"])
-def test_every_public_op_is_fuzzed(op):
-    assert op in ops.__all__
+FUZZED = TOKEN_OPS + ["attention", "forecast_blend", "classifier_free_guidance"]
+
+
+def test_every_public_op_is_fuzzed():
     public = {n for n in ops.__all__ if not n.endswith("_reference") and callable(getattr(ops, n))}
-    assert public - {"auto_backend", "available_backends", "backend_status", "current_backend", "use_backend"} == set(
-        TOKEN_OPS + ["attention", "forecast_blend"]
-    )
+    assert public - {"auto_backend", "available_backends", "backend_status", "current_backend", "use_backend"} == set(FUZZED)

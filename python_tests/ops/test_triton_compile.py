@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(r'''
                   **const("HAS_BIAS EPILOGUE ALLOW_TF32 BLOCK_M BLOCK_N BLOCK_K GROUP_M")},
                   {"HAS_BIAS": True, "EPILOGUE": 2, **gemm}),
         "skip_fuse": (K.skip_fuse_kernel, {"x_ptr": p, "s_ptr": p, "w_ptr": p, "rowsum_ptr": "*fp32", "bias_ptr": "*fp32",
-                  "out_ptr": p, **i32("M N D T sxb sxt sxd ssb sst ssd swn swk"), "eps": "fp32",
+                  "pivot_ptr": "*fp32", "out_ptr": p, **i32("M N D T sxb sxt sxd ssb sst ssd swn swk"), "eps": "fp32",
                   **const("ALLOW_TF32 SHIFT_A BLOCK_M BLOCK_N BLOCK_K GROUP_M")},
                   {"SHIFT_A": dt == "fp32", **gemm}),
     }

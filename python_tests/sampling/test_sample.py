@@ -48,9 +48,9 @@ def test_cfg_matches_forward_with_cfg_loop(model):
 def test_cached_sampling_follows_the_schedule(model, interval):
     cache = sk.SkipCache(interval=interval, shallow_blocks=1)
     latents, info = sample(model, [1, 2], steps=50, method="ddim", cache=cache, progress=False, return_info=True)
-    plan = cache.plan(GaussianDiffusion.create(50, method="ddim").timesteps)
+    plan = cache.full_steps(GaussianDiffusion.create(50, method="ddim").timesteps)
     assert (info.full_steps, info.cached_steps) == (plan.count(True), plan.count(False))
-    assert model.skip_cache is None  # the run's cache does not outlive it
+    assert "forward" not in model.__dict__  # the run's cache does not touch the model
     full = sample(model, [1, 2], steps=50, method="ddim", progress=False)
     assert torch.isfinite(latents).all() and not torch.equal(latents, full)
 
@@ -62,9 +62,33 @@ def test_interval_shorthand_and_bad_cache(model):
         sample(model, [0], steps=4, cache="fast", progress=False)
 
 
+@pytest.mark.parametrize("labels, match", [
+    ([10], r"class labels must be in 0..9"),
+    ([-1], r"class labels must be in 0..9"),
+    ([1.7], r"class labels must be integers in 0..9, got \[1.7"),
+    (torch.tensor([1.0]), r"class labels must be integers"),
+    ([True], r"class labels must be integers"),
+    ([], "class labels are empty"),
+    ("cat", "class labels must be integers"),
+])
+def test_class_labels_must_be_integers_in_range(model, labels, match):
+    with pytest.raises(ValueError, match=match):
+        sample(model, labels, steps=2, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cfg_scale=0.5), r"cfg_scale must be >= 1"),
+    (dict(cfg_scale=float("nan")), r"cfg_scale must be a finite number"),
+    (dict(device="gpu"), r"unknown device 'gpu'; available: cpu"),
+    (dict(device="cuda:7"), r"not available here; available: cpu"),
+    (dict(dtype=torch.int32), r"dtype must be a floating"),
+])
+def test_bad_arguments_are_refused_before_work(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(model, [1], steps=2, progress=False, **kwargs)
+
+
 def test_bad_sampling_requests(model):
-    with pytest.raises(ValueError, match=r"class labels must be in 0..9"):
-        sample(model, [10], steps=2, progress=False)
     with pytest.raises(ValueError, match="input_size is 8"):
         sample(model, [1], image_size=128, steps=2, progress=False)
     no_null = sk.SkipDiT(**{**TINY, "class_dropout_prob": 0.0})
@@ -81,7 +105,7 @@ def test_cli_samples_250_ddpm_steps_with_skip_cache(tmp_path, capsys):
     assert code == 0
     latents = np.load(out)["latents"]
     assert latents.shape == (2, 4, 16, 16) and np.isfinite(latents).all()
-    plan = sk.SkipCache(interval=3, shallow_blocks=2).plan(GaussianDiffusion.create(250).timesteps)
+    plan = sk.SkipCache(interval=3, shallow_blocks=2).full_steps(GaussianDiffusion.create(250).timesteps)
     assert f"250 ddpm steps ({plan.count(True)} full, {plan.count(False)} cached)" in capsys.readouterr().out
 
 

@@ -1,31 +1,29 @@
 """Forecast Skip-Cache: extrapolate the deep state from the last full steps instead of reusing it.
 
-A full step appends (step index, deep state) to a history of at most ``order + 1`` entries. A
-cached step evaluates the Lagrange polynomial through those points at its own step index:
+A cached step evaluates the Lagrange polynomial through the (step counter, deep state) points of the
+last ``order + 1`` full steps at its own counter:
 
     deep(s) ~= sum_j w_j(s) * deep(s_j),   w_j(s) = prod_{m != j} (s - s_m) / (s_j - s_m)
 
-The weights depend on step indices only, so they are computed on the host (float64, no device
-sync, no data-dependent branch) and the device work is one weighted sum of K = order + 1 tensors
-(``ops.forecast_blend``). With fewer points than ``order + 1`` the order drops (one point: reuse).
-The weights always sum to 1, so a constant state is reproduced exactly.
+The weights depend on step counters only, so they are computed on the host (float64, no device
+sync, no data-dependent branch; ``schedule.ScheduleCursor`` does it) and the device work is one
+weighted sum of K = order + 1 tensors (``ops.forecast_blend``). With fewer points than ``order + 1``
+the order drops (one point: reuse). The weights always sum to 1, so a constant state is reproduced
+exactly.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import numbers
 from typing import Sequence
-
-import torch
 
 MAX_FORECAST_ORDER = 3
 
 # The order ``forecast="auto"`` resolves to for deterministic samplers (DDIM with eta 0), chosen from
 # bench/results/forecast-fidelity-cpu-bundled-*.md: on the bundled SkipDiT order 1 beats reuse at every
 # interval and order 2 never beats order 1 by more than 0.01 dB (it loses up to 0.6 dB at intervals 3-8).
-# Stochastic samplers (DDPM, DDIM eta > 0) resolve to 0 (reuse): the issue measured extrapolation
-# amplifying the fresh noise each step injects into the deep state (see the report for this model).
+# Stochastic samplers (DDPM, DDIM eta > 0) resolve to 0 (reuse): extrapolation amplifies the fresh
+# noise each step injects into the deep state (see the report for this model).
 AUTO_DETERMINISTIC_ORDER = 1
 
 
@@ -75,40 +73,3 @@ def lagrange_weights(nodes: Sequence[float], at: float) -> tuple[float, ...]:
     if all(isinstance(n, numbers.Integral) for n in nodes) and isinstance(at, numbers.Integral):
         return _weights_relative(tuple(int(n) - int(at) for n in nodes))
     return _weights_relative.__wrapped__(tuple(float(n) - float(at) for n in nodes))
-
-
-class ForecastHistory:
-    """The (step index, deep state) pairs of the last ``order + 1`` full steps of one trajectory."""
-
-    def __init__(self, order: int):
-        self.order = int(order) if order != "auto" else 0
-        self._entries: collections.deque[tuple[int, torch.Tensor]] = collections.deque(maxlen=self.order + 1)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def steps(self) -> list[int]:
-        return [s for s, _ in self._entries]
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def append(self, step: int, deep: torch.Tensor) -> None:
-        if self._entries and step <= self._entries[-1][0]:
-            # A repeated or earlier index means a new trajectory that was not reset: start over.
-            self._entries.clear()
-        self._entries.append((int(step), deep))
-
-    def weights(self, step: int) -> tuple[float, ...]:
-        return lagrange_weights(self.steps, step)
-
-    def predict(self, step: int) -> torch.Tensor:
-        """The extrapolated deep state at ``step`` (the last stored state when only one is held)."""
-        if not self._entries:
-            raise RuntimeError("no deep state stored: a cached step needs a full step before it")
-        if len(self._entries) == 1:
-            return self._entries[0][1]
-        from ..ops.forecast_blend import forecast_blend
-
-        return forecast_blend([d for _, d in self._entries], self.weights(step))

@@ -1,27 +1,30 @@
-"""Skip-Cache: which denoising steps run every block, and which reuse the deep features.
+"""Skip-Cache: which denoising steps run every unit, and what a cached step puts in the deep middle.
 
 A step is *full* when the step counter is a multiple of ``interval``, when nothing is cached yet, or
-when its timestep is at least ``start_t``. A full step stores the hidden state that enters block
-``depth - shallow_blocks``; a *cached* step runs only the outer ``shallow_blocks`` blocks on each
-side and takes that stored state instead of running the middle. After each step the counter
-advances; at a timestep at or below ``stop_t`` the counter and the cache reset (the official
-DiT_cache schedule).
+when its timestep is at least ``start_t``. A full step stores the hidden state that enters unit
+``num_units - shallow_blocks``; a *cached* step runs only the outer ``shallow_blocks`` units on each
+side and takes the stored state instead of running the middle. After each step the counter
+advances; after a step whose timestep is at or below ``stop_t`` the counter and the cache reset (the
+official DiT_cache schedule).
 
-``forecast`` (issue 12): instead of reusing the stored state on a cached step, extrapolate it with
-the Lagrange polynomial of order ``forecast`` through the states stored at the last
-``forecast + 1`` full steps, evaluated at the current step index (weights computed on the host from
-step indices only). 0 reuses (the published behaviour, the default); ``"auto"`` is resolved by
-``sample()`` / the CLI from the sampler (deterministic: ``forecast.AUTO_DETERMINISTIC_ORDER``,
-stochastic: 0).
+``forecast`` (beyond the paper): instead of reusing the stored state on a cached step, extrapolate
+it with the Lagrange polynomial of order ``forecast`` through the states stored at the last
+``forecast + 1`` full steps, evaluated at the current step counter. The states live in
+``forecast + 1`` history slots used as a ring; the schedule says, per step, which slot a full step
+writes and with which weights a cached step blends the slots (host floats, from step counters
+only). 0 reuses (the published behaviour); ``"auto"`` is resolved from the sampler by ``sample()``
+and the CLI (deterministic: ``forecast.AUTO_DETERMINISTIC_ORDER``, stochastic: 0).
+
+``ScheduleCursor`` is the schedule, one step at a time; ``SkipCache.plan`` runs it over a whole
+trajectory. Everything that caches (the executor, a step-by-step request) follows these records.
 """
 from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import Iterable, NamedTuple
 
-import torch
-
-from .forecast import MAX_FORECAST_ORDER, ForecastHistory, check_forecast
+from .forecast import MAX_FORECAST_ORDER, check_forecast, lagrange_weights
 
 _PRESETS = {
     # Official Skip-DiT class-to-image defaults (DiT-XL/2).
@@ -31,9 +34,20 @@ _PRESETS = {
 }
 
 
+class PlannedStep(NamedTuple):
+    """One step of a schedule. ``slot``: the history slot a full step stores into; ``weights``: per
+    slot, the blend a cached step uses (one entry per slot, 0 for slots not in the history)."""
+
+    full: bool
+    counter: int
+    slot: int
+    weights: tuple[float, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class SkipCache:
-    """Skip-Cache schedule. The defaults are the official DiT-XL/2 ones."""
+    """Skip-Cache schedule. The defaults are the official DiT-XL/2 ones (interval 2, 4 shallow
+    blocks, caching from the first step, reset at t <= 20)."""
 
     interval: int = 2
     shallow_blocks: int = 4
@@ -52,7 +66,7 @@ class SkipCache:
         ):
             raise ValueError(f"SkipCache.shallow_blocks must be an integer >= 1, got {self.shallow_blocks!r}")
         for name in ("start_t", "stop_t"):
-            if not isinstance(getattr(self, name), numbers.Real):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), numbers.Real):
                 raise ValueError(f"SkipCache.{name} must be a number, got {getattr(self, name)!r}")
 
     @classmethod
@@ -66,103 +80,89 @@ class SkipCache:
         """The same schedule with an explicit forecast order (how ``"auto"`` gets resolved)."""
         return dataclasses.replace(self, forecast=order)
 
-    def check_depth(self, depth: int) -> None:
-        if not 1 <= self.shallow_blocks <= depth // 2:
+    @property
+    def slots(self) -> int:
+        """History slots a cache of this schedule keeps (1 when reusing)."""
+        return self._order() + 1
+
+    def _order(self) -> int:
+        if self.forecast == "auto":
             raise ValueError(
-                f"SkipCache.shallow_blocks must be in 1..{depth // 2} for a model of depth {depth}, "
+                "SkipCache(forecast='auto') needs to know the sampler: sample(), pipelines and the CLI resolve "
+                f"it; for step-by-step use give an explicit order 0..{MAX_FORECAST_ORDER}"
+            )
+        return int(self.forecast)
+
+    def check_units(self, num_units: int, partners: dict[int, int] | None = None) -> None:
+        """ValueError unless ``shallow_blocks`` fits a stack of ``num_units`` units whose last
+        ``shallow_blocks`` units fuse only outputs of units that also run on a cached step."""
+        if not 1 <= self.shallow_blocks <= num_units // 2:
+            raise ValueError(
+                f"SkipCache.shallow_blocks must be in 1..{num_units // 2} for a model of {num_units} blocks, "
                 f"got {self.shallow_blocks}"
             )
+        for i, j in (partners or {}).items():
+            if i >= num_units - self.shallow_blocks and j >= self.shallow_blocks:
+                raise ValueError(
+                    f"unit {i} runs on cached steps but fuses the output of unit {j}, which does not "
+                    f"(shallow_blocks={self.shallow_blocks})"
+                )
 
-    def is_full_step(self, counter: int, t: float, have_cache: bool) -> bool:
-        return counter % self.interval == 0 or not have_cache or t >= self.start_t
+    def cursor(self) -> "ScheduleCursor":
+        return ScheduleCursor(self)
 
-    def plan(self, timesteps) -> list[bool]:
-        """Full (True) or cached (False) for each timestep of one trajectory, decided on the host."""
-        plan, counter, have_cache = [], 0, False
-        for t in timesteps:
-            full = self.is_full_step(counter, float(t), have_cache)
-            plan.append(full)
-            have_cache = have_cache or full
-            counter += 1
-            if float(t) <= self.stop_t:
-                counter, have_cache = 0, False
-        return plan
+    def plan(self, timesteps: Iterable[float]) -> list[PlannedStep]:
+        """The schedule of one trajectory, decided on the host before it runs."""
+        cursor = self.cursor()
+        return [cursor.advance(t) for t in timesteps]
 
-    def block_fraction(self, timesteps, depth: int) -> float:
-        """Block calls of a cached trajectory relative to running every block at every step."""
-        plan = self.plan(timesteps)
-        cached = plan.count(False)
-        return (len(plan) * depth - cached * (depth - 2 * self.shallow_blocks)) / (len(plan) * depth)
+    def full_steps(self, timesteps: Iterable[float]) -> list[bool]:
+        """Full (True) or cached (False) for each timestep of one trajectory."""
+        return [step.full for step in self.plan(timesteps)]
 
-
-InputSignature = tuple  # (shape, dtype, device) of the model input
-
-
-def input_signature(x: torch.Tensor) -> InputSignature:
-    return (tuple(x.shape), x.dtype, x.device)
+    def block_fraction(self, timesteps, num_units: int) -> float:
+        """Unit calls of a cached trajectory relative to running every unit at every step."""
+        full = self.full_steps(timesteps)
+        cached = full.count(False)
+        return (len(full) * num_units - cached * (num_units - 2 * self.shallow_blocks)) / (len(full) * num_units)
 
 
-class SkipCacheState:
-    """The per-trajectory state of a Skip-Cache: step counter, stored deep feature, input signature.
+class ScheduleCursor:
+    """The schedule of one trajectory, a step at a time: ``advance(t)`` decides the step at
+    timestep ``t`` and moves on. A new trajectory needs a new cursor."""
 
-    ``residual=True`` stores the change the middle blocks make to the hidden state instead of the
-    state itself; stacks without long skips use it, since there the shallow blocks' output would
-    otherwise be discarded on cached steps.
-    """
+    def __init__(self, cache: SkipCache):
+        self.cache = cache
+        self.slots = cache.slots
+        self._reset()
 
-    def __init__(self, config: SkipCache, depth: int, residual: bool = False):
-        config.check_depth(depth)
-        if config.forecast == "auto":
-            raise ValueError(
-                "SkipCache(forecast='auto') needs to know the sampler: pass it to sample() or the CLI, which "
-                f"resolve it; a module-level Skip-Cache needs an explicit order 0..{MAX_FORECAST_ORDER}"
-            )
-        self.config = config
-        self.depth = depth
-        self.residual = residual
-        self.full_steps = 0
-        self.cached_steps = 0
-        self.reset()
-
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self.counter = 0
-        self.deep: torch.Tensor | None = None
-        self.signature: InputSignature | None = None
-        self.last_t: float | None = None
-        self.last_step_full: bool | None = None
-        # (step index, deep state) of the last forecast + 1 full steps; empty when forecast == 0.
-        self.history = ForecastHistory(self.config.forecast)
+        self._entries: list[tuple[int, int]] = []  # (counter, slot) of stored states, oldest first
+        self._next_slot = 0
 
-    def begin_step(self, t: float, signature: InputSignature) -> bool:
-        """Decide whether this step is full; reset first if the input is not the trajectory's."""
-        new_trajectory = self.last_t is not None and t > self.last_t
-        if signature != self.signature or new_trajectory:
-            self.reset()
-            self.signature = signature
-        full = self.config.is_full_step(self.counter, t, self.deep is not None)
-        self.last_step_full = full
+    @property
+    def have_cache(self) -> bool:
+        return bool(self._entries)
+
+    def advance(self, t: float) -> PlannedStep:
+        t = float(t)
+        c = self.cache
+        full = self.counter % c.interval == 0 or not self._entries or t >= c.start_t
+        weights = [0.0] * self.slots
+        slot = -1
         if full:
-            self.full_steps += 1
+            slot = self._next_slot
+            if len(self._entries) == self.slots:
+                self._entries.pop(0)  # the oldest entry holds this slot: the ring overwrites it
+            self._entries.append((self.counter, slot))
+            self._next_slot = (slot + 1) % self.slots
         else:
-            self.cached_steps += 1
-        return full
-
-    def end_step(self, t: float) -> None:
+            nodes = [s for s, _ in self._entries]
+            for (_, s), w in zip(self._entries, lagrange_weights(nodes, self.counter)):
+                weights[s] = w
+        step = PlannedStep(full, self.counter, slot, tuple(weights))
         self.counter += 1
-        self.last_t = t
-        if t <= self.config.stop_t:
-            signature = self.signature
-            self.reset()
-            self.signature = signature
-
-    def store(self, deep_input: torch.Tensor, shallow_output: torch.Tensor) -> None:
-        """On a full step: remember what enters block depth - shallow_blocks."""
-        self.deep = deep_input - shallow_output if self.residual else deep_input
-        if self.config.forecast:
-            self.history.append(self.counter, self.deep)
-
-    def restore(self, shallow_output: torch.Tensor) -> torch.Tensor:
-        """On a cached step: what enters block depth - shallow_blocks instead of the middle's output."""
-        assert self.deep is not None
-        deep = self.history.predict(self.counter) if self.config.forecast else self.deep
-        return shallow_output + deep if self.residual else deep
+        if t <= c.stop_t:
+            self._reset()
+        return step

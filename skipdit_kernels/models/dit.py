@@ -6,21 +6,21 @@ i >= depth/2 first replaces its input x by
 
     skip_linears[j](LayerNorm_fp32(cat([x, skips.pop()], -1))),   j = i - depth/2
 
-Both models are skip stacks (``cache.SkipStack``), so Skip-Cache works on them through
-``enable_skip_cache``.
+Both are skip stacks (the contract in ``skipdit_kernels.cache.protocol``: ``embed``, ``run_block``,
+``finish``, ``skip_partner``, ...), so Skip-Cache and the executor run them from outside
+(``skipdit_kernels.enable_skip_cache``, ``sample``); the models themselves know nothing of caching.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..cache import SkipCache, SkipCacheState, forward_stack
+from .. import ops
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, SkipProjection, TimestepEmbedder, sincos_pos_embed_2d
 from .presets import preset_config
 
 
 class DiT(nn.Module):
-    long_skips = False
 
     def __init__(
         self,
@@ -60,7 +60,6 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-        self._skip_cache: SkipCacheState | None = None
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "DiT":
@@ -90,42 +89,35 @@ class DiT(nn.Module):
         for param in (*self.final_layer.adaLN_modulation[-1].parameters(), *self.final_layer.linear.parameters()):
             nn.init.zeros_(param)
 
-    # -- Skip-Cache --------------------------------------------------------------------------
+    # -- the forward, as the official models.py reads ------------------------------------------
 
-    def enable_skip_cache(self, config: SkipCache | None = None) -> "DiT":
-        """Make each forward one denoising step under ``config`` (default: the official schedule)."""
-        config = config if config is not None else SkipCache()
-        if not isinstance(config, SkipCache):
-            raise ValueError(f"enable_skip_cache expects a SkipCache, got {type(config).__name__}")
-        self._skip_cache = SkipCacheState(config, self.depth, residual=not self.long_skips)
-        return self
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) latents, t: (N,) original-scale timesteps, y: (N,) integer class labels.
+        Returns (N, out_channels, H, W). ValueError naming the offending input."""
+        t, cond = self.check_inputs(x, t, {"y": y})
+        h, c = self._embed(x, t, cond["y"], self.training)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.finish(h, c)
 
-    def disable_skip_cache(self) -> "DiT":
-        self._skip_cache = None
-        return self
+    def forward_with_cfg(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_all_channels: bool = False
+    ) -> torch.Tensor:
+        """Classifier-free guidance over a batch whose second half carries the null label.
 
-    def reset_skip_cache(self) -> None:
-        """Forget cached features; call between requests (a rising timestep also resets)."""
-        if self._skip_cache is not None:
-            self._skip_cache.reset()
-
-    @property
-    def skip_cache(self) -> SkipCacheState | None:
-        return self._skip_cache
-
-    # -- the skip stack ----------------------------------------------------------------------
-
-    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t, y = self._check_inputs(x, t, y)
-        h = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
-        return h, c.to(h.dtype)
-
-    def run_block(self, i: int, h: torch.Tensor, c: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        return self.blocks[i](h, c)
-
-    def finish(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.unpatchify(self.final_layer(h, c))
+        The official code guides the first 3 channels (kept for exact reproduction with 4-channel
+        latents; with fewer channels, all latent channels and never the learned variance);
+        ``guide_all_channels=True`` guides every latent channel.
+        """
+        if x.shape[0] % 2:
+            raise ValueError(f"forward_with_cfg needs an even batch (cond + uncond halves), got {x.shape[0]}")
+        half = x[: x.shape[0] // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        guided = self.guided_channels(guide_all_channels)
+        eps, rest = out[:, :guided], out[:, guided:]
+        cond, uncond = eps.chunk(2, dim=0)
+        half_eps = ops.classifier_free_guidance(cond, uncond, cfg_scale)
+        return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C) -> (N, C, H, W)."""
@@ -133,29 +125,79 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], grid, grid, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, grid * p, grid * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) latents, t: (N,) original-scale timesteps, y: (N,) class labels."""
-        return forward_stack(self, x, t, y, self._skip_cache)
+    # -- the skip-stack contract (cache.protocol.SkipStack) -------------------------------------
 
-    def forward_with_cfg(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_all_channels: bool = False
-    ) -> torch.Tensor:
-        """Classifier-free guidance over a batch whose second half carries the null label.
+    channel_dim = 1
 
-        The official code guides only the first 3 channels (kept for exact reproduction);
-        ``guide_all_channels=True`` guides every latent channel.
-        """
-        if x.shape[0] % 2:
-            raise ValueError(f"forward_with_cfg needs an even batch (cond + uncond halves), got {x.shape[0]}")
-        half = x[: x.shape[0] // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
-        guided = self.in_channels if guide_all_channels else 3
-        eps, rest = out[:, :guided], out[:, guided:]
-        cond, uncond = eps.chunk(2, dim=0)
-        half_eps = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
+    @property
+    def num_units(self) -> int:
+        return self.depth
 
-    def _check_inputs(self, x: torch.Tensor, t, y) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+    def latent_shape_for(self, image_size: int) -> tuple[int, int, int]:
+        """The latent of an ``image_size`` image: DiT's VAE downsamples 4-channel latents 8x; other
+        channel counts are pixel models (1x). ValueError naming the pixel size otherwise."""
+        factor = 8 if self.in_channels == 4 else 1
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        if image_size % factor or image_size // factor != self.input_size:
+            raise ValueError(
+                f"image_size {image_size} gives latents of side {image_size / factor:g}, but the model's "
+                f"input_size is {self.input_size} (image_size {self.input_size * factor})"
+            )
+        return self.latent_shape
+
+    def skip_partner(self, i: int) -> int | None:
+        return None
+
+    def guided_channels(self, guide_all_channels: bool) -> int:
+        return self.in_channels if guide_all_channels else min(3, self.in_channels)
+
+    def condition(self, class_labels) -> dict:
+        """Class labels (a sequence or tensor of integers in 0..num_classes-1) as ``{"y": (N,)}``."""
+        if isinstance(class_labels, torch.Tensor):
+            labels = class_labels.detach().cpu()
+        else:
+            try:
+                labels = torch.as_tensor(class_labels)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"class labels must be integers, got {class_labels!r}") from None
+        labels = labels.reshape(-1)
+        if labels.numel() == 0:
+            raise ValueError("class labels are empty")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(
+                f"class labels must be integers in 0..{self.num_classes - 1}, got {labels.tolist()[:8]} ({labels.dtype})"
+            )
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(
+                f"class labels must be in 0..{self.num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}"
+            )
+        return {"y": labels.long()}
+
+    def null_condition(self, cond: dict) -> dict:
+        if not self.y_embedder.has_null_class:
+            raise ValueError(
+                "classifier-free guidance needs a model trained with class dropout (a null class); "
+                "this model has class_dropout_prob 0"
+            )
+        return {"y": torch.full_like(cond["y"], self.num_classes)}
+
+    def split_call(self, args: tuple, kwargs: dict):
+        names = ("x", "t", "y")
+        values = dict(zip(names, args), **kwargs)
+        missing = [n for n in names if n not in values]
+        if missing or len(values) != 3:
+            raise TypeError(f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}")
+        return values["x"], values["t"], {"y": values["y"]}
+
+    def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        return out
+
+    def check_inputs(self, x: torch.Tensor, t, cond: dict) -> tuple[torch.Tensor, dict]:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         n, channels, height, width = x.shape
@@ -173,21 +215,36 @@ class DiT(nn.Module):
             t = t.expand(n)
         if t.shape != (n,):
             raise ValueError(f"t must have shape ({n},) to match x {tuple(x.shape)}, got {tuple(t.shape)}")
-        y = torch.as_tensor(y, device=x.device)
+        if t.dtype == torch.bool or t.dtype.is_complex:
+            raise ValueError(f"t must hold timesteps (integers or floats), got {t.dtype}")
+        y = torch.as_tensor(cond["y"], device=x.device)
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},) to match x {tuple(x.shape)}, got {tuple(y.shape)}")
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"y must hold integer class labels, got {y.dtype}")
         top = self.num_classes if self.y_embedder.has_null_class else self.num_classes - 1
         if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
             raise ValueError(f"class labels must be in 0..{top}, got min {int(y.min())} max {int(y.max())}")
-        return t, y
+        return t, {"y": y}
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens plus positions, and the adaLN conditioning c = t_emb + y_emb (no label dropout)."""
+        return self._embed(x, t, cond["y"], train=False)
+
+    def _embed(self, x, t, y, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.x_embedder(x) + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y, train)
+        return h, c.to(h.dtype)
+
+    def run_block(self, i: int, h: torch.Tensor, c: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        return self.blocks[i](h, c)
+
+    def finish(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.unpatchify(self.final_layer(h, c))
 
 
 class SkipDiT(DiT):
     """DiT with Skip-DiT's long skip connections (the official ``DiT_skip``)."""
-
-    long_skips = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -197,6 +254,21 @@ class SkipDiT(DiT):
             nn.LayerNorm(2 * self.hidden_size, elementwise_affine=True, eps=1e-6) for _ in range(self.depth // 2)
         )
         self.skip_linears = nn.ModuleList(SkipProjection(self.hidden_size) for _ in range(self.depth // 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t, cond = self.check_inputs(x, t, {"y": y})
+        h, c = self._embed(x, t, cond["y"], self.training)
+        half = self.depth // 2
+        skips = []
+        for block in self.blocks[:half]:
+            h = block(h, c)
+            skips.append(h)
+        for j, block in enumerate(self.blocks[half:]):
+            h = block(h, c, fusion=(skips.pop(), self.skip_norms[j], self.skip_linears[j].linear))
+        return self.finish(h, c)
+
+    def skip_partner(self, i: int) -> int | None:
+        return self.depth - 1 - i if i >= self.depth // 2 else None
 
     def run_block(self, i: int, h: torch.Tensor, c: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         if skip is None:

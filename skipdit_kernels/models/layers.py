@@ -27,7 +27,11 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of the (original-scale) timestep, then an MLP."""
+    """Sinusoidal features of the (original-scale) timestep, then an MLP.
+
+    The sinusoid frequencies are an fp32 buffer on the module's device (not in the state_dict, kept
+    fp32 when the module is cast), so the forward makes no host-to-device copy and can be captured
+    in a CUDA graph; the values are those the official code builds on the CPU at every call."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
@@ -37,20 +41,32 @@ class TimestepEmbedder(nn.Module):
             nn.Linear(hidden_size, hidden_size, bias=True),
         )
         self.frequency_embedding_size = frequency_embedding_size
+        self.register_buffer("freqs", self.frequencies(frequency_embedding_size), persistent=False)
 
     @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
+    def frequencies(dim: int, max_period: float = 10000) -> torch.Tensor:
         half = dim // 2
-        exponent = torch.arange(half, dtype=torch.float32) * (-math.log(max_period) / half)
-        freqs = torch.exp(exponent).to(t.device)
+        return torch.exp(torch.arange(half, dtype=torch.float32) * (-math.log(max_period) / half))
+
+    @staticmethod
+    def timestep_embedding(
+        t: torch.Tensor, dim: int, max_period: float = 10000, freqs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if freqs is None:
+            freqs = TimestepEmbedder.frequencies(dim, max_period).to(t.device)
         angles = t[:, None].float() * freqs[None]
         embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
         if dim % 2:
             embedding = F.pad(embedding, (0, 1))
         return embedding
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.freqs = self.frequencies(self.frequency_embedding_size).to(self.freqs.device)
+        return self
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t_freq = self.timestep_embedding(t, self.frequency_embedding_size)
+        t_freq = self.timestep_embedding(t, self.frequency_embedding_size, freqs=self.freqs)
         return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 

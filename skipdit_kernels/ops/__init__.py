@@ -7,6 +7,7 @@ from ._backend import auto_backend, available_backends, backend_status, current_
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference
 from .attention import attention, attention_reference
 from .forecast_blend import forecast_blend, forecast_blend_reference
+from .guidance import classifier_free_guidance
 from .gated_residual import (
     gated_residual,
     gated_residual_reference,
@@ -26,6 +27,7 @@ __all__ = [
     "auto_backend",
     "available_backends",
     "backend_status",
+    "classifier_free_guidance",
     "current_backend",
     "forecast_blend",
     "forecast_blend_reference",

@@ -1,15 +1,19 @@
-"""``sample()``: class-conditional sampling from a DiT / Skip-DiT on DiT's diffusion conventions."""
+"""``sample()``: sampling from any skip stack (DiT, SkipDiT, registered adapters) on DiT's diffusion
+conventions, one request per call, through the cache-aware executor."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
-from typing import Sequence
 
 import torch
 
-from ..cache import SkipCache
-from ..cache.executor import executor_for, resolve_cuda_graphs
+from ..cache import SkipCache, as_skip_stack
+from ..cache.executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
+from ..cache.forecast import resolve_forecast
 from .diffusion import GaussianDiffusion
+from .trajectory import SamplerTrajectory
 
 
 @dataclasses.dataclass
@@ -25,46 +29,46 @@ class SampleInfo:
     forecast: int = 0  # the Skip-Cache forecast order used ("auto" resolved from the sampler)
 
 
-def resolve_cache(cache: SkipCache | int | None, depth: int) -> SkipCache | None:
+def resolve_cache(cache: SkipCache | int | None, num_units: int) -> SkipCache | None:
     """``None``/0: no cache; an int: that interval with the official defaults (shallow_blocks
-    capped at depth/2 for small models); or a SkipCache."""
-    if cache is None or cache is False or cache == 0:
+    capped at num_units/2 for small models); or a SkipCache."""
+    if cache is None or cache is False or (isinstance(cache, int) and not isinstance(cache, bool) and cache == 0):
         return None
     if isinstance(cache, SkipCache):
         return cache
     if isinstance(cache, int) and not isinstance(cache, bool):
-        return SkipCache(interval=cache, shallow_blocks=min(SkipCache.shallow_blocks, depth // 2))
+        return SkipCache(interval=cache, shallow_blocks=min(SkipCache.shallow_blocks, num_units // 2))
     raise ValueError(f"cache must be None, an interval (int) or a SkipCache, got {cache!r}")
 
 
-def latent_size_for(model, image_size: int | None) -> int:
-    """Latent side for an image side: DiT's VAE downsamples 4-channel latents 8x; pixel models 1x."""
-    if image_size is None:
-        return model.input_size
-    factor = 8 if model.in_channels == 4 else 1
-    if image_size % factor or image_size // factor != model.input_size:
-        raise ValueError(
-            f"image_size {image_size} gives latents of side {image_size / factor:g}, but the model's "
-            f"input_size is {model.input_size} (image_size {model.input_size * factor})"
-        )
-    return image_size // factor
+def resolve_device(device) -> torch.device:
+    """``device`` as a torch.device that exists here; ValueError naming the available ones."""
+    available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; available: {', '.join(available)}") from None
+    if resolved.type == "cuda":
+        index = resolved.index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available here; available: {', '.join(available)}")
+    elif resolved.type not in ("cpu", "meta"):
+        raise ValueError(f"device {device!r} is not supported; available: {', '.join(available)}")
+    return resolved
 
 
-def _labels_tensor(model, class_labels) -> torch.Tensor:
-    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-    if labels.numel() == 0:
-        raise ValueError("class_labels is empty")
-    if int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
-        raise ValueError(
-            f"class labels must be in 0..{model.num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}"
-        )
-    return labels
+def check_cfg_scale(cfg_scale) -> float:
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number >= 1 (1: no guidance), got {cfg_scale!r}")
+    if cfg_scale < 1:
+        raise ValueError(f"cfg_scale must be >= 1 (1: no guidance, the DiT paper uses 1.5-4), got {cfg_scale}")
+    return float(cfg_scale)
 
 
 @torch.no_grad()
 def sample(
     model,
-    class_labels: Sequence[int] | torch.Tensor,
+    class_labels,
     image_size: int | None = None,
     steps: int = 250,
     method: str = "ddpm",
@@ -78,114 +82,61 @@ def sample(
     eta: float = 0.0,
     return_info: bool = False,
     cuda_graphs: bool | str = "auto",
-    executor=None,
+    executor: SkipStackExecutor | None = None,
 ):
-    """Sample latents for ``class_labels``.
+    """Sample latents for ``class_labels`` (N integer labels; for other families, whatever the
+    model's adapter takes as conditioning, e.g. a dict of text embeddings).
 
     ``steps`` respaces DiT's 1000-step process (DDPM "250" as in DiT's sample.py, or DDIM with
-    ``eta``); ``cfg_scale > 1`` uses classifier-free guidance through ``forward_with_cfg``;
-    ``cache`` turns on Skip-Cache for this run only (an interval, or a ``SkipCache``). Noise comes
-    from a CPU generator seeded with ``seed``, so a seed gives the same samples on every device.
-    The model is moved to ``device`` / ``dtype`` in place when they are given. Returns the latents
-    (N, C, H, W) in float32, and a ``SampleInfo`` too with ``return_info=True``.
+    ``eta``); ``cfg_scale > 1`` uses classifier-free guidance (the unconditional branch from the
+    model's null condition; ``guide_all_channels`` as in ``forward_with_cfg``); ``cache`` turns on
+    Skip-Cache for this call (an interval, or a ``SkipCache``; ``forecast="auto"`` resolves to the
+    forecast for deterministic samplers and to reuse for stochastic ones). Noise comes from a CPU
+    generator seeded with ``seed``, so a seed gives the same samples on every device. The model is
+    moved to ``device`` / ``dtype`` in place when they differ from its own. Returns the latents
+    (N, *latent shape) in float32, and a ``SampleInfo`` too with ``return_info=True``.
 
-    ``cuda_graphs``: ``"auto"`` (default) runs the trajectory through the cache-aware executor as
-    captured CUDA graphs (one full-step and one cached-step graph per input signature, kept for later
-    calls; ``cache.executor.executor_for(model).release()`` frees them) when sampling on a CUDA
-    device, and the eager module loop elsewhere; ``True`` insists (an error without CUDA); ``False``
-    is always eager. ``executor``: a ``SkipStackExecutor`` of this model to run through (eagerly
-    unless graphs are on; its buffers persist across calls).
+    Each call is one request: its cache state lives in the call, never on the model, so calls on
+    one model may run concurrently from several threads (each takes its own executor buffers); a
+    step-by-step session of the same model (``enable_skip_cache``) does not affect it.
+
+    The trajectory runs through the cache-aware executor: eagerly, or with ``cuda_graphs`` as
+    captured CUDA graphs (``"auto"``: on a CUDA device; ``True`` insists; ``False``: never), kept
+    for later calls until ``cache.executor_for(model).release()``. ``executor``: a
+    ``SkipStackExecutor`` of this model to run through instead of the model's shared one.
+    ValueError/TypeError naming the problem, before any work, for bad arguments.
     """
+    stack = as_skip_stack(model)
     param = next(model.parameters())
-    device = torch.device(device) if device is not None else param.device
+    device = resolve_device(device) if device is not None else param.device
     dtype = dtype or param.dtype
-    model.to(device=device, dtype=dtype)
-    was_training = model.training
-    model.eval()
-
-    labels = _labels_tensor(model, class_labels)
-    n = labels.numel()
-    side = latent_size_for(model, image_size)
-    use_cfg = cfg_scale > 1.0
-    if use_cfg and not model.y_embedder.has_null_class:
-        raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
-    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=model.learn_sigma, eta=eta)
-    cache = resolve_cache(cache, model.depth)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    cfg_scale = check_cfg_scale(cfg_scale)
+    cond = stack.condition(class_labels)
+    n = next(iter(cond.values())).shape[0]
+    latent = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
+    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
+    cache = resolve_cache(cache, stack.num_units)
     if cache is not None and cache.forecast == "auto":
-        from ..cache.forecast import resolve_forecast
-
         cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
-
     use_graphs = resolve_cuda_graphs(cuda_graphs, device)
-    run_cache = cache if cache is not None else (model.skip_cache.config if model.skip_cache is not None else None)
-    if executor is not None and executor.stack is not model:
+    if executor is not None and executor.model is not model:
         raise ValueError("executor belongs to another model")
+    if cfg_scale > 1:
+        uncond = stack.null_condition(cond)
+        cond = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
+    if param.device != device or param.dtype != dtype:
+        model.to(device=device, dtype=dtype)
 
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, model.in_channels, side, side, generator=generator).to(device)
-    y = labels.to(device)
-    if use_cfg:
-        y = torch.cat([y, torch.full_like(y, model.num_classes)])
-
-    if use_graphs or executor is not None:
-        return _sample_with_executor(
-            model, executor, diffusion, x, y, dtype, run_cache, cfg_scale, guide_all_channels, generator,
-            use_graphs, progress, return_info, was_training,
-        )
-
-    previous_cache = model.skip_cache
-    if cache is not None:
-        model.enable_skip_cache(cache)
-    state = model.skip_cache
-    if state is not None:
-        state.reset()
-        start_full, start_cached = state.full_steps, state.cached_steps
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=diffusion.num_steps, desc=f"{diffusion.method} sampling", unit="step")
-    started = time.perf_counter()
-    try:
-        for i, t in zip(range(diffusion.num_steps - 1, -1, -1), diffusion.timesteps):
-            model_in = torch.cat([x, x]) if use_cfg else x
-            t_batch = torch.full((model_in.shape[0],), int(t), device=device, dtype=torch.long)
-            if use_cfg:
-                out = model.forward_with_cfg(
-                    model_in.to(dtype), t_batch, y, cfg_scale, guide_all_channels=guide_all_channels
-                )[:n]
-            else:
-                out = model(model_in.to(dtype), t_batch, y)
-            noise = None
-            if diffusion.is_stochastic:
-                noise = torch.randn(x.shape, generator=generator).to(device)
-            x = diffusion.step(out.float(), x, i, noise)
-            if bar is not None:
-                bar.update(1)
-                if state is not None:
-                    bar.set_postfix(full=state.full_steps - start_full, cached=state.cached_steps - start_cached)
-    finally:
-        if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - started
-        full = state.full_steps - start_full if state is not None else diffusion.num_steps
-        cached = state.cached_steps - start_cached if state is not None else 0
-        if cache is not None:
-            model._skip_cache = previous_cache
-        model.train(was_training)
-
-    if return_info:
-        forecast = int(cache.forecast) if cache is not None else 0
-        return x, SampleInfo(diffusion.method, diffusion.num_steps, full, cached, seconds, cache, forecast)
-    return x
-
-
-def _sample_with_executor(
-    model, executor, diffusion, x, y, dtype, cache, cfg_scale, guide_all_channels, generator, use_graphs,
-    progress, return_info, was_training,
-):
+    x = torch.randn((n, *latent), generator=generator).to(device)
+    cond = {k: v.to(device) for k, v in cond.items()}
+    trajectory = SamplerTrajectory(
+        diffusion, cfg_scale, stack.guided_channels(guide_all_channels), stack.channel_dim, generator
+    )
     executor = executor if executor is not None else executor_for(model)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -193,8 +144,8 @@ def _sample_with_executor(
         bar = tqdm(total=diffusion.num_steps, desc=f"{diffusion.method} sampling", unit="step")
     counts = [0, 0]
 
-    def advance(k: int, full: bool) -> None:
-        counts[0 if full else 1] += 1
+    def advance(k: int, planned) -> None:
+        counts[0 if planned is None or planned.full else 1] += 1
         if bar is not None:
             bar.update(1)
             if cache is not None:
@@ -202,18 +153,30 @@ def _sample_with_executor(
 
     started = time.perf_counter()
     try:
-        x, _ = executor.run(
-            diffusion, x, y, dtype, cache=cache, cfg_scale=cfg_scale, guide_all_channels=guide_all_channels,
-            generator=generator, graphs=use_graphs, callback=advance,
-        )
+        x, _ = executor.run(trajectory, x, cond, dtype, cache=cache, graphs=use_graphs, callback=advance)
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
     finally:
         if bar is not None:
             bar.close()
-        seconds = time.perf_counter() - started
-        model.train(was_training)
+    seconds = time.perf_counter() - started
     if return_info:
-        return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache,
-                             int(cache.forecast) if cache is not None else 0)
+        forecast = int(cache.forecast) if cache is not None else 0
+        return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache, forecast)
     return x
+
+
+def _latent_shape_for(stack, image_size: int) -> tuple[int, ...]:
+    shape_for = getattr(stack, "latent_shape_for", None)
+    if shape_for is None:
+        raise ValueError(
+            f"image_size is not supported for {type(stack).__name__}; its latents are {tuple(stack.latent_shape)}"
+        )
+    return tuple(shape_for(image_size))
+
+
+def latent_size_for(model, image_size: int | None) -> int:
+    """The latent side for an image side (the model's own when None)."""
+    stack = as_skip_stack(model)
+    shape = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
+    return shape[-1]

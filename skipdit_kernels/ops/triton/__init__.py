@@ -12,6 +12,7 @@ qualifies, else torch SDPA (see ops/attention.py).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -24,6 +25,13 @@ OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``t``'s CUDA device the current one for a launch: Triton compiles for, and launches on,
+    the current device and its current stream, whatever device the tensors are on (a model on
+    ``cuda:1`` would otherwise run its kernels on ``cuda:0``). A no-op for CPU tensors (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def probe() -> tuple[bool, str]:

@@ -159,7 +159,7 @@ def _skip_half(
 
 @triton.jit
 def skip_fuse_kernel(
-    x_ptr, s_ptr, w_ptr, rowsum_ptr, bias_ptr, out_ptr,
+    x_ptr, s_ptr, w_ptr, rowsum_ptr, bias_ptr, pivot_ptr, out_ptr,
     M, N, D, T,
     sxb, sxt, sxd, ssb, sst, ssd, swn, swk,
     eps,
@@ -168,14 +168,19 @@ def skip_fuse_kernel(
 ):
     """y = rstd * (z @ W'^T - mean * rowsum(W')) + bias', z = [x | skip] never materialised.
 
-    Row statistics accumulate in fp32 alongside the GEMM's K loop, shifted by a pivot p (the row's
-    first element) so that rows with a large mean do not cancel: mean = p + S1/n,
-    var = S2/n - (S1/n)^2 with S1 = sum(z - p), S2 = sum((z - p)^2).
+    Row statistics accumulate in fp32 alongside the GEMM's K loop, shifted by a pivot p per row
+    (``pivot_ptr``: the row's mean from a cheap pre-pass, fp32, need not be exact) so that rows with
+    a large mean do not cancel: mean = p + S1/n, var = S2/n - (S1/n)^2 with S1 = sum(z - p),
+    S2 = sum((z - p)^2).
 
     The GEMM term cancels too: acc - mean * rowsum loses |mean| / std digits of acc. With SHIFT_A
     (fp32 inputs) the GEMM reads z - p instead, so y = rstd * (acc' - (S1/n) * rowsum) + bias' and
-    nothing large cancels. Half-precision inputs are not shifted: z - p would be rounded to the
-    input dtype again, while the products of the exact half inputs accumulate in fp32 anyway."""
+    nothing large cancels. p is the mean, not one element of the row: with p = z[0], |S1/n| is of
+    the order of the std and under TF32 the rounding of z - p and of W' (which rowsum does not see)
+    leaves 2-3x the error of LayerNorm-then-GEMM (simulated); with the mean, about 1x (as the native
+    driver, csrc/include/skipdit/folded.h). Half-precision inputs are not shifted: z - p would be
+    rounded to the input dtype again, while the products of the exact half inputs accumulate in
+    fp32 anyway."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -185,7 +190,7 @@ def skip_fuse_kernel(
     t = rm % T
     x_row = b * sxb + t * sxt
     s_row = b * ssb + t * sst
-    pivot = tl.load(x_ptr + x_row, mask=mmask, other=0.0).to(tl.float32)
+    pivot = tl.load(pivot_ptr + rm, mask=mmask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)

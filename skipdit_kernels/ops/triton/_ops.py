@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 from . import _kernels as K
-from . import interpreting
+from . import interpreting, on_device
 from ..adaln_modulate import adaln_modulate_reference
 from ..folding import fold_skip_weights
 from ..gated_residual import gated_residual_reference, linear_gated_residual_reference
@@ -30,10 +30,12 @@ def _skip_launch(*tensors: Tensor) -> bool:
 
 
 def _launch(plain, tuned, kind: str, grid, *args, **meta) -> None:
-    if _INTERPRET:
-        wrap_triton(plain)[grid](*args, **meta, **K.INTERPRET_META[kind])
-    else:
-        wrap_triton(tuned)[grid](*args, **meta)
+    """Every launch goes through here, on the device of its first tensor (all are on one device)."""
+    with on_device(args[0]):
+        if _INTERPRET:
+            wrap_triton(plain)[grid](*args, **meta, **K.INTERPRET_META[kind])
+        else:
+            wrap_triton(tuned)[grid](*args, **meta)
 
 
 def _allow_tf32(dtype: torch.dtype) -> bool:
@@ -83,9 +85,11 @@ def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
     M, N = B * T, weight.shape[0]
     if M == 0 or N == 0:
         return
+    # The kernel's pivot: each row's mean of [x | skip] in fp32 (one read of x and skip).
+    pivot = (x.sum(-1, dtype=torch.float32) + skip.sum(-1, dtype=torch.float32)).div_(2 * D).reshape(M)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _launch(K.skip_fuse_kernel, K.skip_fuse_tuned, "gemm", grid,
-            x, skip, weight, rowsum, bias, out, M, N, D, T,
+            x, skip, weight, rowsum, bias, pivot, out, M, N, D, T,
             *x.stride(), *skip.stride(), *weight.stride(), eps,
             ALLOW_TF32=_allow_tf32(x.dtype), SHIFT_A=x.dtype == torch.float32)
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
-from . import interpreting
+from . import interpreting, on_device
 
 MAX_HISTORY = 4
 BLOCK = 1024
@@ -44,7 +44,8 @@ def blend_into(history: list[torch.Tensor], weights: torch.Tensor, out: torch.Te
     if n == 0 or (_INTERPRET and any(is_fake(t) for t in (out, *flat))):
         return out
     grid = (triton.cdiv(n, BLOCK),)
-    wrap_triton(forecast_blend_kernel)[grid](out, *flat, weights, n, K=k, BLOCK=BLOCK)
+    with on_device(out):
+        wrap_triton(forecast_blend_kernel)[grid](out, *flat, weights, n, K=k, BLOCK=BLOCK)
     return out
 
 

@@ -1,0 +1,30 @@
+import sys, time, statistics, os, json, subprocess
+code = r'''
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+import skipdit_kernels as sk
+torch.set_num_threads(1)
+torch.manual_seed(0)
+which = sys.argv[2]
+if which == "dits":
+    m = sk.SkipDiT.from_preset("DiT-S/2", input_size=16, num_classes=10)
+    kw = dict(steps=20, method="ddim", cfg_scale=4.0, cache=sk.SkipCache(interval=2, shallow_blocks=2), progress=False)
+    labels = [1, 2]
+else:
+    m = sk.SkipDiT(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2, num_classes=10)
+    kw = dict(steps=100, method="ddim", cfg_scale=4.0, cache=sk.SkipCache(interval=2, shallow_blocks=1), progress=False)
+    labels = [1]
+sk.sample(m, labels, **{**kw, "steps": 4})
+t = time.perf_counter(); sk.sample(m, labels, **kw); print((time.perf_counter() - t) / kw["steps"])
+'''
+res = {}
+for r in range(int(sys.argv[1])):
+    for which in ("dits", "tiny"):
+        for v in (("old", "new") if r % 2 else ("new", "old")):
+            out = subprocess.run([sys.executable, "-c", code, f"/tmp/ab/{v}", which], capture_output=True, text=True, cwd="/tmp")
+            res.setdefault((which, v), []).append(float(out.stdout.strip().splitlines()[-1]))
+for (which, v), xs in sorted(res.items()):
+    print(which, v, "median s/step %.5f" % statistics.median(xs), "min %.5f max %.5f" % (min(xs), max(xs)))
+for which in ("dits", "tiny"):
+    print(which, "new/old", statistics.median(res[(which, "new")]) / statistics.median(res[(which, "old")]))
+print("load", os.getloadavg())
