@@ -32,7 +32,7 @@ def test_block_compiles_fullgraph_and_model_breaks_nowhere_in_ops():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="models/dit.py _check_inputs reads label values (int(y.min()), int(y.max())): two graph breaks, "
+    reason="models/dit.py check_inputs reads label values (int(y.min()), int(y.max())): graph breaks "
     "outside ops/; the model's input checks are being rewritten",
 )
 def test_uncached_model_has_no_graph_breaks():
