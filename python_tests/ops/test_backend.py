@@ -147,3 +147,38 @@ def test_chosen_backend_without_backward_runs_the_reference_when_grad_is_needed(
         assert lin.weight.grad is not None
         with torch.no_grad():
             assert torch.allclose(ops.linear_gelu(h, lin.weight, lin.bias), out, rtol=1e-5, atol=1e-6)
+
+
+def test_resolution_is_memoised_yet_follows_context_env_and_table(auto_table, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(_backend._usable, "triton", True)
+    monkeypatch.delenv("SKIPDIT_BACKEND", raising=False)
+    auto_table({"cpu/adaln_modulate/float32": "native"})
+    native_ok = ops.backend_status()["native"][0]
+    for _ in range(2):  # the second pass is answered from the memo and must agree
+        assert (_backend.kernel_for("adaln_modulate", cpu, torch.float32) is not None) == native_ok
+        with ops.use_backend("torch"):
+            assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
+            with ops.use_backend("triton"):
+                assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is _backend._kernels["adaln_modulate"]["triton"]
+            assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
+        monkeypatch.setenv("SKIPDIT_BACKEND", "torch")
+        assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
+        monkeypatch.delenv("SKIPDIT_BACKEND")
+    assert ("auto", "adaln_modulate", cpu, torch.float32, False) in _backend._resolved
+    auto_table({})  # a new table is seen at once
+    assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
+    monkeypatch.setenv("SKIPDIT_BACKEND", "bogus")  # a bad value keeps raising, it is not memoised
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bogus"):
+            _backend.kernel_for("adaln_modulate", cpu, torch.float32)
+
+
+def test_registering_a_kernel_forgets_memoised_resolutions(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(_backend._kernels, "test_only_op", {})
+    with ops.use_backend("triton"):
+        assert _backend.kernel_for("test_only_op", cpu, torch.float32) is None
+        kernel = _backend.register("test_only_op", "triton")(lambda x: x)
+        assert _backend.kernel_for("test_only_op", cpu, torch.float32) is kernel
+    _backend.forget_resolutions()
