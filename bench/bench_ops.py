@@ -28,7 +28,7 @@ import report  # noqa: E402
 from skipdit_kernels import ops  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OPS = ("adaln_modulate", "gated_residual", "linear_gelu", "linear_gated_residual", "skip_fuse", "skip_fuse_adaln")
+OPS = ("adaln_modulate", "gated_residual", "linear", "linear_gelu", "linear_gated_residual", "skip_fuse", "skip_fuse_adaln")
 IMPLS = ("eager", "compile", "triton", "native")
 
 
@@ -43,6 +43,7 @@ def make_inputs(batch, tokens, hidden, dtype, device, seed=0):
     return dict(
         x=r(batch, tokens, D), y=r(batch, tokens, D), skip=r(batch, tokens, D), h4=r(batch, tokens, 4 * D, scale=0.5),
         shift=mod[0], scale=mod[1], gate=mod[2],
+        wqkv=r(3 * D, D, scale=D**-0.5), bqkv=r(3 * D, scale=0.1),
         w1=r(4 * D, D, scale=D**-0.5), b1=r(4 * D, scale=0.1), w2=r(D, 4 * D, scale=(4 * D) ** -0.5), b2=r(D, scale=0.1),
         nw=(1 + 0.1 * torch.randn(2 * D, generator=g)).to(device), nb=(0.1 * torch.randn(2 * D, generator=g)).to(device),
         ws=r(D, 2 * D, scale=(2 * D) ** -0.5), bs=r(D, scale=0.1),
@@ -55,6 +56,8 @@ CALLS = {
                        lambda t: ops.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6)),
     "gated_residual": (lambda t: ops.gated_residual_reference(t["x"], t["gate"], t["y"]),
                        lambda t: ops.gated_residual(t["x"], t["gate"], t["y"])),
+    "linear": (lambda t: ops.linear_reference(t["x"], t["wqkv"], t["bqkv"]),
+               lambda t: ops.linear(t["x"], t["wqkv"], t["bqkv"])),
     "linear_gelu": (lambda t: ops.linear_gelu_reference(t["x"], t["w1"], t["b1"]),
                     lambda t: ops.linear_gelu(t["x"], t["w1"], t["b1"])),
     "linear_gated_residual": (lambda t: ops.linear_gated_residual_reference(t["x"], t["h4"], t["w2"], t["b2"], t["gate"]),
@@ -75,6 +78,8 @@ def traffic(op, B, T, D, es):
         return 2 * act + 2 * mod, 0
     if op == "gated_residual":
         return 3 * act + mod, 0
+    if op == "linear":  # the attention's qkv: h (M, D) -> (M, 3D)
+        return act + 3 * D * D * es + 3 * act, 2 * M * 3 * D * D
     if op == "linear_gelu":  # h (M, D) -> (M, 4D)
         return act + 4 * D * D * es + 4 * act, 2 * M * 4 * D * D
     if op == "linear_gated_residual":  # h (M, 4D) -> (M, D), + x, gate

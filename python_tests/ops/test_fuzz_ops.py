@@ -22,7 +22,7 @@ FUZZ = settings(
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float64: 1e-12}
 LAYOUTS = ["contiguous", "transposed", "misaligned", "every_other"]
-TOKEN_OPS = ["adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln"]
+TOKEN_OPS = ["adaln_modulate", "gated_residual", "linear_gated_residual", "linear", "linear_gelu", "skip_fuse", "skip_fuse_adaln"]
 
 
 def _backends():
@@ -64,7 +64,7 @@ def _token_args(op, B, T, D, out, dtype, seed):
         return [x, r(B, D, scale=0.5), _tensor((B, T, D), dtype, seed + 99)]
     if op == "linear_gated_residual":
         return [x, _tensor((B, T, out), dtype, seed + 98), r(D, out, scale=max(out, 1) ** -0.5), r(D, scale=0.1), r(B, D, scale=0.5)]
-    if op == "linear_gelu":
+    if op in ("linear", "linear_gelu"):
         return [x, r(out, D, scale=D**-0.5), r(out, scale=0.1)]
     nw = 1 + 0.1 * _tensor((2 * D,), torch.float32, seed + 1)
     nb = 0.1 * _tensor((2 * D,), torch.float32, seed + 2)
@@ -96,6 +96,7 @@ REFERENCE = {
     "adaln_modulate": ops.adaln_modulate_reference,
     "gated_residual": ops.gated_residual_reference,
     "linear_gated_residual": ops.linear_gated_residual_reference,
+    "linear": ops.linear_reference,
     "linear_gelu": ops.linear_gelu_reference,
     "skip_fuse": ops.skip_fuse_reference,
     "skip_fuse_adaln": ops.skip_fuse_adaln_reference,
@@ -117,7 +118,7 @@ REFERENCE = {
 )
 def test_token_ops_match_the_reference(op, backend, dtype, layout, B, T, D, out, rank, seed):
     args = _token_args(op, B, T, D, out, dtype, seed)
-    if op == "linear_gelu":  # any number of leading dimensions
+    if op in ("linear", "linear_gelu"):  # any number of leading dimensions
         args[0] = args[0].reshape(B * T, D) if rank == 2 else args[0].reshape((1,) * (rank - 3) + (B, T, D))
     laid = [_lay(a, layout) if isinstance(a, torch.Tensor) else a for a in args]
     with torch.no_grad(), ops.use_backend(backend):

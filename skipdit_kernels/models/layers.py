@@ -105,10 +105,16 @@ class Attention(nn.Module):
     def mix_tokens(self, h: torch.Tensor) -> torch.Tensor:
         """Attention up to, not including, the output projection (which the block fuses with its residual)."""
         batch, tokens, hidden = h.shape
-        qkv = F.linear(h, self.qkv.weight, self.qkv.bias)
+        qkv = ops.linear(h, self.qkv.weight, self.qkv.bias)
         q, k, v = qkv.view(batch, tokens, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = ops.attention(q, k, v)
         return out.transpose(1, 2).reshape(batch, tokens, hidden)
+
+
+def adaln_parameters(modulation: nn.Sequential, c: torch.Tensor, chunks: int) -> tuple:
+    """The official ``adaLN_modulation(c).chunk(chunks, dim=1)`` (SiLU, then Linear), its linear through the op layer."""
+    linear = modulation[1]
+    return ops.linear(F.silu(c), linear.weight, linear.bias).chunk(chunks, dim=1)
 
 
 class Mlp(nn.Module):
@@ -129,7 +135,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, fusion: "SkipFusionArgs | None" = None) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_parameters(self.adaLN_modulation, c, 6)
         if fusion is None:
             h = ops.adaln_modulate(x, shift_msa, scale_msa, self.eps)
         else:
@@ -162,8 +168,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(ops.adaln_modulate(x, shift, scale, self.eps))
+        shift, scale = adaln_parameters(self.adaLN_modulation, c, 2)
+        return ops.linear(ops.adaln_modulate(x, shift, scale, self.eps), self.linear.weight, self.linear.bias)
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from .gated_residual import (
     linear_gated_residual,
     linear_gated_residual_reference,
 )
+from .linear import linear, linear_reference
 from .linear_gelu import linear_gelu, linear_gelu_reference
 from .skip_fuse import skip_fuse, skip_fuse_adaln, skip_fuse_adaln_reference, skip_fuse_reference
 from . import triton as _triton  # noqa: F401,E402  registers the probe only; Triton loads on first use
@@ -35,6 +36,8 @@ __all__ = [
     "gated_residual_reference",
     "linear_gated_residual",
     "linear_gated_residual_reference",
+    "linear",
+    "linear_reference",
     "linear_gelu",
     "linear_gelu_reference",
     "skip_fuse",

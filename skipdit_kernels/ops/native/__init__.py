@@ -154,7 +154,7 @@ def linear_gelu(h, weight, bias):
 
 def linear(h, weight, bias=None):
     """F.linear on the native backend (bias in the epilogue; fp32 GEMM for bf16 on CPUs without bf16
-    units). Registered as op "linear" for when the op layer grows one (e.g. the attention's qkv)."""
+    units). Op "linear" (ops.linear: the attention's qkv, adaLN modulation, final layer)."""
     weight, bias = _gemm_params(h, weight, bias)
     return torch.ops.skipdit.linear(h, weight, bias)
 
