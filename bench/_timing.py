@@ -43,7 +43,7 @@ def interleaved(
             t0 = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "rounds": len(v)} for k, v in samples.items()}
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)} for k, v in samples.items()}
 
 
 def write_results(path_stem: str, payload: dict, markdown: str) -> None:
@@ -62,6 +62,8 @@ def environment() -> dict:
         "native_cpu_capability": native.cpu_capability(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # 1, 5, 15 min, at the start of the run
+        "cores": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }

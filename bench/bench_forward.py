@@ -187,7 +187,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     for func, _, _ in calls:
         kinds[str(func)] = kinds.get(str(func), 0) + 1
     result = {
-        "environment": _timing.environment(), "load_average": os.getloadavg(), "batch": batch,
+        "environment": _timing.environment(), "batch": batch,
         "arithmetic_calls": kinds,
         "default_path": {"forward_ms": vs_default["a_ms"], "arithmetic_ms": vs_default["b_ms"], "ratio": vs_default["ratio"],
                          "ratio_min": vs_default["min"], "ratio_max": vs_default["max"]},
@@ -198,7 +198,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     md = [
         f"# Bundled demo model: forward vs its arithmetic, batch {batch}, {env['cpu']} ({env['native_cpu_capability']}), 1 thread",
         "",
-        f"torch {env['torch']}, {env['date']}, load average {result['load_average'][0]:.1f} on {os.cpu_count()} cores "
+        f"torch {env['torch']}, {env['date']}, load average {env['load_average'][0]:.1f} on {env['cores']} cores "
         "(a shared machine: absolute times are CPU time of this thread, not wall time). Arithmetic = the forward's "
         f"GEMMs, patch convolution and attention ({sum(kinds.values())} calls: "
         + ", ".join(f"{v} {k.split('.')[1]}" for k, v in kinds.items())
@@ -260,6 +260,7 @@ def main(argv=None):
             timing = _timing.interleaved({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, warmup=1)
             results["fp32"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
+                "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
                 "rounds": {k: v["rounds"] for k, v in timing.items()},
                 "rel_err_vs_official": errors, "compile_s": compile_s,
             }
@@ -280,6 +281,7 @@ def main(argv=None):
             timing = _timing.interleaved({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, warmup=1)
             results["bf16"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
+                "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
                 "rounds": {k: v["rounds"] for k, v in timing.items()},
                 "rel_err_vs_official_fp32": errors,
             }
@@ -295,7 +297,8 @@ def markdown(r) -> str:
     lines = [
         f"# SkipDiT-B/2 forward on {env['cpu']} ({env['native_cpu_capability']}), {env['threads']} threads",
         "",
-        f"torch {env['torch']}, {env['date']}. Batch 4, 256 tokens, random weights shared by all variants; "
+        f"torch {env['torch']}, {env['date']}, load average {env.get('load_average', ['?'])[0]} on {env.get('cores', '?')} cores. "
+        "Batch 4, 256 tokens, random weights shared by all variants; "
         "medians of interleaved rounds. speedup = official eager (fp32) or official bf16 autocast (bf16) / variant.",
         "",
         "| dtype | variant | ms | speedup | rel. error vs official fp32 |",

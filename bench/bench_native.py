@@ -99,6 +99,7 @@ def run(hiddens, dtypes, budget_s=4.0, ops_filter=None) -> list[dict]:
                 with torch.no_grad():
                     res = _timing.interleaved(implementations(op, t), budget_s=budget_s)
                 row = {"op": op, "hidden": hidden, "dtype": dname, **{f"{k}_ms": v["median_s"] * 1e3 for k, v in res.items()}}
+                row.update({f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in res.items()})
                 row["rounds"] = res["native"]["rounds"]
                 row["native_vs_eager"] = res["eager"]["median_s"] / res["native"]["median_s"]
                 row["native_vs_compile"] = res["compile"]["median_s"] / res["native"]["median_s"]
