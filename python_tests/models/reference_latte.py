@@ -56,36 +56,65 @@ def forward(sd, cfg, x, t, y=None, pairs=None, enter=None):
     return final(sd, cfg, h, c)
 
 
+def lagrange(nodes, x):
+    """Weights of the Lagrange polynomial through ``nodes`` evaluated at ``x``."""
+    weights = []
+    for j, nj in enumerate(nodes):
+        w = 1.0
+        for m, nm in enumerate(nodes):
+            if m != j:
+                w *= (x - nm) / (nj - nm)
+        weights.append(w)
+    return weights
+
+
 class CachedReference:
     """``Latte_skip_cache``'s rules as a state machine: a step is full when the counter is a
     multiple of ``interval``, nothing is cached or t >= ``start_t`` (900); a full step stores the
     state entering pair P - shallow, a cached step runs only the outer ``shallow`` pairs on each
     side and takes the stored state there; after a step with t < ``close_t`` (50) the counter and
-    the cache reset."""
+    the cache reset. ``forecast`` (the library's extension, 0 = the official reuse): a cached step
+    takes the Lagrange extrapolation, to its counter, of the states stored by the last
+    ``forecast + 1`` full steps."""
 
-    def __init__(self, sd, cfg, interval, shallow=1, start_t=900, close_t=50):
+    def __init__(self, sd, cfg, interval, shallow=1, start_t=900, close_t=50, forecast=0):
         self.sd, self.cfg = sd, cfg
         self.interval, self.shallow, self.start_t, self.close_t = interval, shallow, start_t, close_t
-        self.counter, self.stored = 0, None
+        self.forecast = forecast
+        self.counter, self.stored = 0, []  # stored: (counter, state) of the last full steps
         self.history = []  # per step: the pairs that ran
 
     def step(self, x, t, y=None):
         pairs, k = self.cfg["depth"] // 2, self.shallow
         t0 = float(t[0])
-        full = self.counter % self.interval == 0 or self.stored is None or t0 >= self.start_t
+        full = self.counter % self.interval == 0 or not self.stored or t0 >= self.start_t
         run = list(range(pairs)) if full else list(range(k)) + list(range(pairs - k, pairs))
 
         def enter(i, h):
             if i == pairs - k:
                 if full:
-                    self.stored = h
+                    self.stored = (self.stored + [(self.counter, h)])[-(self.forecast + 1) :]
                 else:
-                    h = self.stored
+                    weights = lagrange([c for c, _ in self.stored], self.counter)
+                    h = sum(w * state for w, (_, state) in zip(weights, self.stored))
             return h
 
         out = forward(self.sd, self.cfg, x, t, y, pairs=run, enter=enter).float()
         self.history.append(run)
         self.counter += 1
         if t0 < self.close_t:
-            self.counter, self.stored = 0, None
+            self.counter, self.stored = 0, []
         return out
+
+
+def official_full_steps(timesteps, interval, start_t=900, close_t=50):
+    """Full (True) or cached per timestep under ``Latte_skip_cache``'s rules, without a model."""
+    counter, have, flags = 0, False, []
+    for t in timesteps:
+        full = counter % interval == 0 or not have or t >= start_t
+        have = have or full
+        flags.append(full)
+        counter += 1
+        if t < close_t:
+            counter, have = 0, False
+    return flags
