@@ -1,0 +1,1 @@
+"""Models built on other libraries (imported on demand: ``diffusers`` is optional)."""
