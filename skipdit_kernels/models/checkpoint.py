@@ -19,6 +19,7 @@ from typing import Mapping
 import torch
 
 from .dit import DiT, SkipDiT
+from .latte import LATTE_PRESETS, LatteSkip, latte_preset_for
 from .presets import PRESETS, preset_for
 
 
@@ -72,8 +73,10 @@ def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} holds no state_dict (expected tensors, or a dict with 'ema' or 'model')")
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[DiT], dict]:
+def infer_config(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[torch.nn.Module], dict]:
     """The model class and constructor arguments that a state_dict was saved from."""
+    if "temp_embed" in state_dict:
+        return _infer_latte_config(state_dict)
     try:
         hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
         num_patches = state_dict["pos_embed"].shape[1]
@@ -102,6 +105,41 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[DiT], dic
     return cls, config
 
 
+def _infer_latte_config(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[LatteSkip], dict]:
+    """An official class-to-video Latte-skip state_dict (``Latte_skip``: ucf101 with class labels,
+    sky / taichi / ffs unconditional)."""
+    if "text_embedding_projection.1.weight" in state_dict:
+        raise CheckpointError("a Latte checkpoint with text_embedding_projection (extras=78) is not supported")
+    if not any(k.startswith("skip_linears.") for k in state_dict):
+        raise CheckpointError("a Latte checkpoint without long skips (plain Latte) is not supported; LatteSkip needs skip_linears")
+    try:
+        hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
+        num_patches = state_dict["pos_embed"].shape[1]
+        num_frames = state_dict["temp_embed"].shape[1]
+        depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+        mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+        out_features = state_dict["final_layer.linear.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"not a Latte-skip state_dict: cannot infer its shape ({exc!r} missing)") from exc
+    table = state_dict.get("y_embedder.embedding_table.weight")
+    name = latte_preset_for(depth, hidden, patch)
+    config = dict(
+        input_size=int(math.isqrt(num_patches)) * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=LATTE_PRESETS[name]["num_heads"] if name else max(1, hidden // 64),
+        mlp_ratio=mlp_hidden / hidden,
+        num_frames=num_frames,
+        learn_sigma=out_features // (patch * patch) == 2 * in_channels,
+        extras=1 if table is None else 2,
+    )
+    if table is not None:  # trained with label dropout: a null-class row (ucf101: 101 classes, 102 rows)
+        config.update(num_classes=table.shape[0] - 1, class_dropout_prob=0.1)
+    return LatteSkip, config
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Raise CheckpointError listing missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
@@ -121,9 +159,10 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         raise CheckpointError("\n".join(lines))
 
 
-def load_checkpoint(path: str | os.PathLike, model: DiT | None = None, **overrides) -> DiT:
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, **overrides) -> torch.nn.Module:
     """Load a checkpoint into ``model``, or build the model it was saved from (preset and class
-    inferred from the shapes; ``overrides`` adjust constructor arguments). Returns the model."""
+    inferred from the shapes: DiT, SkipDiT, or LatteSkip when it has a ``temp_embed``;
+    ``overrides`` adjust constructor arguments). Returns the model."""
     state_dict, saved_config = read_checkpoint(path)
     if model is None:
         cls, config = infer_config(state_dict)
