@@ -1,3 +1,4 @@
+"""Model families (text-to-video Latte-skip builds on diffusers: ``skipdit_kernels.integrations.latte_t2v``)."""
 from .dit import DiT, SkipDiT
 from .latte import LATTE_PRESETS, LatteSkip
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -8,18 +9,9 @@ __all__ = [
     "DiT",
     "LATTE_PRESETS",
     "LatteSkip",
-    "LatteT2VSkip",
     "PRESETS",
     "SkipDiT",
     "load_checkpoint",
     "save_checkpoint",
 ]
 
-
-def __getattr__(name: str):
-    # Text-to-video Latte-skip builds on diffusers, which stays optional: imported on first use.
-    if name == "LatteT2VSkip":
-        from ..integrations.latte_t2v import LatteT2VSkip
-
-        return LatteT2VSkip
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
