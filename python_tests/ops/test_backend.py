@@ -134,3 +134,16 @@ def test_auto_avoids_backends_without_backward_when_grad_is_needed(auto_table, m
     assert _backend.needs_grad(w) and not _backend.needs_grad(w.detach(), None)
     with torch.no_grad():
         assert not _backend.needs_grad(w)
+
+
+def test_chosen_backend_without_backward_runs_the_reference_when_grad_is_needed():
+    if not ops.backend_status()["native"][0]:
+        pytest.skip("native backend unavailable")
+    lin = torch.nn.Linear(8, 16)
+    h = torch.randn(1, 3, 8)
+    with ops.use_backend("native"):
+        out = ops.linear_gelu(h, lin.weight, lin.bias)  # not the kernel's "mm(): out=..." error
+        out.sum().backward()
+        assert lin.weight.grad is not None
+        with torch.no_grad():
+            assert torch.allclose(ops.linear_gelu(h, lin.weight, lin.bias), out, rtol=1e-5, atol=1e-6)

@@ -22,6 +22,7 @@ import torch
 from skipdit_kernels import gpu_check as G
 from skipdit_kernels import ops
 from skipdit_kernels.ops import native
+from skipdit_kernels.ops.folding import fold_skip_weights
 
 pytestmark = [
     pytest.mark.gpu,
@@ -123,7 +124,7 @@ def test_compile_fullgraph_skipdit_block(backend):
 def test_opcheck_native_cuda():
     _require("native")
     t = G.make_inputs((2, 5, 16), torch.float32, "cuda")
-    f = native._fold_uncached(t["nw"], t["nb"], t["ws"], t["bs"])
+    f = fold_skip_weights(t["nw"], t["nb"], t["ws"], t["bs"])
     sk = torch.ops.skipdit
     samples = [
         (sk.adaln_modulate, (t["x"], t["shift"], t["scale"], 1e-6)),

@@ -166,9 +166,9 @@ def test_backward_matches_reference():
 
 def _opcheck_samples():
     t = make(2, 5, 16, 12, seed=7)
-    from skipdit_kernels.ops.folding import fold_skip_weights_uncached
+    from skipdit_kernels.ops.folding import fold_skip_weights
 
-    f = fold_skip_weights_uncached(t["nw"], t["nb"], t["ws_sq"], t["bs_sq"])
+    f = fold_skip_weights(t["nw"], t["nb"], t["ws_sq"], t["bs_sq"])
     return {
         "adaln_modulate": (t["x"], t["shift"], t["scale"], 1e-6),
         "gated_residual": (t["x"], t["gate"], t["y"]),

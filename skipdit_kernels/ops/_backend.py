@@ -33,6 +33,7 @@ _availability_probes: dict[str, Callable[[], tuple[bool, str]]] = {}
 _loaders: dict[str, Callable[[], None]] = {}
 _loaded: set[str] = set()
 _autograd: set[str] = {"torch"}  # backends whose kernels have a backward
+_dtypes: dict[str, frozenset] = {}  # backend -> the dtypes its kernels take (absent: any)
 _usable: dict[str, bool] = {}  # probe results cached for ``auto`` (probes are not free per op call)
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("skipdit_backend", default=None)
 
@@ -65,6 +66,11 @@ def declare_autograd(backend: str, supported: bool = True) -> None:
     """``backend``'s kernels have a backward; ``auto`` avoids backends without one when an input
     requires grad (a training step keeps working under the default backend)."""
     (_autograd.add if supported else _autograd.discard)(backend)
+
+
+def declare_dtypes(backend: str, dtypes) -> None:
+    """``backend``'s kernels take only these dtypes; other dtypes run the reference."""
+    _dtypes[backend] = frozenset(dtypes)
 
 
 def needs_grad(*tensors) -> bool:
@@ -115,7 +121,10 @@ def current_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the ops inside the block on backend ``name`` (``torch``, ``triton``, ``native``, ``auto``)."""
+    """Run the ops inside the block on backend ``name`` (``torch``, ``triton``, ``native``, ``auto``).
+    Where an input requires grad, ops of a backend without a backward (``native``) run the torch
+    reference: run inference under ``torch.no_grad()`` / ``torch.inference_mode()``. So do inputs
+    of a dtype the backend has no kernels for (float64 on ``native``)."""
     name = _validate_choice(name)
     if name != "auto":
         ok, why = backend_status()[name]
@@ -183,11 +192,15 @@ def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None
 
 def kernel_for(op: str, device: torch.device, dtype: torch.dtype | None = None, grad: bool = False) -> Callable | None:
     """The registered kernel of ``op`` for the current backend, or None for the reference.
-    ``grad``: some input requires grad (``needs_grad``); only matters to ``auto``."""
+    ``grad``: some input requires grad (``needs_grad``); a backend without a backward then runs the
+    reference instead (a result gradients can flow through), whether chosen or picked by ``auto``.
+    Likewise a dtype the backend has no kernels for (``declare_dtypes``) runs the reference."""
     name = current_backend()
     if name == "auto":
         name = auto_backend(op, device, dtype, grad)
-    if name == "torch":
+    if name == "torch" or (grad and name not in _autograd):
+        return None
+    if dtype is not None and name in _dtypes and dtype not in _dtypes[name]:
         return None
     if name not in _loaded:
         ensure_loaded(name)

@@ -1,6 +1,8 @@
 """Input validation shared by the ops: every failure names the offending shape, dtype or device."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -10,7 +12,7 @@ def describe(name: str, t: torch.Tensor) -> str:
 
 def check_tensor(op: str, name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise ValueError(f"{op}: {name} must be floating point ({describe(name, t)})")
     return t
@@ -43,3 +45,12 @@ def check_tokens(op: str, name: str, x: torch.Tensor) -> tuple[int, int, int]:
     if x.dim() != 3:
         raise ValueError(f"{op}: {name} must be (batch, tokens, hidden), got shape {tuple(x.shape)}")
     return tuple(x.shape)  # type: ignore[return-value]
+
+
+def check_eps(op: str, eps: object) -> float:
+    """A LayerNorm epsilon: a finite number >= 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
+    return float(eps)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
-from ._checks import check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
+from ._checks import check_eps, check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
 
 OP = "adaln_modulate"
 
@@ -30,6 +30,7 @@ def check_adaln_args(op: str, x, shift, scale) -> None:
 
 def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     check_adaln_args(OP, x, shift, scale)
+    eps = check_eps(OP, eps)
     kernel = _backend.kernel_for(OP, x.device, x.dtype, _backend.needs_grad(x, shift, scale))
     if kernel is None:
         return adaln_modulate_reference(x, shift, scale, eps)

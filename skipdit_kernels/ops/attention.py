@@ -5,7 +5,7 @@ torch's scaled_dot_product_attention. q, k and v may be strided views of one qkv
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -13,17 +13,23 @@ import torch.nn.functional as F
 from ._checks import check_same_device, check_same_dtype, check_tensor
 
 
-@functools.lru_cache(maxsize=1)
-def _flash_attn_func():
+def _find_flash_attn():
+    """flash_attn_func, or None. Resolved once, at import (only when the package is installed):
+    a lookup inside ``attention`` would be traced by torch.compile, which cannot trace an import."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
     try:
         from flash_attn import flash_attn_func
-    except Exception:  # ImportError, or a build that does not match this torch
+    except Exception:  # a build that does not match this torch
         return None
     return flash_attn_func
 
 
+_flash_attn_func = _find_flash_attn()
+
+
 def flash_attn_available() -> bool:
-    return _flash_attn_func() is not None
+    return _flash_attn_func is not None
 
 
 def attention_reference(q, k, v):
@@ -44,8 +50,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         raise ValueError(f"{op}: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     check_same_device(op, q=q, k=k, v=v)
     check_same_dtype(op, q=q, k=k, v=v)
-    flash = _flash_attn_func()
-    if flash is not None and _flash_qualifies(q):
-        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    if _flash_attn_func is not None and _flash_qualifies(q):
+        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     return attention_reference(q, k, v)

@@ -1,12 +1,14 @@
 """classifier_free_guidance: uncond + scale * (cond - uncond), the one place guidance is computed.
 
-The product is taken in fp32 whatever the inputs' dtype and then rounded once, which is what
+The product is taken in fp32 (fp64 for fp64 inputs) whatever the inputs' dtype and then rounded once, which is what
 ``half_tensor * python_float`` does in PyTorch (its scalar path computes in fp32): so a scale held
 in a 0-dim fp32 tensor (a captured graph reads it from device memory) gives exactly what the
 official ``forward_with_cfg`` gives with a python float, instead of a scale rounded to the inputs'
 dtype first (3.3 would become 3.296875 in bf16).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,6 +27,8 @@ def _check(cond: torch.Tensor, uncond: torch.Tensor, scale) -> None:
             raise ValueError(f"{op}: a tensor scale must be one fp32 value, got {tuple(scale.shape)} {scale.dtype}")
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{op}: scale must be a number or an fp32 tensor, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale}")
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale) -> torch.Tensor:
@@ -33,4 +37,4 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale) ->
     inputs' dtype."""
     _check(cond, uncond, scale)
     diff = cond - uncond
-    return uncond + (diff.float() * scale).to(diff.dtype)
+    return uncond + (diff.to(torch.promote_types(diff.dtype, torch.float32)) * scale).to(diff.dtype)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
-from ._checks import check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
+from ._checks import check_eps, check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
 from .adaln_modulate import adaln_modulate_reference, check_adaln_args
 
 
@@ -46,6 +46,7 @@ def check_skip_fuse_args(op: str, x, skip, norm_weight, norm_bias, weight, bias)
 def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps: float = 1e-6) -> torch.Tensor:
     op = "skip_fuse"
     check_skip_fuse_args(op, x, skip, norm_weight, norm_bias, weight, bias)
+    eps = check_eps(op, eps)
     kernel = _backend.kernel_for(op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias))
     if kernel is None:
         return skip_fuse_reference(x, skip, norm_weight, norm_bias, weight, bias, eps)
@@ -60,6 +61,7 @@ def skip_fuse_adaln(
     if weight.shape[0] != x.shape[-1]:
         raise ValueError(f"{op}: weight must project back to hidden {x.shape[-1]}, got shape {tuple(weight.shape)}")
     check_adaln_args(op, x, shift, scale)
+    eps = check_eps(op, eps)
     kernel = _backend.kernel_for(
         op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias, shift, scale)
     )

@@ -17,7 +17,7 @@ from torch.library import triton_op, wrap_triton
 from . import _kernels as K
 from . import interpreting, on_device
 from ..adaln_modulate import adaln_modulate_reference
-from ..folding import folded_weights_for
+from ..folding import fold_skip_weights
 from ..gated_residual import gated_residual_reference, linear_gated_residual_reference
 from ..linear_gelu import linear_gelu_reference
 
@@ -229,10 +229,10 @@ def linear_gated_residual(x, h, weight, bias, gate):
 
 
 def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
-    f = folded_weights_for(norm_weight, norm_bias, weight, bias)
+    f = fold_skip_weights(norm_weight, norm_bias, weight, bias)
     return skip_fuse_op(x, skip, f.weight, f.rowsum, f.bias, eps)
 
 
 def skip_fuse_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps=1e-6):
-    f = folded_weights_for(norm_weight, norm_bias, weight, bias)
+    f = fold_skip_weights(norm_weight, norm_bias, weight, bias)
     return skip_fuse_adaln_op(x, skip, f.weight, f.rowsum, f.bias, shift, scale, eps)
