@@ -211,7 +211,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="plain Latte"):
         load_checkpoint(tmp_path / "plain.pt")
     torch.save({"ema": sd}, tmp_path / "latte.pt")
-    with pytest.raises(CheckpointError, match="mis-shaped.*temp_embed"):
+    with pytest.raises(CheckpointError, match="(?s)mis-shaped.*temp_embed"):
         load_checkpoint(tmp_path / "latte.pt", model=LatteSkip(**{**cfg, "num_frames": 5}))
 
 

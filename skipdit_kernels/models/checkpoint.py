@@ -38,7 +38,9 @@ class CheckpointError(ValueError):
 
 
 _CONFIG_KEY = "skipdit_config"
-_CONSTRUCTOR_ARGS = frozenset(inspect.signature(DiT.__init__).parameters) - {"self"}
+_CONSTRUCTOR_ARGS = frozenset().union(
+    *(inspect.signature(cls.__init__).parameters for cls in (DiT, LatteSkip))
+) - {"self"}
 _NOT_A_CHECKPOINT = "is not a torch checkpoint or safetensors file"
 _MAX_KEYS_SHOWN = 10
 
@@ -159,7 +161,7 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict:
         depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
         mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
         out_features = state_dict["final_layer.linear.weight"].shape[0]
-        table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+        table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0] if "temp_embed" not in state_dict else 0
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"not a DiT state_dict: cannot infer its shape ({exc!r} missing)") from exc
     grid = math.isqrt(num_patches)
@@ -170,7 +172,7 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict:
             f"and {in_channels} input channels"
         )
     return dict(
-        cls=SkipDiT if any(k.startswith("skip_linears.") for k in state_dict) else DiT,
+        cls=LatteSkip if "temp_embed" in state_dict else SkipDiT if any(k.startswith("skip_linears.") for k in state_dict) else DiT,
         input_size=grid * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden, depth=depth,
         mlp_ratio=mlp_hidden / hidden, learn_sigma=out_channels == 2 * in_channels, table_rows=table_rows,
     )  # fmt: skip
