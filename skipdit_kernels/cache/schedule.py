@@ -143,8 +143,10 @@ class SkipCache:
         return [cursor.advance(t) for t in timesteps]
 
     def full_steps(self, timesteps: Iterable[float]) -> list[bool]:
-        """Full (True) or cached (False) for each timestep of one trajectory."""
-        return [step.full for step in self.plan(timesteps)]
+        """Full (True) or cached (False) for each timestep of one trajectory (the same whatever the
+        forecast order, so ``"auto"`` needs no resolving here)."""
+        schedule = self.with_forecast(0) if self.forecast == "auto" else self
+        return [step.full for step in schedule.plan(timesteps)]
 
     def block_fraction(self, timesteps, num_units: int) -> float:
         """Unit calls of a cached trajectory relative to running every unit at every step."""
