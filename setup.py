@@ -114,7 +114,11 @@ setup(
     package_data={"skipdit_kernels": ["assets/*"], "skipdit_kernels.ops": ["*.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={
+        # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders)
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "transformers"],
+        "diffusers": ["diffusers>=0.30"],
+    },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -15,6 +15,7 @@ _LAZY = {
     "CheckpointError": ".models",
     "DiT": ".models",
     "SkipDiT": ".models",
+    "LatteSkip": ".models",
     "load_checkpoint": ".models",
     "save_checkpoint": ".models",
 }

@@ -216,16 +216,21 @@ def test_graph_capture_refuses_a_cpu_signature(skipdit):
         ex.graphs(b, program, trajectory)
 
 
-def test_what_a_graph_read_is_part_of_its_key():
-    """A graph is re-captured when the model's parameter storage, version, dtype or device changed
-    (here: the token it is keyed by; the replay itself is in the gpu tests)."""
+def test_where_a_graph_reads_is_part_of_its_key():
+    """A graph is re-captured when the model's parameter storage, dtype or device changed (here: the
+    token it is keyed by; the replays themselves are in the gpu tests). In-place updates keep it:
+    the replay reads the live memory."""
     model = randomize(sk.SkipDiT(**TINY))
     token = weights_token(model)
+    model.load_state_dict(randomize(sk.SkipDiT(**TINY), seed=1).state_dict())  # in place
+    with torch.no_grad():
+        next(model.parameters()).data.mul_(2)
     assert weights_token(model) == token
-    model.load_state_dict(randomize(sk.SkipDiT(**TINY), seed=1).state_dict())  # in-place copies bump versions
+    model.to(torch.bfloat16).to(torch.float32)  # new storage
     assert weights_token(model) != token
     token = weights_token(model)
-    model.to(torch.bfloat16).to(torch.float32)  # new storage
+    proj = model.blocks[0].attn.proj
+    proj.weight = torch.nn.Parameter(proj.weight.detach().clone())  # a swapped parameter
     assert weights_token(model) != token
 
 

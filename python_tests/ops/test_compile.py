@@ -30,11 +30,6 @@ def test_block_compiles_fullgraph_and_model_breaks_nowhere_in_ops():
     assert not from_ops, [r.reason.splitlines()[0] for r in from_ops]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/dit.py check_inputs reads label values (int(y.min()), int(y.max())): graph breaks "
-    "outside ops/; the model's input checks are being rewritten",
-)
 def test_uncached_model_has_no_graph_breaks():
     model = sk.SkipDiT(**TINY_MODEL).eval()
     torch._dynamo.reset()

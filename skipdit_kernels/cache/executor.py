@@ -18,7 +18,8 @@ The sampler arithmetic (coefficients, guidance, the DDPM/DDIM update) is the ``T
 Requests: a run takes a free buffer set of its signature (or makes one) and gives it back at the
 end, so concurrent runs on one executor (threads) never share buffers; captured graphs belong to
 the buffer set they were captured on and to what they read: a change of the model's parameter
-storage, version, dtype or device re-captures them.
+storage, dtype or device (a swap, ``.to()``) re-captures them; in-place weight updates are read
+live by the replay.
 """
 from __future__ import annotations
 
@@ -162,10 +163,12 @@ class _Graphs(NamedTuple):
 
 
 def weights_token(model: torch.nn.Module) -> tuple:
-    """What a captured graph read of the model: each parameter's and buffer's storage, version,
-    dtype and device."""
+    """Where a captured graph reads the model: each parameter's and buffer's storage, dtype and
+    device. In-place updates (``.data.copy_``, ``load_state_dict``, optimizer steps) keep the token:
+    the graph reads the live memory, and the ops derive what they need from it inside the graph
+    (nothing derived is cached), so replay sees them; a swap or a cast changes it: re-capture."""
     tensors = [*model.parameters(), *model.buffers()]
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in tensors)
 
 
 class SkipStackExecutor:

@@ -88,3 +88,34 @@ def resolve_device(spec: str | None):
     if str(device) not in available and device.type != "cpu":
         raise CommandError(f"--device {spec}: not available here; available here: {', '.join(available)}")
     return device
+
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def add_cache_options(parser) -> None:
+    """--cache, --forecast, --shallow: the Skip-Cache options of the sampling commands."""
+    parser.add_argument("--cache", type=cache_setting, default=0,
+                        help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
+                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM)")
+    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
+                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
+    parser.add_argument("--shallow", type=positive_int, default=None,
+                        help="Skip-Cache shallow blocks (default 4, or depth/2)")
+
+
+def cache_from_args(args, model):
+    """What ``sample(cache=...)`` takes for the options of ``add_cache_options``."""
+    from skipdit_kernels import SkipCache
+
+    if args.cache == "fast" or not args.cache:
+        return args.cache or None
+    shallow = args.shallow or min(4, model.depth // 2)
+    forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
+    return SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])

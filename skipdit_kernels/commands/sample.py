@@ -11,13 +11,16 @@ import os
 from skipdit_kernels.commands._common import (
     CommandError,
     guidance_scale,
-    cache_setting,
+    DTYPE_NAMES,
+    add_cache_options,
+    cache_from_args,
     notice,
     positive_int,
     resolve_device,
+    torch_dtype,
 )
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = tuple(DTYPE_NAMES)
 VAE_FACTOR = 8  # DiT's sd-vae-ft-* autoencoders: 4-channel latents, 8x smaller than the image
 MIN_PANEL = 64  # --scale auto: the smallest factor that shows each image at least this many pixels wide
 
@@ -35,12 +38,7 @@ def configure(parser) -> None:
     parser.add_argument("--steps", type=positive_int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=guidance_scale, default=4.0, help="classifier-free guidance scale, >= 1 (1 = off)")
-    parser.add_argument("--cache", type=cache_setting, default=0,
-                        help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
-                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM)")
-    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
-                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
-    parser.add_argument("--shallow", type=positive_int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
+    add_cache_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
@@ -141,18 +139,11 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from skipdit_kernels import SkipCache
     from skipdit_kernels.images import decode_latents, save_grid
     from skipdit_kernels.sampling import sample
 
-    cache = None
-    if args.cache == "fast":
-        cache = "fast"
-    elif args.cache:
-        shallow = args.shallow or min(4, model.depth // 2)
-        forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
-        cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    cache = cache_from_args(args, model)
+    dtype = torch_dtype(args.dtype)
     latents, info = sample(
         model, args.labels, image_size=args.image_size, steps=args.steps, method=args.method,
         cfg_scale=args.cfg, cache=cache, seed=args.seed, device=device, dtype=dtype,

@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from skipdit_kernels.commands._common import add_cache_options, cache_from_args, torch_dtype
+
 
 def configure(parser) -> None:
     model = parser.add_argument_group("model (one of --bundled, --ckpt, --random-init)")
@@ -26,10 +28,7 @@ def configure(parser) -> None:
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--cache", type=int, default=0, help="Skip-Cache interval (0 = off)")
-    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
-                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
-    parser.add_argument("--shallow", type=int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)")
+    add_cache_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="global seed: each batch's seeds derive from it and the batch index")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--vae", default=None, help="local AutoencoderKL folder: the .npz then holds uint8 images")
@@ -58,8 +57,6 @@ def run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from skipdit_kernels import SkipCache
-    from skipdit_kernels.commands.sample import DTYPES
     from skipdit_kernels.integrations import distributed as ddp
 
     if args.cfg_parallel and not args.labels:
@@ -70,13 +67,9 @@ def run(args) -> int:
     try:
         info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
         model = _model(args).eval()
-        cache = None
-        if args.cache:
-            shallow = args.shallow or min(4, model.depth // 2)
-            forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
-            cache = SkipCache(interval=args.cache, shallow_blocks=shallow, forecast=forecast)
+        cache = cache_from_args(args, model)
         common = dict(image_size=args.image_size, steps=args.steps, method=args.method, cfg_scale=args.cfg, cache=cache,
-                      seed=args.seed, dtype=DTYPES[args.dtype], progress=not args.no_progress, info=info)  # fmt: skip
+                      seed=args.seed, dtype=torch_dtype(args.dtype), progress=not args.no_progress, info=info)  # fmt: skip
         started = time.perf_counter()
         if args.cfg_parallel:
             latents = ddp.sample_cfg_parallel(model, args.labels, **common)

@@ -29,6 +29,7 @@ from typing import Mapping
 import torch
 
 from .dit import DiT, SkipDiT
+from .latte import LATTE_PRESETS, LatteSkip, latte_preset_for
 from .presets import PRESETS, preset_for
 
 
@@ -37,7 +38,9 @@ class CheckpointError(ValueError):
 
 
 _CONFIG_KEY = "skipdit_config"
-_CONSTRUCTOR_ARGS = frozenset(inspect.signature(DiT.__init__).parameters) - {"self"}
+_CONSTRUCTOR_ARGS = frozenset().union(
+    *(inspect.signature(cls.__init__).parameters for cls in (DiT, LatteSkip))
+) - {"self"}
 _NOT_A_CHECKPOINT = "is not a torch checkpoint or safetensors file"
 _MAX_KEYS_SHOWN = 10
 
@@ -158,7 +161,7 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict:
         depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
         mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
         out_features = state_dict["final_layer.linear.weight"].shape[0]
-        table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+        table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0] if "temp_embed" not in state_dict else 0
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"not a DiT state_dict: cannot infer its shape ({exc!r} missing)") from exc
     grid = math.isqrt(num_patches)
@@ -169,17 +172,19 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict:
             f"and {in_channels} input channels"
         )
     return dict(
-        cls=SkipDiT if any(k.startswith("skip_linears.") for k in state_dict) else DiT,
+        cls=LatteSkip if "temp_embed" in state_dict else SkipDiT if any(k.startswith("skip_linears.") for k in state_dict) else DiT,
         input_size=grid * patch, patch_size=patch, in_channels=in_channels, hidden_size=hidden, depth=depth,
         mlp_ratio=mlp_hidden / hidden, learn_sigma=out_channels == 2 * in_channels, table_rows=table_rows,
     )  # fmt: skip
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None = None) -> tuple[type[DiT], dict]:
+def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None = None) -> tuple[type[torch.nn.Module], dict]:
     """The model class and constructor arguments of a state_dict. ``known``: constructor arguments
     given (explicitly, or carried by the checkpoint); they settle what the shapes cannot. Raises
     CheckpointError naming what is still unknown."""
     known = dict(known or {})
+    if "temp_embed" in state_dict:
+        return _infer_latte_config(state_dict, known)
     s = _shapes(state_dict)
     official = preset_for(s["depth"], s["hidden_size"], s["patch_size"])
     config = {k: s[k] for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "mlp_ratio", "learn_sigma")}
@@ -216,6 +221,47 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None =
             f"config: pass them, e.g. load_checkpoint(path, {', '.join(n.split(' ')[0] + '=...' for n in needs)})"
         )
     return s["cls"], {**config, **known}
+
+
+def _infer_latte_config(state_dict: Mapping[str, torch.Tensor], known: dict) -> tuple[type[LatteSkip], dict]:
+    """An official class-to-video Latte-skip state_dict (``Latte_skip``: ucf101 with class labels,
+    sky / taichi / ffs unconditional); ``known`` as in ``infer_config``."""
+    if "text_embedding_projection.1.weight" in state_dict:
+        raise CheckpointError("a Latte checkpoint with text_embedding_projection (extras=78) is not supported")
+    if not any(k.startswith("skip_linears.") for k in state_dict):
+        raise CheckpointError("a Latte checkpoint without long skips (plain Latte) is not supported; LatteSkip needs skip_linears")
+    try:
+        hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
+        num_patches = state_dict["pos_embed"].shape[1]
+        num_frames = state_dict["temp_embed"].shape[1]
+        depth = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k)))
+        mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+        out_features = state_dict["final_layer.linear.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"not a Latte-skip state_dict: cannot infer its shape ({exc!r} missing)") from exc
+    table = state_dict.get("y_embedder.embedding_table.weight")
+    name = latte_preset_for(depth, hidden, patch)
+    config = dict(
+        input_size=int(math.isqrt(num_patches)) * patch,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        mlp_ratio=mlp_hidden / hidden,
+        num_frames=num_frames,
+        learn_sigma=out_features // (patch * patch) == 2 * in_channels,
+        extras=1 if table is None else 2,
+    )
+    if table is not None:  # trained with label dropout: a null-class row (ucf101: 101 classes, 102 rows)
+        config.update(num_classes=table.shape[0] - 1, class_dropout_prob=0.1)
+    if "num_heads" not in known:
+        if name is None:
+            raise CheckpointError(
+                f"cannot tell num_heads from the weights of a LatteSkip with hidden {hidden}, depth {depth} (not an "
+                "official size), and the checkpoint carries no config: pass it, e.g. load_checkpoint(path, num_heads=...)"
+            )
+        config["num_heads"] = LATTE_PRESETS[name]["num_heads"]
+    return LatteSkip, {**config, **known}
 
 
 def _summary(cls_name: str, hidden, depth, heads=None) -> str:
@@ -270,8 +316,9 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         raise CheckpointError("\n".join(lines))
 
 
-def load_checkpoint(path: str | os.PathLike, model: DiT | None = None, **config) -> DiT:
-    """Load a checkpoint into ``model``, or build the model it was saved from. Returns the model.
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, **config) -> torch.nn.Module:
+    """Load a checkpoint into ``model``, or build the model it was saved from (DiT, SkipDiT, or
+    LatteSkip when it has a ``temp_embed``). Returns the model.
 
     ``config``: constructor arguments (e.g. ``num_heads=4``) that override the checkpoint's own;
     needed only for what neither its shapes nor its config settle (see the module docstring).

@@ -111,10 +111,10 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(batch, tokens, hidden)
 
 
-def adaln_parameters(modulation: nn.Sequential, c: torch.Tensor, chunks: int) -> tuple:
-    """The official ``adaLN_modulation(c).chunk(chunks, dim=1)`` (SiLU, then Linear), its linear through the op layer."""
+def adaln_modulation(modulation: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
+    """The official ``adaLN_modulation(c)`` (SiLU, then Linear), its linear through the op layer."""
     linear = modulation[1]
-    return ops.linear(F.silu(c), linear.weight, linear.bias).chunk(chunks, dim=1)
+    return ops.linear(F.silu(c), linear.weight, linear.bias)
 
 
 class Mlp(nn.Module):
@@ -135,7 +135,14 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, fusion: "SkipFusionArgs | None" = None) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_parameters(self.adaLN_modulation, c, 6)
+        return self.forward_modulated(x, adaln_modulation(self.adaLN_modulation, c), fusion)
+
+    def forward_modulated(
+        self, x: torch.Tensor, modulation: torch.Tensor, fusion: "SkipFusionArgs | None" = None
+    ) -> torch.Tensor:
+        """The block given ``adaLN_modulation(c)``, (N, 6 * hidden), one row per row of ``x``
+        (Latte computes it once per video and repeats it over frames or patches)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)
         if fusion is None:
             h = ops.adaln_modulate(x, shift_msa, scale_msa, self.eps)
         else:
@@ -168,7 +175,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = adaln_parameters(self.adaLN_modulation, c, 2)
+        shift, scale = adaln_modulation(self.adaLN_modulation, c).chunk(2, dim=1)
         return ops.linear(ops.adaln_modulate(x, shift, scale, self.eps), self.linear.weight, self.linear.bias)
 
 
@@ -187,3 +194,20 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
 
     # The official grid is built with meshgrid(w, h), so its first half encodes the column index.
     return np.concatenate([encode(cols), encode(rows)], axis=1)
+
+
+def sincos_pos_embed_1d(embed_dim: int, length: int) -> np.ndarray:
+    """Fixed 1-D sin-cos embedding of positions 0..length-1, (length, embed_dim): [sin, cos] of the
+    position times 1 / 10000**(2i/d) (Latte's temporal embedding)."""
+    if embed_dim % 2:
+        raise ValueError(f"hidden size {embed_dim} must be even for the 1-D position embedding")
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2))
+    angles = np.outer(np.arange(length, dtype=np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, grid_size: int, channels: int) -> torch.Tensor:
+    """Patch tokens (N, grid**2, p*p*C), row-major over the grid, -> images (N, C, grid*p, grid*p)."""
+    p, g = patch_size, grid_size
+    x = x.reshape(x.shape[0], g, g, p, p, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], channels, g * p, g * p)
