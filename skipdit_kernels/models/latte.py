@@ -25,6 +25,7 @@ import torch.nn as nn
 from .. import ops
 from .conditioning import check_label_batch, check_timesteps, class_labels
 from .layers import (
+    adaln_modulation,
     DiTBlock,
     FinalLayer,
     LabelEmbedder,
@@ -343,11 +344,11 @@ class LatteSkip(nn.Module):
             j = i - self.num_units // 2
             fusion = (skip, self.skip_norms[j], self.skip_linears[j].linear)
         # adaLN rows are per video; the official code repeats c per frame / patch before the Linear.
-        h = spatial.forward_modulated(h, spatial.adaLN_modulation(ctx.c).repeat_interleave(frames, 0), fusion)
+        h = spatial.forward_modulated(h, adaln_modulation(spatial.adaLN_modulation, ctx.c).repeat_interleave(frames, 0), fusion)
         h = h.view(n, frames, tokens, hidden).transpose(1, 2).reshape(n * tokens, frames, hidden)
         if i == 0:
             h = h + self.temp_embed
-        h = temporal.forward_modulated(h, temporal.adaLN_modulation(ctx.c).repeat_interleave(tokens, 0))
+        h = temporal.forward_modulated(h, adaln_modulation(temporal.adaLN_modulation, ctx.c).repeat_interleave(tokens, 0))
         return h.view(n, tokens, frames, hidden).transpose(1, 2).reshape(n * frames, tokens, hidden)
 
     def finish(self, h: torch.Tensor, ctx: LatteContext) -> torch.Tensor:
