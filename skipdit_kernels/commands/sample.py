@@ -137,7 +137,6 @@ def run(args) -> int:
         raise CommandError(f"--out {args.out}: folder {out_dir} does not exist")
 
     import numpy as np
-    import torch
 
     from skipdit_kernels.images import decode_latents, save_grid
     from skipdit_kernels.sampling import sample

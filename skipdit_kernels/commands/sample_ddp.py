@@ -54,7 +54,6 @@ def _model(args):
 
 def run(args) -> int:
     import numpy as np
-    import torch
     import torch.distributed as dist
 
     from skipdit_kernels.integrations import distributed as ddp

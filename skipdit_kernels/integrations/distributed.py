@@ -35,10 +35,8 @@ import torch.distributed as dist
 
 from ..cache import SkipCache, as_skip_stack
 from ..cache.executor import executor_for
-from ..cache.forecast import resolve_forecast
 from ..images import load_vae, decode_latents, to_uint8
-from ..sampling.diffusion import GaussianDiffusion
-from ..sampling.sample import _latent_shape_for, check_cfg_scale, resolve_cache, resolve_device, sample
+from ..sampling.sample import prepare_request, resolve_device, sample
 from ..sampling.trajectory import SamplerTrajectory
 
 DEFAULT_TIMEOUT_S = 1800.0  # longest a rank waits in a collective: must exceed the slowest batch
@@ -273,14 +271,10 @@ def sample_ddp(
         num_classes = getattr(model, "num_classes", None)
         if not isinstance(num_classes, int):
             raise ValueError(f"{type(model).__name__} has no num_classes to draw labels from; pass labels")
-    cfg_scale = check_cfg_scale(cfg_scale)
-    GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)  # checks them
-    resolved_cache = resolve_cache(cache, stack.num_units)
-    latent = tuple(stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size))
+    probe = labels[:1] if labels is not None else [0]
+    request = prepare_request(model, probe, image_size, steps, method, cfg_scale, cache, dtype, guide_all_channels, eta)
+    cfg_scale, resolved_cache, latent, dtype = request.cfg_scale, request.cache, request.latent, request.dtype
     kind = output_kind(stack, latent, vae)
-    dtype = dtype or next(model.parameters()).dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     vae_module = load_vae(vae, info.device) if vae is not None else None
 
     num_batches = -(-num_samples // batch_size)
@@ -433,34 +427,19 @@ def sample_cfg_parallel(
     info = info or init_distributed()
     if info.world_size != 2:
         raise ValueError(f"CFG-parallel sampling runs on exactly 2 ranks, this run has {info.world_size}")
-    stack = as_skip_stack(model)
-    cfg_scale = check_cfg_scale(cfg_scale)
-    if cfg_scale <= 1:
+    request = prepare_request(model, class_labels, image_size, steps, method, cfg_scale, cache, dtype,
+                              guide_all_channels, eta)  # fmt: skip
+    if request.cfg_scale <= 1:
         raise ValueError(f"CFG-parallel sampling needs cfg_scale > 1 (there is no unconditional half), got {cfg_scale}")
-    dtype = dtype or next(model.parameters()).dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    cond = stack.condition(class_labels)
-    n = next(iter(cond.values())).shape[0]
-    latent = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
-    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
-    cache = resolve_cache(cache, stack.num_units)
-    if cache is not None and cache.forecast == "auto":
-        cache = cache.with_forecast(resolve_forecast("auto", stochastic=diffusion.is_stochastic))
-    _agree(info, dict(cond={k: _digest(v) for k, v in cond.items()}, latent=tuple(latent), steps=steps, method=method,
-                      cfg_scale=cfg_scale, eta=float(eta), cache=repr(cache), seed=int(seed), dtype=str(dtype),
+    cond, diffusion, cache, dtype = request.cond, request.diffusion, request.cache, request.dtype
+    _agree(info, dict(cond={k: _digest(v) for k, v in cond.items()}, latent=request.latent, steps=steps, method=method,
+                      cfg_scale=request.cfg_scale, eta=float(eta), cache=repr(cache), seed=int(seed), dtype=str(dtype),
                       guide_all_channels=bool(guide_all_channels)), "sample_cfg_parallel")  # fmt: skip
     if info.rank == 1:
-        cond = stack.null_condition(cond)
+        cond = request.stack.null_condition(cond)
     device = resolve_device(info.device)
-    param = next(model.parameters())
-    if param.device != device or param.dtype != dtype:
-        model.to(device=device, dtype=dtype)
-
-    generator = torch.Generator().manual_seed(seed)  # as sample(): x_T first, then the noise
-    x = torch.randn((n, *latent), generator=generator).to(device)
+    x, inner = request.start(model, seed, device)  # as sample(): x_T first, then the noise
     cond = {k: v.to(device) for k, v in cond.items()}
-    inner = SamplerTrajectory(diffusion, cfg_scale, stack.guided_channels(guide_all_channels), stack.channel_dim, generator)
     trajectory = CFGParallelTrajectory(inner, info)
     bar = None
     if progress and info.rank == 0:

@@ -107,35 +107,19 @@ def sample(
     ``SkipStackExecutor`` of this model to run through instead of the model's shared one.
     ValueError/TypeError naming the problem, before any work, for bad arguments.
     """
-    stack = as_skip_stack(model)
-    param = next(model.parameters())
-    device = resolve_device(device) if device is not None else param.device
-    dtype = dtype or param.dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    cfg_scale = check_cfg_scale(cfg_scale)
-    cond = stack.condition(class_labels)
-    n = next(iter(cond.values())).shape[0]
-    latent = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
-    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
-    cache = resolve_cache(cache, stack.num_units)
-    if cache is not None:
-        cache = cache.for_sampler(diffusion.is_stochastic)
+    request = prepare_request(model, class_labels, image_size, steps, method, cfg_scale, cache, dtype,
+                              guide_all_channels, eta)  # fmt: skip
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     use_graphs = resolve_cuda_graphs(cuda_graphs, device)
     if executor is not None and executor.model is not model:
         raise ValueError("executor belongs to another model")
-    if cfg_scale > 1:
-        uncond = stack.null_condition(cond)
+    cond = request.cond
+    if request.cfg_scale > 1:
+        uncond = request.stack.null_condition(cond)
         cond = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
-    if param.device != device or param.dtype != dtype:
-        model.to(device=device, dtype=dtype)
-
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *latent), generator=generator).to(device)
+    x, trajectory = request.start(model, seed, device)
     cond = {k: v.to(device) for k, v in cond.items()}
-    trajectory = SamplerTrajectory(
-        diffusion, cfg_scale, stack.guided_channels(guide_all_channels), stack.channel_dim, generator
-    )
+    diffusion, cache, dtype = request.diffusion, request.cache, request.dtype
     executor = executor if executor is not None else executor_for(model)
 
     bar = None
@@ -165,6 +149,61 @@ def sample(
         forecast = int(cache.forecast) if cache is not None else 0
         return x, SampleInfo(diffusion.method, diffusion.num_steps, counts[0], counts[1], seconds, cache, forecast)
     return x
+
+
+@dataclasses.dataclass
+class SamplingRequest:
+    """One sampling request, checked and resolved before any work (``prepare_request``): the stack,
+    the condition of its N samples (without the unconditional half), the latent shape of one
+    sample, the diffusion, the Skip-Cache resolved for the sampler, the dtype, the guidance."""
+
+    stack: object
+    cond: dict
+    latent: tuple[int, ...]
+    diffusion: GaussianDiffusion
+    cache: SkipCache | None
+    dtype: torch.dtype
+    cfg_scale: float
+    guided: int
+
+    @property
+    def num_samples(self) -> int:
+        return next(iter(self.cond.values())).shape[0]
+
+    def start(self, model, seed: int, device: torch.device) -> tuple[torch.Tensor, SamplerTrajectory]:
+        """Move ``model`` to the device and dtype (in place, when they differ), and draw x_T from a CPU
+        generator seeded with ``seed`` (then the sampler's noise, in that order): (x_T on ``device``,
+        the trajectory for the executor)."""
+        param = next(model.parameters())
+        if param.device != device or param.dtype != self.dtype:
+            model.to(device=device, dtype=self.dtype)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((self.num_samples, *self.latent), generator=generator).to(device)
+        trajectory = SamplerTrajectory(self.diffusion, self.cfg_scale, self.guided, self.stack.channel_dim, generator)
+        return x, trajectory
+
+
+def prepare_request(
+    model, conditioning, image_size=None, steps=250, method="ddpm", cfg_scale=4.0, cache=None, dtype=None,
+    guide_all_channels=False, eta=0.0,
+) -> SamplingRequest:  # fmt: skip
+    """What ``sample()`` checks and resolves before any work (arguments as there); ValueError /
+    TypeError naming the problem."""
+    stack = as_skip_stack(model)
+    dtype = dtype or next(model.parameters()).dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    cfg_scale = check_cfg_scale(cfg_scale)
+    cond = stack.condition(conditioning)
+    latent = tuple(stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size))
+    diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
+    cache = resolve_cache(cache, stack.num_units)
+    if cache is not None:
+        cache = cache.for_sampler(diffusion.is_stochastic)
+    if cfg_scale > 1:
+        stack.null_condition(cond)  # ValueError now for a model without an unconditional branch
+    return SamplingRequest(stack, cond, latent, diffusion, cache, dtype, cfg_scale,
+                           stack.guided_channels(guide_all_channels))  # fmt: skip
 
 
 def _latent_shape_for(stack, image_size: int) -> tuple[int, ...]:
