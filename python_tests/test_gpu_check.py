@@ -22,6 +22,8 @@ def _status(monkeypatch, triton=(False, "off"), native_status=(True, "patched"))
     monkeypatch.setattr(_backend, "backend_status", status)
     monkeypatch.setattr(ops, "backend_status", status)
     monkeypatch.setattr(_backend, "ensure_loaded", lambda name: None)
+    # kernel_for memoises resolutions: a fresh memo for the patched registry, the old one back after
+    monkeypatch.setattr(_backend, "_resolved", {})
 
 
 def _run_check(*args, env_extra=None):
