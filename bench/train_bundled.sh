@@ -28,3 +28,14 @@ for MODEL in skipdit dit; do
     --export skipdit_kernels/assets/$MODEL.safetensors > "$OUT/$MODEL.log" 2>&1 &
 done
 wait
+
+# 3. the class-to-video LatteSkip of `skipdit demo --video` (8 frames of 12x12 digits moving on a 16x16
+#    canvas; its own loop, see the script's docstring), in two stages: 2500 steps at lr 1e-3, then 2500
+#    more at lr 5e-4 from stage 1's EMA weights (fresh optimizer; seed 1). Measured here (2026-11-30,
+#    one thread, the CPU shared with other jobs, load average 2-4): stage 1 569 s, last logged loss
+#    0.0468; stage 2 600 s, last logged loss 0.0350. hidden 64 (not 96) to fit ~10 minutes a stage.
+LATTE="--hidden-size 64 --depth 8 --num-heads 4 --frames 8 --steps 2500 --batch-size 32 --threads 1 --log-every 50"
+PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 1e-3 --seed 0 > "$OUT/latte.log" 2>&1
+PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 5e-4 --seed 1 \
+  --init bench/results/training/latte/model.safetensors \
+  --export skipdit_kernels/assets/latte.safetensors > "$OUT/latte-stage2.log" 2>&1

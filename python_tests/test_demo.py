@@ -96,3 +96,85 @@ def test_full_demo(tmp_path):
     assert r["fast"]["psnr_pooled"] >= r["paper"]["psnr_pooled"]
     assert r["fast"]["psnr_mean"] >= r["paper"]["psnr_mean"]
     assert r["fast"]["full_steps"] + r["fast"]["cached_steps"] == 50
+
+
+BUNDLED_LATTE = dict(input_size=16, patch_size=4, in_channels=1, hidden_size=64, depth=8, num_heads=4, mlp_ratio=4.0,
+                     num_frames=8, class_dropout_prob=0.1, num_classes=10, learn_sigma=True, extras=2,
+                     attention_mode="math")
+
+
+def test_bundled_latte_loads_through_the_public_loader():
+    model = sk.load_checkpoint(embedded.asset_path("latte"))
+    assert type(model) is sk.LatteSkip and model.config == BUNDLED_LATTE
+    bundled = embedded.load_bundled("latte")
+    assert not bundled.training and next(bundled.parameters()).dtype == torch.float32
+    with safe_open(embedded.asset_path("latte"), "pt") as f:
+        assert f.get_tensor("temp_embed").dtype == torch.float32  # positions kept fp32, weights fp16
+        assert f.get_tensor("blocks.0.attn.qkv.weight").dtype == torch.float16
+
+
+def test_moving_digits_move_one_pixel_per_frame_and_bounce():
+    from skipdit_kernels.data import load_digits_tensors, moving_digits
+
+    x, _ = load_digits_tensors(12)
+    videos = moving_digits(x[:64], 8, generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (64, 8, 1, 16, 16) and videos.min() >= -1 and videos.max() <= 1
+    for video, image in zip(videos, x[:64]):
+        # every frame holds the digit unchanged at some offset in 0..4, one pixel (or bounce) per frame
+        offsets = []
+        for frame in video:
+            hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(frame[:, dy:dy + 12, dx:dx + 12], image)]
+            assert hits
+            offsets.append(torch.tensor(hits[0]))
+        steps = torch.stack(offsets).diff(dim=0).abs()
+        assert steps.max() <= 1 and (steps.sum(1) > 0).all()
+    with pytest.raises(ValueError, match=r"\(N, C, S, S\)"):
+        moving_digits(torch.zeros(2, 1, 20, 20), 4)
+
+
+def test_video_demo_end_to_end_small(tmp_path, capsys):
+    rc = main(["demo", "--video", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1",
+               "--out-dir", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "bundled LatteSkip: 10 videos of 8 frames, DDIM-6, CFG 3" in out
+    assert "paper: reuse, interval 2, shallow 1, full while t >= 900, reset after t <= 49" in out
+    assert "speedup" in out and "PSNR per video" in out and demo.VIDEO_OUTPUTS[0] in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()
+             if line.split()[:1] in (["full"], ["paper"], ["fast"])}
+    assert lines["full"][2:6] == ["1.00x", "6", "+", "0"]
+    for variant in ("paper", "fast"):
+        float(lines[variant][1]), float(lines[variant][2].rstrip("x"))  # wall seconds, speedup
+        assert 0 < float(lines[variant][6]) < math.inf  # PSNR mean, dB per video (DDIM-6: too few steps to judge)
+    from PIL import Image, ImageSequence
+
+    with Image.open(tmp_path / demo.VIDEO_OUTPUTS[0]) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 8 and gif.info.get("loop") == 0
+        frames = [np.asarray(f.convert("L")) for f in ImageSequence.Iterator(gif)]
+    panel = (10 * (16 + 2) + 2) * 4  # 10 rows (one video per digit), padding 2, scale 4
+    assert frames[0].shape[0] > panel and frames[0].shape[1] > 4 * ((16 + 2) + 2) * 4  # full | paper | fast | diff
+    assert any(not np.array_equal(frames[0][-panel:], f[-panel:]) for f in frames[1:])  # the digits move
+
+
+def test_video_demo_numbers_small(tmp_path):
+    args = main.__globals__["build_parser"]().parse_args(
+        ["demo", "--video", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1",
+         "--out-dir", str(tmp_path)])
+    r = demo.run_demo(args)["variants"]
+    assert (r["full"]["full_steps"], r["full"]["cached_steps"]) == (6, 0)
+    for v in ("paper", "fast"):
+        assert r[v]["full_steps"] + r[v]["cached_steps"] == 6 and r[v]["cached_steps"] > 0
+        assert math.isfinite(r[v]["psnr_pooled"]) and 0 < r[v]["ssim_mean"] <= 1 and r[v]["accuracy"] is None
+
+
+@pytest.mark.slow
+def test_full_video_demo(tmp_path):
+    """``skipdit demo --video`` at its defaults (2 videos per digit, DDIM-50, CFG 3): both cached
+    schedules stay close to full compute (measured 41-43 dB per video, README)."""
+    args = main.__globals__["build_parser"]().parse_args(
+        ["demo", "--video", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)])
+    r = demo.run_demo(args)["variants"]
+    for v in ("paper", "fast"):
+        assert r[v]["psnr_mean"] >= 35 and r[v]["ssim_mean"] >= 0.9
+        assert r[v]["full_steps"] + r[v]["cached_steps"] == 50
+    assert (r["paper"]["full_steps"], r["fast"]["full_steps"]) == (28, 15)

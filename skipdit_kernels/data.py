@@ -36,6 +36,32 @@ def load_digits_tensors(size: int = DIGITS_SIZE, mode: str = "bilinear") -> tupl
     return x * 2.0 - 1.0, y
 
 
+_DIRECTIONS = torch.tensor([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+
+
+def moving_digits(images: torch.Tensor, frames: int, canvas: int = DIGITS_SIZE,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Short videos of digits moving in straight lines and bouncing off the borders (the bundled
+    video demo's training data): ``images`` (N, C, S, S) in [-1, 1] with S <= ``canvas`` are pasted
+    onto a blank (-1) canvas at a random start position, moving one pixel per frame in one of the
+    eight compass directions (drawn uniformly). Returns (N, frames, C, canvas, canvas)."""
+    n, c, size = images.shape[0], images.shape[1], images.shape[-1]
+    if images.dim() != 4 or images.shape[-2] != size or size > canvas or frames < 1:
+        raise ValueError(f"moving_digits needs square images (N, C, S, S) with S <= {canvas} and frames >= 1, "
+                         f"got {tuple(images.shape)} and frames {frames}")
+    room = canvas - size
+    start = torch.randint(0, room + 1, (n, 2), generator=generator)
+    velocity = _DIRECTIONS[torch.randint(0, len(_DIRECTIONS), (n,), generator=generator)]
+    pos = (start[:, None] + velocity[:, None] * torch.arange(frames)[None, :, None]) % max(2 * room, 1)
+    pos = torch.where(pos > room, 2 * room - pos, pos)  # bounce: a triangle wave over 0..room
+    out = images.new_full((n, frames, c, canvas, canvas), -1.0)
+    for i in range(n):
+        for f in range(frames):
+            y, x = pos[i, f].tolist()
+            out[i, f, :, y:y + size, x:x + size] = images[i]
+    return out
+
+
 def digits_split(size: int = DIGITS_SIZE, test_fraction: float = 0.2, seed: int = 0):
     """A stratified train / held-out split: ``(x_train, y_train), (x_test, y_test)``."""
     x, y = load_digits_tensors(size)

@@ -4,7 +4,11 @@ digits (see bench/train_bundled.sh and bench/results/training/):
 - ``"skipdit"``: SkipDiT, input 16, patch 4, hidden 96, depth 8, heads 4, 10 classes, learned sigma,
   class dropout 0.1 (so classifier-free guidance works); EMA weights, stored fp16, loaded fp32;
 - ``"dit"``: a DiT of the identical size, trained with the identical recipe and seed;
-- ``"classifier"``: ``metrics.DigitClassifier``; its 64-d penultimate features give Frechet distances.
+- ``"classifier"``: ``metrics.DigitClassifier``; its 64-d penultimate features give Frechet distances;
+- ``"latte"``: a class-to-video LatteSkip, 8 frames of 16x16, patch 4, hidden 64, 4 (spatial,
+  temporal) pairs, heads 4, 10 classes, learned sigma, class dropout 0.1, trained on 12x12 digits
+  moving on a 16x16 canvas (``data.moving_digits``; bench/results/training/latte/train_latte.py);
+  EMA weights, stored fp16, loaded fp32.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import torch
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 CONFIG_KEY = "skipdit_config"  # the key save_checkpoint / load_checkpoint use
-FILES = {"skipdit": "skipdit.safetensors", "dit": "dit.safetensors", "classifier": "classifier.safetensors"}
+FILES = {"skipdit": "skipdit.safetensors", "dit": "dit.safetensors", "classifier": "classifier.safetensors",
+         "latte": "latte.safetensors"}
 
 
 def asset_path(name: str) -> str:
@@ -28,7 +33,7 @@ def asset_path(name: str) -> str:
 
 
 def load_bundled(name: str = "skipdit", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A bundled model in eval mode: "skipdit" / "dit" (through ``load_checkpoint``) or "classifier"."""
+    """A bundled model in eval mode: "skipdit" / "dit" / "latte" (through ``load_checkpoint``) or "classifier"."""
     path = asset_path(name)
     if name == "classifier":
         from safetensors import safe_open
@@ -48,10 +53,11 @@ def load_bundled(name: str = "skipdit", dtype: torch.dtype = torch.float32) -> t
 
 
 def save_half(model: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
-    """Save a model with fp16 weights (fp32 positions); the config goes into the metadata."""
+    """Save a model with fp16 weights (fp32 position embeddings); the config goes into the metadata."""
     from .files import save_safetensors
 
-    state = {k: (v.detach().half() if v.is_floating_point() and k != "pos_embed" else v.detach()).contiguous().cpu()
+    positions = ("pos_embed", "temp_embed")
+    state = {k: (v.detach().half() if v.is_floating_point() and k not in positions else v.detach()).contiguous().cpu()
              for k, v in model.state_dict().items()}
     meta = {CONFIG_KEY: json.dumps(getattr(model, "config", {}))}
     meta.update(metadata or {})

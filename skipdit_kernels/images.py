@@ -89,6 +89,26 @@ def save_comparison(
     """One PNG of labelled panels side by side: each (label, images) of ``panels``, then
     ``|last - first|`` magnified ``magnify`` times (white = a difference of 2/magnify or more, i.e.
     the full [-1, 1] range at magnify 1). Images are (N, C, H, W) in [-1, 1], all of one shape."""
+    comparison_image(panels, nrow, scale, magnify).save(os.fspath(path))
+
+
+def save_comparison_gif(
+    panels: list[tuple[str, torch.Tensor]], path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
+    magnify: float = 10.0, frame_ms: int = 150,
+) -> None:  # fmt: skip
+    """``save_comparison`` for videos: (N, F, C, H, W) in [-1, 1] per panel, written as an animated
+    GIF of F frames (``frame_ms`` milliseconds each, looping), frame f comparing frame f of every video."""
+    shapes = {tuple(videos.shape) for _, videos in panels}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 5:
+        raise ValueError(f"save_comparison_gif needs panels of one (N, F, C, H, W) shape, got shapes {sorted(shapes)}")
+    frames = [comparison_image([(label, videos[:, f]) for label, videos in panels], nrow, scale, magnify)
+              for f in range(next(iter(shapes))[1])]
+    frames[0].save(os.fspath(path), save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+
+
+def comparison_image(panels: list[tuple[str, torch.Tensor]], nrow: int | None = None, scale: int = 1,
+                     magnify: float = 10.0):
+    """The picture ``save_comparison`` writes, as an RGB PIL image."""
     from PIL import Image, ImageDraw, ImageFont
 
     shapes = {tuple(images.shape) for _, images in panels}
@@ -109,4 +129,4 @@ def save_comparison(
         canvas.paste(panel, (left, band))
         draw.text((left + panel.width // 2, band // 2), text, fill="black", font=font, anchor="mm")
         left += panel.width + gap
-    canvas.save(os.fspath(path))
+    return canvas

@@ -2,7 +2,13 @@
 the same noise: full compute, the paper's "almost free" Skip-Cache (reuse at interval 2) and the
 quality-matched ``SkipCache.preset("fast")`` (forecast at interval 4 after a warm start), and reports
 wall times, speedups (variants timed interleaved), fidelity against full compute and classifier
-accuracy, with a side-by-side picture."""
+accuracy, with a side-by-side picture.
+
+``skipdit demo --video``: the same for the bundled class-to-video LatteSkip (8 frames of a digit
+moving on a 16x16 canvas; row r = digit r): full compute, the release's class-to-video schedule
+``SkipCache.preset("latte-c2v")`` (reuse at interval 2 while 900 > t > 49) and ``"fast"``, written as
+one animated GIF of the panels side by side (fidelity per video; no classifier accuracy: the bundled
+classifier knows still, frame-filling digits)."""
 from __future__ import annotations
 
 import os
@@ -12,26 +18,32 @@ import time
 from skipdit_kernels.commands._common import guidance_scale, positive_int
 
 OUTPUTS = ("demo_full.png", "demo_paper.png", "demo_fast.png", "demo_compare.png")
+VIDEO_OUTPUTS = ("demo_video.gif",)
 VARIANTS = ("full", "paper", "fast")
 
 
 def configure(parser) -> None:
     parser.add_argument("--model", choices=["skipdit", "dit"], default="skipdit",
                         help="bundled model (dit: plain DiT, cached FORA-style)")
+    parser.add_argument("--video", action="store_true",
+                        help="the bundled class-to-video LatteSkip instead (moving digits), "
+                        f"'paper' = SkipCache.preset('latte-c2v'); writes {VIDEO_OUTPUTS[0]}")
     parser.add_argument("--steps", type=positive_int, default=50)
     parser.add_argument("--method", choices=["ddim", "ddpm"], default="ddim",
                         help="ddim (deterministic: 'fast' forecasts) or ddpm (stochastic: 'fast' is the paper's reuse)")
     parser.add_argument("--cfg", type=guidance_scale, default=3.0, help="classifier-free guidance scale, >= 1 (1 = off)")
     parser.add_argument("--shallow", type=positive_int, default=1,
-                        help="shallow blocks of the paper's schedule (reuse at interval 2)")
-    parser.add_argument("--per-class", type=positive_int, default=10, help="samples per digit (grid columns)")
+                        help="shallow blocks (video: block pairs) of the paper's schedule (reuse at interval 2)")
+    parser.add_argument("--per-class", type=positive_int, default=None,
+                        help="samples per digit (grid columns); default 10, with --video 2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=2,
                         help="timing rounds (variants interleaved, order reversed every other round; medians)")
     parser.add_argument("--scale", type=positive_int, default=4, help="PNG upscaling factor (nearest neighbour)")
     parser.add_argument("--out-dir", default=".", help=f"writes {', '.join(OUTPUTS)} here "
-                        "(the last: full | paper | fast | difference x10, labelled)")
+                        "(the last: full | paper | fast | difference x10, labelled); with --video the same "
+                        f"comparison as {VIDEO_OUTPUTS[0]}")
     parser.add_argument("--progress", action="store_true")
 
 
@@ -40,15 +52,18 @@ def run_demo(args) -> dict:
 
     from skipdit_kernels import SkipCache, sample
     from skipdit_kernels.embedded import load_bundled
-    from skipdit_kernels.images import save_comparison, save_grid
+    from skipdit_kernels.images import save_comparison, save_comparison_gif, save_grid
     from skipdit_kernels.metrics import classifier_accuracy, fidelity
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_bundled(args.model)
-    classifier = load_bundled("classifier")
-    labels = torch.arange(10).repeat_interleave(args.per_class)
-    caches = {"full": None, "paper": SkipCache(interval=2, shallow_blocks=args.shallow), "fast": "fast"}
+    per_class = per_class_of(args)
+    model = load_bundled("latte" if args.video else args.model)
+    classifier = None if args.video else load_bundled("classifier")
+    labels = torch.arange(10).repeat_interleave(per_class)
+    paper = (SkipCache.preset("latte-c2v", shallow_blocks=args.shallow) if args.video
+             else SkipCache(interval=2, shallow_blocks=args.shallow))
+    caches = {"full": None, "paper": paper, "fast": "fast"}
     common = dict(steps=args.steps, method=args.method, cfg_scale=args.cfg, seed=args.seed, progress=args.progress)
     sample(model, labels[:2], steps=2, method="ddim", cfg_scale=args.cfg, progress=False)  # warm-up
     seconds = {v: [] for v in VARIANTS}
@@ -66,22 +81,34 @@ def run_demo(args) -> dict:
         wall = statistics.median(seconds[variant])
         report[variant] = dict(
             seconds=wall, speedup=statistics.median(seconds["full"]) / wall, full_steps=info.full_steps,
-            cached_steps=info.cached_steps, cache=info.cache, accuracy=classifier_accuracy(classifier, images, labels),
-            **({} if variant == "full" else fidelity(images, full)),
+            cached_steps=info.cached_steps, cache=info.cache,
+            accuracy=None if classifier is None else classifier_accuracy(classifier, images, labels),
+            # videos (N, F, C, H, W) are scored per video: frames as channels
+            **({} if variant == "full" else fidelity(images.flatten(1, 2), full.flatten(1, 2)) if args.video
+               else fidelity(images, full)),
         )
     os.makedirs(args.out_dir, exist_ok=True)
+    titles = {v: f"{v}, {report[v]['speedup']:.2f}x" for v in VARIANTS}
+    if args.video:
+        path = os.path.join(args.out_dir, VIDEO_OUTPUTS[0])
+        save_comparison_gif([(titles[v], results[v][0]) for v in VARIANTS], path, nrow=per_class, scale=args.scale)
+        return dict(variants=report, paths=[path])
     paths = [os.path.join(args.out_dir, name) for name in OUTPUTS]
     for variant, path in zip(VARIANTS, paths):
-        save_grid(results[variant][0], path, nrow=args.per_class, scale=args.scale)
-    titles = {v: f"{v}, {report[v]['speedup']:.2f}x" for v in VARIANTS}
-    save_comparison([(titles[v], results[v][0]) for v in VARIANTS], paths[-1], nrow=args.per_class, scale=args.scale)
+        save_grid(results[variant][0], path, nrow=per_class, scale=args.scale)
+    save_comparison([(titles[v], results[v][0]) for v in VARIANTS], paths[-1], nrow=per_class, scale=args.scale)
     return dict(variants=report, paths=paths)
+
+
+def per_class_of(args) -> int:
+    return args.per_class or (2 if args.video else 10)
 
 
 def describe(cache) -> str:
     if cache is None:
         return "every block at every step"
     start = "" if cache.start_t >= 1000 else f", full while t >= {cache.start_t:g}"
+    start += f", reset after t <= {cache.stop_t:g}"
     kind = "reuse" if not cache.forecast else f"forecast order {cache.forecast}"
     return f"{kind}, interval {cache.interval}, shallow {cache.shallow_blocks}{start}"
 
@@ -91,17 +118,22 @@ def run(args) -> int:
 
     total = time.perf_counter()
     r = run_demo(args)
-    print(f"bundled {args.model}: {10 * args.per_class} digits, {args.method.upper()}-{args.steps}, CFG {args.cfg:g}, "
+    what = "LatteSkip: {} videos of 8 frames" if args.video else args.model + ": {} digits"
+    print(f"bundled {what.format(10 * per_class_of(args))}, {args.method.upper()}-{args.steps}, CFG {args.cfg:g}, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved round(s), median wall times")
-    print("                 wall s  speedup  steps full+cached  PSNR mean / pooled / worst 5%   SSIM mean  accuracy")
+    print("                 wall s  speedup  steps full+cached  PSNR mean / pooled / worst 5%   SSIM mean"
+          + ("" if args.video else "  accuracy"))
     for variant in VARIANTS:
         v = r["variants"][variant]
         fid = ("      (reference)                    " if variant == "full" else
                f"  {v['psnr_mean']:6.2f} / {v['psnr_pooled']:6.2f} / {v['psnr_worst']:6.2f} dB  {v['ssim_mean']:.4f} ")
+        accuracy = "" if v["accuracy"] is None else f"  {v['accuracy']:7.1%}"
         print(f"  {variant:<6} {v['seconds']:12.2f}  {v['speedup']:6.2f}x  {v['full_steps']:5d} + {v['cached_steps']:<5d}"
-              f"   {fid}  {v['accuracy']:7.1%}")
+              f"   {fid}{accuracy}")
     for variant in VARIANTS:
         print(f"  {variant}: {describe(r['variants'][variant]['cache'])}")
-    print("  PSNR per sample then averaged (mean), from one MSE over all samples (pooled), and over the worst 5%")
+    sample_kind = "video" if args.video else "sample"
+    print(f"  PSNR per {sample_kind} then averaged (mean), from one MSE over all {sample_kind}s (pooled), "
+          "and over the worst 5%")
     print(f"  wrote {', '.join(r['paths'])}  (total {time.perf_counter() - total:.1f} s)")
     return 0
