@@ -169,7 +169,7 @@ def test_other_refusals_before_work(capsys, tmp_path, no_sampling):
     assert "--random-init" in refused(capsys, ["sample", "--out", npz])
     assert "no such file" in refused(capsys, ["sample", "--ckpt", str(tmp_path / "nope.pt"), "--out", npz])
     assert "--skip goes with --random-init" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--skip", "--out", png])
-    assert "apply to .png output only" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz])
+    assert "apply to image and video output only" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz])
     err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--out", str(tmp_path / "missing" / "x.png")])
     assert "does not exist" in err
     assert "must be >= 1, got 0" in parse_error(capsys, ["sample", "--steps", "0"])

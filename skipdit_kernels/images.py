@@ -38,7 +38,12 @@ def load_vae(vae_dir: str | os.PathLike, device: torch.device | str = "cpu") -> 
 
 def decode_latents(latents: torch.Tensor, vae: "str | os.PathLike | torch.nn.Module", batch_size: int = 8) -> torch.Tensor:
     """Decode DiT latents (N, 4, h, w) to images (N, 3, 8h, 8w) in about [-1, 1] with an AutoencoderKL,
-    given loaded or as a local folder (``load_vae``)."""
+    given loaded or as a local folder (``load_vae``); video latents (N, F, 4, h, w) frame by frame to
+    (N, F, 3, 8h, 8w)."""
+    if latents.dim() == 5:
+        n, frames = latents.shape[:2]
+        images = decode_latents(latents.flatten(0, 1), vae, batch_size)
+        return images.unflatten(0, (n, frames))
     if isinstance(vae, (str, os.PathLike)):
         vae = load_vae(vae, latents.device)
     with torch.no_grad():
@@ -80,6 +85,38 @@ def _image(pixels: np.ndarray, scale: int = 1):
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> None:
     """Write (N, C, H, W) images in [-1, 1] as one PNG grid, upscaled ``scale`` times (nearest neighbour)."""
     _image(make_grid(images, nrow), scale).save(os.fspath(path))
+
+
+VIDEO_FORMATS = (".gif", ".mp4")
+
+
+def check_video_path(path: str | os.PathLike) -> None:
+    """ValueError unless ``path`` ends in .gif or .mp4; ImportError for .mp4 without imageio's ffmpeg."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in VIDEO_FORMATS:
+        raise ValueError(f"a video is written as {' or '.join(VIDEO_FORMATS)}, got {os.fspath(path)!r}")
+    if suffix == ".mp4":
+        import importlib.util
+
+        if importlib.util.find_spec("imageio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
+            raise ImportError("writing .mp4 needs imageio with ffmpeg: pip install 'imageio[ffmpeg]' (or write .gif)")
+
+
+def save_video_grid(videos: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
+                    fps: float = 8.0) -> None:
+    """Write (N, F, C, H, W) videos in [-1, 1] as one animated grid of F frames: a looping GIF (PIL) or
+    an MP4 (imageio with ffmpeg), by the suffix of ``path``; ``fps`` frames per second."""
+    check_video_path(path)
+    if videos.dim() != 5:
+        raise ValueError(f"videos must be (N, F, C, H, W), got {tuple(videos.shape)}")
+    frames = [_image(make_grid(videos[:, f], nrow), scale).convert("RGB") for f in range(videos.shape[1])]
+    if os.fspath(path).lower().endswith(".gif"):
+        frames[0].save(os.fspath(path), save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    else:
+        import imageio
+
+        even = [np.asarray(f)[: f.height // 2 * 2, : f.width // 2 * 2] for f in frames]  # yuv420 needs even sides
+        imageio.mimwrite(os.fspath(path), even, fps=fps)
 
 
 def save_comparison(

@@ -43,7 +43,8 @@ def configure(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--vae", default=None, help="local AutoencoderKL folder (needs diffusers), to decode latents to images")
-    parser.add_argument("--out", default="samples.png", help=".png for an image grid, .npz for latents")
+    parser.add_argument("--out", default="samples.png",
+                        help=".png for an image grid, .gif/.mp4 for a video grid (video models), .npz for latents")
     parser.add_argument("--scale", type=positive_int, default=None,
                         help=f"PNG upscaling factor, nearest neighbour (default: smallest giving {MIN_PANEL}-pixel images)")
     parser.add_argument("--no-progress", action="store_true")
@@ -61,10 +62,10 @@ def check_request(args) -> None:
         raise CommandError("--skip goes with --random-init; with --ckpt the checkpoint decides DiT or SkipDiT")
     if args.num_classes is not None and not args.random_init:
         raise CommandError("--num-classes goes with --random-init; a checkpoint has its own")
-    if not args.out.endswith((".png", ".npz")):
-        raise CommandError(f"--out must end in .png or .npz, got {args.out!r}")
+    if not args.out.lower().endswith((".png", ".gif", ".mp4", ".npz")):
+        raise CommandError(f"--out must end in .png (images), .gif or .mp4 (videos) or .npz (latents), got {args.out!r}")
     if args.out.endswith(".npz") and (args.vae or args.scale):
-        raise CommandError(f"--out {args.out} saves latents; --vae and --scale apply to .png output only")
+        raise CommandError(f"--out {args.out} saves latents; --vae and --scale apply to image and video output only")
     if args.out.endswith(".png") and args.random_init and not args.vae:
         raise CommandError("random-init models make 4-channel latents: pass --vae DIR for images, or use --out x.npz")
     if args.vae:
@@ -128,17 +129,25 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model = build_model(args)
     pixel_model = model.in_channels in (1, 3)
+    video_model = len(model.latent_shape) == 4
     if args.image_size is not None:
         check_image_size(args.image_size, model.patch_size, 1 if pixel_model else VAE_FACTOR, model.input_size)
-    if args.out.endswith(".png") and not args.vae and not pixel_model:
-        raise CommandError(f"{model.in_channels}-channel latents need --vae DIR to become images; or use --out x.npz")
+    wanted = (".gif", ".mp4", ".npz") if video_model else (".png", ".npz")
+    if not args.out.lower().endswith(wanted):
+        raise CommandError(f"--out {args.out}: a {'video' if video_model else 'image'} model writes {' or '.join(wanted)}")
+    if not args.out.endswith(".npz") and not args.vae and not pixel_model:
+        raise CommandError(f"{model.in_channels}-channel latents need --vae DIR to become pixels; or use --out x.npz")
+    if video_model and not args.out.endswith(".npz"):
+        from skipdit_kernels.images import check_video_path
+
+        check_video_path(args.out)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise CommandError(f"--out {args.out}: folder {out_dir} does not exist")
 
     import numpy as np
 
-    from skipdit_kernels.images import decode_latents, save_grid
+    from skipdit_kernels.images import decode_latents, save_grid, save_video_grid
     from skipdit_kernels.sampling import sample
 
     cache = cache_from_args(args, model)
@@ -157,6 +166,7 @@ def run(args) -> int:
         np.savez(args.out, latents=latents.cpu().numpy(), labels=np.asarray(args.labels))
     else:
         images = decode_latents(latents, args.vae) if args.vae else latents
-        save_grid(images, args.out, nrow=min(len(args.labels), 8), scale=args.scale or auto_scale(images.shape[-1]))
+        save = save_video_grid if video_model else save_grid
+        save(images, args.out, nrow=min(len(args.labels), 8), scale=args.scale or auto_scale(images.shape[-1]))
     print(f"wrote {args.out}")
     return 0
