@@ -1,4 +1,4 @@
-"""Checks of class-label conditioning shared by the class-conditional families."""
+"""Input checks shared by the model families: class labels, timesteps, the image size of a latent."""
 from __future__ import annotations
 
 import torch
@@ -33,7 +33,8 @@ def check_label_batch(y, n: int, top: int, device: torch.device, shape_of: str) 
         raise ValueError(f"y must have shape ({n},) to match {shape_of}, got {tuple(y.shape)}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got {y.dtype}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+    # the value check reads the labels on the host: skipped while torch.compile traces (no graph break)
+    if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > top):
         raise ValueError(f"class labels must be in 0..{top}, got min {int(y.min())} max {int(y.max())}")
     return y
 
@@ -48,3 +49,16 @@ def check_timesteps(t, n: int, device: torch.device, shape_of: str) -> torch.Ten
     if t.dtype == torch.bool or t.dtype.is_complex:
         raise ValueError(f"t must hold timesteps (integers or floats), got {t.dtype}")
     return t
+
+
+def check_image_size(image_size, in_channels: int, input_size: int) -> None:
+    """ValueError unless ``image_size`` pixels give latents of side ``input_size``: 4-channel latents
+    are the SD VAE's (8x downsampling), other channel counts are pixel models (1x)."""
+    factor = 8 if in_channels == 4 else 1
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if image_size % factor or image_size // factor != input_size:
+        raise ValueError(
+            f"image_size {image_size} gives latents of side {image_size / factor:g}, but the model's "
+            f"input_size is {input_size} (image_size {input_size * factor})"
+        )

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from .conditioning import check_image_size, check_label_batch, check_timesteps, class_labels
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, SkipProjection, TimestepEmbedder, sincos_pos_embed_2d
 from .presets import preset_config
 
@@ -138,16 +139,8 @@ class DiT(nn.Module):
         return (self.in_channels, self.input_size, self.input_size)
 
     def latent_shape_for(self, image_size: int) -> tuple[int, int, int]:
-        """The latent of an ``image_size`` image: DiT's VAE downsamples 4-channel latents 8x; other
-        channel counts are pixel models (1x). ValueError naming the pixel size otherwise."""
-        factor = 8 if self.in_channels == 4 else 1
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-        if image_size % factor or image_size // factor != self.input_size:
-            raise ValueError(
-                f"image_size {image_size} gives latents of side {image_size / factor:g}, but the model's "
-                f"input_size is {self.input_size} (image_size {self.input_size * factor})"
-            )
+        """The latent of an ``image_size`` image (``conditioning.check_image_size``)."""
+        check_image_size(image_size, self.in_channels, self.input_size)
         return self.latent_shape
 
     def skip_partner(self, i: int) -> int | None:
@@ -156,27 +149,9 @@ class DiT(nn.Module):
     def guided_channels(self, guide_all_channels: bool) -> int:
         return self.in_channels if guide_all_channels else min(3, self.in_channels)
 
-    def condition(self, class_labels) -> dict:
+    def condition(self, labels) -> dict:
         """Class labels (a sequence or tensor of integers in 0..num_classes-1) as ``{"y": (N,)}``."""
-        if isinstance(class_labels, torch.Tensor):
-            labels = class_labels.detach().cpu()
-        else:
-            try:
-                labels = torch.as_tensor(class_labels)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"class labels must be integers, got {class_labels!r}") from None
-        labels = labels.reshape(-1)
-        if labels.numel() == 0:
-            raise ValueError("class labels are empty")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(
-                f"class labels must be integers in 0..{self.num_classes - 1}, got {labels.tolist()[:8]} ({labels.dtype})"
-            )
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise ValueError(
-                f"class labels must be in 0..{self.num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}"
-            )
-        return {"y": labels.long()}
+        return {"y": class_labels(labels, self.num_classes)}
 
     def null_condition(self, cond: dict) -> dict:
         if not self.y_embedder.has_null_class:
@@ -210,22 +185,10 @@ class DiT(nn.Module):
                 f"x resolution {height}x{width} does not match the model's input_size {self.input_size} "
                 f"(its position embedding is fixed)"
             )
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(n)
-        if t.shape != (n,):
-            raise ValueError(f"t must have shape ({n},) to match x {tuple(x.shape)}, got {tuple(t.shape)}")
-        if t.dtype == torch.bool or t.dtype.is_complex:
-            raise ValueError(f"t must hold timesteps (integers or floats), got {t.dtype}")
-        y = torch.as_tensor(cond["y"], device=x.device)
-        if y.shape != (n,):
-            raise ValueError(f"y must have shape ({n},) to match x {tuple(x.shape)}, got {tuple(y.shape)}")
-        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise ValueError(f"y must hold integer class labels, got {y.dtype}")
+        shape = f"x {tuple(x.shape)}"
+        t = check_timesteps(t, n, x.device, shape)
         top = self.num_classes if self.y_embedder.has_null_class else self.num_classes - 1
-        # the value check reads the labels on the host: skipped while torch.compile traces (no graph break)
-        if y.numel() and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) > top):
-            raise ValueError(f"class labels must be in 0..{top}, got min {int(y.min())} max {int(y.max())}")
+        y = check_label_batch(cond["y"], n, top, x.device, shape)
         return t, {"y": y}
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .conditioning import check_label_batch, check_timesteps, class_labels
+from .conditioning import check_image_size, check_label_batch, check_timesteps, class_labels
 from .layers import (
     adaln_modulation,
     DiTBlock,
@@ -228,16 +228,8 @@ class LatteSkip(nn.Module):
         return (self.num_frames, self.in_channels, self.input_size, self.input_size)
 
     def latent_shape_for(self, image_size: int) -> tuple[int, int, int, int]:
-        """The latent of ``image_size`` frames: 4-channel latents are the SD VAE's (8x); other
-        channel counts are pixel models (1x). ValueError naming the pixel size otherwise."""
-        factor = 8 if self.in_channels == 4 else 1
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-        if image_size % factor or image_size // factor != self.input_size:
-            raise ValueError(
-                f"image_size {image_size} gives latents of side {image_size / factor:g}, but the model's "
-                f"input_size is {self.input_size} (image_size {self.input_size * factor})"
-            )
+        """The latent of ``image_size`` frames (``conditioning.check_image_size``)."""
+        check_image_size(image_size, self.in_channels, self.input_size)
         return self.latent_shape
 
     def skip_partner(self, i: int) -> int | None:
