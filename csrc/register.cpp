@@ -18,6 +18,7 @@ TORCH_LIBRARY(skipdit, m) {
       "skip_fuse_adaln(Tensor x, Tensor skip, Tensor weight, Tensor rowsum, Tensor bias, Tensor shift, "
       "Tensor scale, float eps) -> (Tensor, Tensor)");
   m.def("cpu_capability() -> str", &skipdit::cpu_capability);
+  m.def("cpu_fp32_gemm() -> str", &skipdit::cpu_fp32_gemm);
 }
 
 TORCH_LIBRARY_IMPL(skipdit, CPU, m) {

@@ -98,6 +98,12 @@ def cpu_capability() -> str:
     return torch.ops.skipdit.cpu_capability() if _state["loaded"] else "unavailable"
 
 
+def cpu_fp32_gemm() -> str:
+    """Who runs the CPU driver's fp32 GEMMs: "onednn" (x86 CPUs not made by Intel, where MKL's sgemm
+    is about half as fast) or "torch" (at::mm); ``SKIPDIT_CPU_FP32_GEMM=onednn|torch`` overrides."""
+    return torch.ops.skipdit.cpu_fp32_gemm() if _state["loaded"] else "unavailable"
+
+
 def cpu_has_bf16_units() -> bool:
     return _state["loaded"] and cpu_capability().endswith("+bf16")
 
@@ -106,7 +112,7 @@ def probe() -> tuple[bool, str]:
     if not _state["loaded"] and not load():
         return False, _state["error"]
     cuda = "with CUDA kernels" if has_cuda_kernels() else "CPU kernels only"
-    return True, f"{_state['source']}, {cuda}, CPU driver {cpu_capability()}"
+    return True, f"{_state['source']}, {cuda}, CPU driver {cpu_capability()}, fp32 GEMMs on {cpu_fp32_gemm()}"
 
 
 # ---- weight preparation ------------------------------------------------------------------------
