@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _timing  # noqa: E402
+import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
 from skipdit_kernels.ops import native  # noqa: E402
@@ -97,7 +97,7 @@ def run(hiddens, dtypes, budget_s=4.0, ops_filter=None) -> list[dict]:
                     continue
                 torch._dynamo.reset()
                 with torch.no_grad():
-                    res = _timing.interleaved(implementations(op, t), budget_s=budget_s)
+                    res = report.time_fns(implementations(op, t), budget_s=budget_s, max_rounds=50)
                 row = {"op": op, "hidden": hidden, "dtype": dname, **{f"{k}_ms": v["median_s"] * 1e3 for k, v in res.items()}}
                 row.update({f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in res.items()})
                 row["rounds"] = res["native"]["rounds"]
@@ -146,10 +146,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if not native.load():
         raise SystemExit(f"native backend unavailable: {native._state['error']}")
-    env = _timing.environment()
+    env = report.environment()
     rows = run(args.hidden, args.dtypes, args.budget, args.ops)
-    stem = os.path.join(args.out, f"native-{_timing.device_tag()}")
-    _timing.write_results(stem, {"environment": env, "rows": rows}, markdown(rows, env))
+    stem = report.write_results("native", rows, env=env, body=markdown(rows, env), out_dir=args.out)
     print("wrote", stem + ".{json,md}")
 
 

@@ -461,7 +461,7 @@ def run(args) -> int:
             r, fused_note = bench_model(preset, batch, dtype, device, args.samplers, args.rounds, e2e,
                                         not args.no_memory, args.threads, log)
             rows += r
-    info = report.device_info(device)
+    info = report.environment(device)
     notes += [
         f"{info['name']}; {args.dtype}; batch = sampled images (CFG scale {CFG_SCALE}: the model runs 2 x batch); "
         f"random SkipDiT weights; 32x32 latents (256px, 256 tokens); Skip-Cache shallow_blocks {SHALLOW}.",
