@@ -1,4 +1,16 @@
-import sys, time, statistics, os, json, subprocess
+"""A/B of two source trees' sampling speed per step, each in fresh processes, old and new alternated
+round by round (ABBA): python bench/protocol_ab.py ROUNDS, with the trees at /tmp/ab/old and
+/tmp/ab/new. Prints median, min and max seconds per step, the new/old ratio, the CPU and the load
+average at start and end."""
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+env = report.environment()
 code = r'''
 import sys, time, torch
 sys.path.insert(0, sys.argv[1])
@@ -27,4 +39,5 @@ for (which, v), xs in sorted(res.items()):
     print(which, v, "median s/step %.5f" % statistics.median(xs), "min %.5f max %.5f" % (min(xs), max(xs)))
 for which in ("dits", "tiny"):
     print(which, "new/old", statistics.median(res[(which, "new")]) / statistics.median(res[(which, "old")]))
-print("load", os.getloadavg())
+env["load_average_end"] = report.load_average()
+print(env["name"], f"{env['threads']} threads;", report.load_line(env))

@@ -109,17 +109,18 @@ def _error(exc: BaseException) -> str:
 
 
 def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budget_s: float = 2.0,
-             min_rounds: int = 5, max_rounds: int = 200, warmup: int = 2, pause_s: float | None = None,
-             clock: Callable[[], float] = time.perf_counter) -> dict[str, dict]:
+             min_rounds: int = 5, max_rounds: int = 200, warmup: int = 2, pause_s: float | None = None
+             ) -> dict[str, dict]:
     """Seconds per call of each fn, timed round-robin: every round calls each fn once, so load drifts
     on a shared machine hit all variants alike.
 
     Each fn is called ``warmup`` times first; the number of rounds fills about ``budget_s`` seconds
-    (pauses included), within [min_rounds, max_rounds]. Returns, per name, ``median_s``, ``min_s``,
-    ``max_s``, ``rounds`` and ``samples_s`` (one time per round, for ``round_ratio``); a fn that
-    raises, in warm-up or later, is reported as ``{"error": "<Type>: <message>"}`` and dropped from
-    the remaining rounds. On CUDA each call is bracketed by synchronisation. ``clock``: e.g.
-    ``time.thread_time`` to count only this thread's CPU time (one torch thread)."""
+    (pauses included), within [min_rounds, max_rounds]. Returns, per name, wall-clock ``median_s``,
+    ``min_s``, ``max_s``, ``rounds``, ``samples_s`` (one time per round, for ``round_ratio``) and
+    ``cpu_median_s``, the median CPU time of this process per call (on a shared machine steadier than
+    wall time: time spent descheduled is not counted). A fn that raises, in warm-up or later, is
+    reported as ``{"error": "<Type>: <message>"}`` and dropped from the remaining rounds. On CUDA
+    each call is bracketed by synchronisation."""
     device = torch.device(device)
     if pause_s is None:
         pause_s = 0.02 if device.type == "cpu" else 0.0
@@ -133,6 +134,7 @@ def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budge
         except Exception as exc:  # a variant that cannot run this cell
             out[name] = {"error": _error(exc)}
     samples: dict[str, list[float]] = {k: [] for k in live}
+    cpu: dict[str, list[float]] = {k: [] for k in live}
     rounds, done = max(1, min_rounds), 0
     start = time.perf_counter()
     while done < rounds and live:
@@ -143,20 +145,28 @@ def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budge
                 time.sleep(pause_s)
             try:
                 _sync(device)
-                t0 = clock()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 _sync(device)
-                samples[name].append(clock() - t0)
+                samples[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
             except Exception as exc:
                 out[name] = {"error": _error(exc)}
-                del live[name], samples[name]
+                del live[name], samples[name], cpu[name]
         done += 1
         if done == 1:  # size the run from the first round's wall time
             per_round = time.perf_counter() - start
             rounds = int(max(min_rounds, min(max_rounds, budget_s / max(per_round, 1e-9))))
-    timed = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v), "samples_s": v}
-             for k, v in samples.items()}
+    timed = {k: {**stats(v), "cpu_median_s": statistics.median(cpu[k])} for k, v in samples.items()}
     return {k: timed.get(k) or out[k] for k in fns}
+
+
+def stats(seconds: Sequence[float]) -> dict:
+    """``median_s``, ``min_s``, ``max_s``, ``rounds`` and ``samples_s`` of one variant's per-round
+    times (``time_fns`` entries; also for times measured elsewhere, e.g. in worker processes)."""
+    seconds = list(seconds)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+            "rounds": len(seconds), "samples_s": seconds}
 
 
 def round_ratio(timing: dict[str, dict], name: str, baseline: str) -> dict:

@@ -93,3 +93,16 @@ def test_write_results_takes_the_heading_of_a_body(report, tmp_path, monkeypatch
     md = open(stem + ".md").read()
     assert md.splitlines()[0] == "# My bench on this CPU"
     assert "quiet (1-min load <= 0.5 per core)" in md and md.count("# ") == 1
+
+
+def test_skipdit_bench_forwards_the_e2e_rounds(monkeypatch):
+    import argparse
+
+    from skipdit_kernels.commands import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "_bench_module", lambda: argparse.Namespace(main=lambda argv: seen.append(argv) or 0))
+    parser = argparse.ArgumentParser()
+    bench.configure(parser)
+    assert bench.run(parser.parse_args(["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"])) == 0
+    assert seen == [["--models", "DiT-S/2", "--rounds", "3", "--e2e-rounds", "2"]]
