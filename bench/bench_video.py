@@ -143,7 +143,7 @@ def run(args) -> int:
         "latency = n_full * full + n_cached * cached.",
         "Speedups are ratios of medians taken in the same interleaved rounds.",
     ]
-    stem = report.write_results("video", rows, columns, meta=meta, device=device, notes=notes, env=info,
+    stem = report.write_results("video", rows, columns, meta=meta, device=device, notes=notes, env=info, out_dir=args.out,
                                 title="Latte-skip class-to-video sampling: full vs Skip-Cache")  # fmt: skip
     print(report.markdown_table(rows, columns))
     print(f"wrote {stem}.json / .md", file=sys.stderr)
@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="minimum interleaved rounds")
     p.add_argument("--budget", type=float, default=120.0, help="seconds of timing to aim for")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=report.RESULTS_DIR, help="results directory")
     return run(p.parse_args(argv))
 
 

@@ -280,6 +280,7 @@ def main(argv=None):
                    "timing with more rounds or a fidelity with another seed")  # fmt: skip
     p.add_argument("--target", type=float, default=1.9, help="issue 23's measured speedup target")
     p.add_argument("--tag", default="cpu-bundled")
+    p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--rewrite", help="re-render the .md/.png from this .json without running")
     args = p.parse_args(argv)
     if args.rewrite:
@@ -290,7 +291,8 @@ def main(argv=None):
     if 2 not in args.reuse_intervals:
         p.error(f"--reuse-intervals must include 2 ({REFERENCE} is the reference)")
     result = run(args)
-    stem = os.path.join(RESULTS, f"quality-sweep-{args.tag}-{result['meta']['date']}")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"quality-sweep-{args.tag}-{result['meta']['date']}")
     write(result, stem, args.target)
     print(f"wrote {stem}.md/.json/.png")
 
