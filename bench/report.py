@@ -115,15 +115,16 @@ def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budge
     on a shared machine hit all variants alike.
 
     Each fn is called ``warmup`` times first; the number of rounds fills about ``budget_s`` seconds
-    (pauses included), within [min_rounds, max_rounds]. Returns, per name, wall-clock ``median_s``,
+    of calls (the first round's time, pauses not counted), within [min_rounds, max_rounds]. On a CPU
+    with more than one torch thread each call follows a ``pause_s`` sleep (default 20 ms). Returns, per name, wall-clock ``median_s``,
     ``min_s``, ``max_s``, ``rounds``, ``samples_s`` (one time per round, for ``round_ratio``) and
     ``cpu_median_s``, the median CPU time of this process per call (on a shared machine steadier than
     wall time: time spent descheduled is not counted). A fn that raises, in warm-up or later, is
     reported as ``{"error": "<Type>: <message>"}`` and dropped from the remaining rounds. On CUDA
     each call is bracketed by synchronisation."""
     device = torch.device(device)
-    if pause_s is None:
-        pause_s = 0.02 if device.type == "cpu" else 0.0
+    if pause_s is None:  # one thread: no worker pool to spin
+        pause_s = 0.02 if device.type == "cpu" and torch.get_num_threads() > 1 else 0.0
     live, out = {}, {}
     for name, fn in fns.items():
         try:
@@ -136,7 +137,6 @@ def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budge
     samples: dict[str, list[float]] = {k: [] for k in live}
     cpu: dict[str, list[float]] = {k: [] for k in live}
     rounds, done = max(1, min_rounds), 0
-    start = time.perf_counter()
     while done < rounds and live:
         for name, fn in list(live.items()):
             # Let the previous call's OpenMP workers stop spinning: torch and inductor-compiled code use
@@ -154,8 +154,8 @@ def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budge
                 out[name] = {"error": _error(exc)}
                 del live[name], samples[name], cpu[name]
         done += 1
-        if done == 1:  # size the run from the first round's wall time
-            per_round = time.perf_counter() - start
+        if done == 1:  # size the run from the first round
+            per_round = sum(v[0] for v in samples.values())
             rounds = int(max(min_rounds, min(max_rounds, budget_s / max(per_round, 1e-9))))
     timed = {k: {**stats(v), "cpu_median_s": statistics.median(cpu[k])} for k, v in samples.items()}
     return {k: timed.get(k) or out[k] for k in fns}

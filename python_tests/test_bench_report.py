@@ -26,6 +26,14 @@ def test_time_fns_interleaves_round_by_round(report):
         assert v["min_s"] <= v["median_s"] <= v["max_s"]
 
 
+def test_time_fns_sizes_the_rounds_from_the_budget(report):
+    import time
+
+    out = report.time_fns({"a": lambda: time.sleep(0.01), "b": lambda: time.sleep(0.01)}, budget_s=0.1, min_rounds=1,
+                          max_rounds=100, warmup=0, pause_s=0)
+    assert 2 <= out["a"]["rounds"] == out["b"]["rounds"] <= 5  # about 0.1 s of calls at 0.02 s a round
+
+
 def test_time_fns_reports_a_failing_variant_and_keeps_timing_the_others(report):
     state = {"n": 0}
 
