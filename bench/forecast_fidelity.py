@@ -187,6 +187,7 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--model-cache", default="/tmp/skipdit_forecast_model.pt")
     p.add_argument("--tag", default="cpu")
+    p.add_argument("--out", default=RESULTS, help="results directory")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     env = report.environment()
@@ -197,7 +198,8 @@ def main(argv=None):
         settings=f"shallow_blocks {args.shallow}, CFG {args.cfg}, seed {args.seed}, DDIM-{args.ddim_steps} x "
         f"{args.samples} samples, DDPM-{args.ddpm_steps} x {args.ddpm_samples} samples, fp32",
     )  # fmt: skip
-    stem = os.path.join(RESULTS, f"forecast-fidelity-{args.tag}-{meta['date']}")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"forecast-fidelity-{args.tag}-{meta['date']}")
     rows: list[dict] = []
     if args.samples:
         run_sampler(model, "ddim", args.ddim_steps, args.samples, args.intervals, args.orders, args, rows)
