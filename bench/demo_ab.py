@@ -24,7 +24,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report import device_info, write_results  # noqa: E402
+import torch  # noqa: E402
+
+from report import environment, stats, write_results  # noqa: E402
 
 NEW = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,6 +66,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(NEW, "bench", "results"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # so that the results record the workers' thread count
+    env = environment()
     old_rev = subprocess.run(["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     new_rev = subprocess.run(["git", "-C", NEW, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     trees = {"old": args.old, "new": NEW}
@@ -75,16 +79,14 @@ def main(argv=None) -> None:
                                              for k, v in samples.items()), flush=True)  # fmt: skip
     rows = []
     for work in ("full", "cached", "both"):
-        def seconds(name, i, work=work):
-            s = samples[name][i]
-            return s["full"] + s["cached"] if work == "both" else s[work]
+        def seconds(name, work=work):
+            return [s["full"] + s["cached"] if work == "both" else s[work] for s in samples[name]]
 
-        ratios = [seconds("old", i) / seconds("new", i) for i in range(args.rounds)]
-        rows.append(dict(
-            work=work, old_s=statistics.median(seconds("old", i) for i in range(args.rounds)),
-            new_s=statistics.median(seconds("new", i) for i in range(args.rounds)),
-            speedup=statistics.median(ratios), speedup_min=min(ratios), speedup_max=max(ratios),
-        ))  # fmt: skip
+        old, new = stats(seconds("old")), stats(seconds("new"))
+        ratios = [o / n for o, n in zip(old["samples_s"], new["samples_s"])]
+        rows.append(dict(work=work, old_s=old["median_s"], old_min_s=old["min_s"], old_max_s=old["max_s"],
+                         new_s=new["median_s"], new_min_s=new["min_s"], new_max_s=new["max_s"],
+                         speedup=statistics.median(ratios), speedup_min=min(ratios), speedup_max=max(ratios)))  # fmt: skip
     same = all(abs(o["full_checksum"] - n["full_checksum"]) <= 1e-3 * abs(o["full_checksum"])
                for o, n in zip(samples["old"], samples["new"]))  # fmt: skip
     notes = [
@@ -96,11 +98,11 @@ def main(argv=None) -> None:
         "full-compute images of the two checkouts differ beyond 1e-3 in sum |x|: see the JSON",
     ]
     stem = write_results("demo-ab", rows, columns=[
-        ("work", "work"), ("old_s", "old s"), ("new_s", "new s"), ("speedup", "speedup"),
-        ("speedup_min", "min"), ("speedup_max", "max")], meta=dict(samples=samples, threads=args.threads),
-        notes=notes, title="skipdit demo's sampling, old vs new code", out_dir=args.out)  # fmt: skip
+        ("work", "work"), ("old_s", "old s (median)"), ("old_min_s", "min"), ("old_max_s", "max"),
+        ("new_s", "new s (median)"), ("new_min_s", "min"), ("new_max_s", "max"), ("speedup", "speedup old/new"),
+        ("speedup_min", "min"), ("speedup_max", "max")], meta=dict(samples=samples, old=old_rev, new=new_rev),
+        notes=notes, title="skipdit demo's sampling, old vs new code", out_dir=args.out, env=env)  # fmt: skip
     print(open(stem + ".md").read())
-    print(device_info()["name"])
 
 
 if __name__ == "__main__":
