@@ -22,7 +22,7 @@ BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 
 # (title, results file (markdown; a glob takes the last match in sorted order), what to read in it)
 PARTS = [
-    ("Skip-Cache in the demo's sampling, this code against the code before the performance work",
+    ("The demo's sampling (full compute and Skip-Cache), this code against the code before the performance work",
      "demo-ab-amd-epyc-avx512-bf16.md",
      "The original `skipdit demo`'s work (100 digits, DDIM-50, CFG 3), old and new code in alternating "
      "fresh processes; `python bench/demo_ab.py --old <checkout>`."),

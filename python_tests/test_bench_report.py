@@ -114,3 +114,13 @@ def test_skipdit_bench_forwards_the_e2e_rounds(monkeypatch):
     bench.configure(parser)
     assert bench.run(parser.parse_args(["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"])) == 0
     assert seen == [["--models", "DiT-S/2", "--rounds", "3", "--e2e-rounds", "2"]]
+
+
+def test_readme_performance_section_is_generated_from_the_results():
+    """The README's performance section is what bench/readme_performance.py makes of bench/results."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(REPORT), "readme_performance.py")
+    proc = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
