@@ -34,6 +34,10 @@ of L-1-i, L/2-1 and L/2 neither) are the stack's skip partners. ControlNet resid
 adds to the popped skip of layer i (residual L-1-i), are added for the layers that run on a cached
 step and left out with the layers that don't; the caller's list is read, never popped.
 
+CPU offload (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``, accelerate's hooks on
+the transformer) works in either order with ``apply_skip_cache``: the transformer's own accelerate
+hook runs once around every step, cached ones included (``_bypassed_offload_hook``).
+
 ``forecast="auto"`` is resolved at each call from the pipeline's scheduler (``scheduler_is_stochastic``):
 the schedulers listed in ``DETERMINISTIC_SCHEDULERS`` (ODE solvers; DDIM with ``eta == 0``, the
 DPM-Solvers without an ``sde-`` algorithm) get ``cache.forecast.AUTO_DETERMINISTIC_ORDER``, every
@@ -99,10 +103,9 @@ def _bypassed_offload_hook(model: torch.nn.Module):
     outer = model.__dict__.get("forward")
     wrapped_by_accelerate = (
         isinstance(outer, functools.partial) and getattr(outer.func, "__module__", None) == "accelerate.hooks"
-        and outer.args[:1] == (model,)
+        and len(outer.args) > 0 and outer.args[0] is model
     )  # fmt: skip
     return None if wrapped_by_accelerate else hook
-
 
 
 class _DiffusersStack:
@@ -126,6 +129,8 @@ class _DiffusersStack:
         bound.apply_defaults()
         return bound.arguments
 
+    # A session's step starts with split_call and ends with wrap_output: the bypassed offload hook's
+    # pre_forward and post_forward run there, around the step, as accelerate's wrapper would run them.
     def split_call(self, args, kwargs):
         hook = _bypassed_offload_hook(self.model)
         if hook is not None:
