@@ -115,8 +115,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
     extras_require={
-        # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders)
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "transformers"],
+        # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
+        # and run them under accelerate's CPU offload hooks
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "transformers", "accelerate"],
         "diffusers": ["diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},

@@ -34,6 +34,10 @@ of L-1-i, L/2-1 and L/2 neither) are the stack's skip partners. ControlNet resid
 adds to the popped skip of layer i (residual L-1-i), are added for the layers that run on a cached
 step and left out with the layers that don't; the caller's list is read, never popped.
 
+CPU offload (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``, accelerate's hooks on
+the transformer) works in either order with ``apply_skip_cache``: the transformer's own accelerate
+hook runs once around every step, cached ones included (``_bypassed_offload_hook``).
+
 ``forecast="auto"`` is resolved at each call from the pipeline's scheduler (``scheduler_is_stochastic``):
 the schedulers listed in ``DETERMINISTIC_SCHEDULERS`` (ODE solvers; DDIM with ``eta == 0``, the
 DPM-Solvers without an ``sde-`` algorithm) get ``cache.forecast.AUTO_DETERMINISTIC_ORDER``, every
@@ -43,6 +47,7 @@ other scheduler (DDPM, ancestral and SDE samplers, and any scheduler not in the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
 import weakref
@@ -80,6 +85,29 @@ SUPPORTED_TRANSFORMERS = ("HunyuanDiT2DModel", "DiTTransformer2DModel", "LatteTr
 # -- adapters ---------------------------------------------------------------------------------------
 
 
+def _bypassed_offload_hook(model: torch.nn.Module):
+    """accelerate's hook on the transformer itself when a Skip-Cache step runs without it, else None.
+
+    ``enable_model_cpu_offload`` (``CpuOffload``: moves the model and the inputs to the execution
+    device, offloads the previous model) and sequential offload (``AlignDevicesHook``: loads the
+    transformer's own parameters, such as HunyuanDiT's ``text_embedding_padding`` or Latte's
+    ``scale_shift_table``, and moves the output back) put a hook around the transformer's forward
+    (``module._hf_hook``, the wrapper at ``module.forward``). A session opened after the hook (every
+    pipeline call) installs its forward over that wrapper and runs the blocks itself, so the step
+    must run the hook's ``pre_forward`` and ``post_forward``; a session opened before the hook is
+    wrapped by it (``module.forward`` is accelerate's wrapper) and the hook has run. The blocks'
+    own hooks (sequential offload) run when the adapter calls the blocks."""
+    hook = getattr(model, "_hf_hook", None)
+    if hook is None:
+        return None
+    outer = model.__dict__.get("forward")
+    wrapped_by_accelerate = (
+        isinstance(outer, functools.partial) and getattr(outer.func, "__module__", None) == "accelerate.hooks"
+        and len(outer.args) > 0 and outer.args[0] is model
+    )  # fmt: skip
+    return None if wrapped_by_accelerate else hook
+
+
 class _DiffusersStack:
     """What the three adapters share: argument binding, timestep checks, the output wrapper."""
 
@@ -101,8 +129,18 @@ class _DiffusersStack:
         bound.apply_defaults()
         return bound.arguments
 
+    # A session's step starts with split_call and ends with wrap_output: the bypassed offload hook's
+    # pre_forward and post_forward run there, around the step, as accelerate's wrapper would run them.
+    def split_call(self, args, kwargs):
+        hook = _bypassed_offload_hook(self.model)
+        if hook is not None:
+            args, kwargs = hook.pre_forward(self.model, *args, **kwargs)
+        return self._split(self._bind(args, kwargs))
+
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict):
-        return Transformer2DModelOutput(sample=out) if self._bind(args, kwargs)["return_dict"] else (out,)
+        out = Transformer2DModelOutput(sample=out) if self._bind(args, kwargs)["return_dict"] else (out,)
+        hook = _bypassed_offload_hook(self.model)
+        return out if hook is None else hook.post_forward(self.model, out)
 
     def guided_channels(self, guide_all_channels: bool) -> int:
         return self.model.config.in_channels
@@ -191,8 +229,7 @@ class HunyuanDiTStack(_DiffusersStack):
     def skip_partner(self, i: int) -> int | None:
         return self.num_units - 1 - i if i > self.num_units // 2 else None
 
-    def split_call(self, args, kwargs):
-        a = self._bind(args, kwargs)
+    def _split(self, a: dict):
         cond = {
             k: a[k]
             for k in ("encoder_hidden_states", "text_embedding_mask", "encoder_hidden_states_t5", "text_embedding_mask_t5",
@@ -285,8 +322,7 @@ class DiTTransformerStack(_DiffusersStack):
         self.latent_shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
         self.num_classes = model.config.num_embeds_ada_norm
 
-    def split_call(self, args, kwargs):
-        a = self._bind(args, kwargs)
+    def _split(self, a: dict):
         if a["cross_attention_kwargs"]:
             raise ValueError("DiTTransformer2DModel under Skip-Cache takes no cross_attention_kwargs")
         return a["hidden_states"], a["timestep"], {"class_labels": a["class_labels"]}
@@ -353,8 +389,7 @@ class LatteStack(_DiffusersStack):
         self.num_units = cfg.num_layers
         self.latent_shape = (cfg.in_channels, cfg.video_length, cfg.sample_size, cfg.sample_size)
 
-    def split_call(self, args, kwargs):
-        a = self._bind(args, kwargs)
+    def _split(self, a: dict):
         x = a["hidden_states"]
         cond = {"encoder_hidden_states": a["encoder_hidden_states"]}
         if a["encoder_attention_mask"] is not None:
