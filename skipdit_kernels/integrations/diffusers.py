@@ -58,12 +58,16 @@ import torch
 try:
     import diffusers
     from diffusers import DiTTransformer2DModel, HunyuanDiT2DModel, LatteTransformer3DModel
+    from diffusers.models.activations import GELU
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.attention_processor import AttnProcessor2_0
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 except ImportError as exc:  # pragma: no cover - exercised only without diffusers
     raise ImportError(
         "skipdit_kernels.integrations.diffusers needs diffusers: pip install 'skipdit-kernels[diffusers]'"
     ) from exc
 
+from .. import ops
 from ..cache import SkipCache, as_skip_stack, disable_skip_cache, enable_skip_cache, register_skip_stack, skip_partners
 from ..cache.forecast import AUTO_DETERMINISTIC_ORDER, check_forecast, resolve_forecast
 
@@ -321,6 +325,8 @@ class DiTTransformerStack(_DiffusersStack):
         self.num_units = model.config.num_layers
         self.latent_shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
         self.num_classes = model.config.num_embeds_ada_norm
+        #: run plain DiT blocks through skipdit_kernels.ops (``_dit_block_fast``); False: diffusers' own forward
+        self.fast_blocks = True
 
     def _split(self, a: dict):
         if a["cross_attention_kwargs"]:
@@ -357,7 +363,10 @@ class DiTTransformerStack(_DiffusersStack):
 
     def run_block(self, i, h, ctx, skip):
         t, y = ctx
-        return self.model.transformer_blocks[i](
+        block = self.model.transformer_blocks[i]
+        if self.fast_blocks and _dit_block_is_plain(block):
+            return _dit_block_fast(block, h, t, y)
+        return block(
             h, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, timestep=t,
             cross_attention_kwargs=None, class_labels=y,
         )  # fmt: skip
@@ -373,6 +382,58 @@ class DiTTransformerStack(_DiffusersStack):
         h = h.reshape(-1, side, side, p, p, m.out_channels)
         h = torch.einsum("nhwpqc->nchpwq", h)
         return h.reshape(-1, m.out_channels, side * p, side * p)
+
+
+def _dit_block_is_plain(block) -> bool:
+    """Whether ``_dit_block_fast`` computes exactly what this ``BasicTransformerBlock`` does: DiT's
+    adaLN-Zero block (self-attention with diffusers' default processor and no q/k norm, no
+    cross-attention, a tanh-GELU MLP, no chunking) in eval mode, with no hook, instance forward or
+    LoRA-style replacement on it or any submodule (those must run, so the block's forward runs).
+    Checked on every call: a processor or hook set later is seen."""
+    if type(block) is not BasicTransformerBlock or block.norm_type != "ada_norm_zero":
+        return False
+    if block.attn2 is not None or block.pos_embed is not None or block.only_cross_attention or block._chunk_size is not None:
+        return False
+    if block.norm1.emb is None or block.norm1.norm.weight is not None or block.norm3.weight is not None:
+        return False
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return False
+    for m in block.modules():
+        if m.training or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or hasattr(m, "_hf_hook"):
+            return False
+    attn, net = block.attn1, block.ff.net
+    return (
+        type(block.norm1.linear) is torch.nn.Linear and type(attn.processor) is AttnProcessor2_0 and attn.norm_q is None and attn.norm_k is None
+        and attn.group_norm is None and attn.spatial_norm is None and not attn.residual_connection
+        and attn.rescale_output_factor == 1.0 and not attn.is_cross_attention
+        and all(type(lin) is torch.nn.Linear for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]))
+        and len(net) == 3 and type(net[0]) is GELU and net[0].approximate == "tanh"
+        and type(net[0].proj) is torch.nn.Linear and type(net[1]) is torch.nn.Dropout and type(net[2]) is torch.nn.Linear
+    )  # fmt: skip
+
+
+def _dit_block_fast(block, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """diffusers' DiT ``BasicTransformerBlock`` (checked by ``_dit_block_is_plain``) through the fused
+    ops, reading the block's own parameters (nothing copied or cached): adaLN-Zero modulation
+    (``adaln_modulate``), attention, the output projection and the MLP's second linear fused with
+    their gated residuals (``linear_gated_residual``), the first linear with its tanh-GELU
+    (``linear_gelu``). Equal to the block within fp32 rounding (the same operations, other
+    kernels); the conditioning embedding is the block's own module."""
+    norm1, attn, net = block.norm1, block.attn1, block.ff.net
+    emb = norm1.emb(t, y, hidden_dtype=h.dtype)
+    modulation = ops.linear(torch.nn.functional.silu(emb), norm1.linear.weight, norm1.linear.bias)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)
+    x = ops.adaln_modulate(h, shift_msa, scale_msa, norm1.norm.eps)
+    batch, tokens, hidden = h.shape
+
+    def heads(linear):
+        return ops.linear(x, linear.weight, linear.bias).view(batch, tokens, attn.heads, -1).transpose(1, 2)
+
+    mixed = ops.attention(heads(attn.to_q), heads(attn.to_k), heads(attn.to_v)).transpose(1, 2).reshape(batch, tokens, -1)
+    h = ops.linear_gated_residual(h, mixed, attn.to_out[0].weight, attn.to_out[0].bias, gate_msa)
+    x = ops.adaln_modulate(h, shift_mlp, scale_mlp, block.norm3.eps)
+    x = ops.linear_gelu(x, net[0].proj.weight, net[0].proj.bias)
+    return ops.linear_gated_residual(h, x, net[2].weight, net[2].bias, gate_mlp)
 
 
 class LatteStack(_DiffusersStack):
@@ -573,7 +634,9 @@ def _skip_cached_class(base: type) -> type:
         return cls
 
 
-def apply_skip_cache(target, cache: SkipCache | None = None, *, forecast: int | str | None = None):
+def apply_skip_cache(
+    target, cache: SkipCache | None = None, *, forecast: int | str | None = None, fast_blocks: bool = True
+):
     """Skip-Cache for a diffusers pipeline or a bare transformer.
 
     ``target``: a pipeline whose ``transformer`` is one of ``SUPPORTED_TRANSFORMERS`` (every later call
@@ -582,6 +645,11 @@ def apply_skip_cache(target, cache: SkipCache | None = None, *, forecast: int | 
     ``remove_skip_cache``; a rising timestep or new shapes start a fresh trajectory). ``cache``: the
     schedule (default: ``default_cache(transformer)``); ``forecast`` overrides ``cache.forecast``
     (0..3 or ``"auto"``; ``"auto"`` needs a pipeline, whose scheduler decides at each call).
+    ``fast_blocks``: run the blocks of a ``DiTTransformer2DModel`` through skipdit_kernels' fused
+    ops while a request runs (the block's own parameters; equal to diffusers' block within fp32
+    rounding, 1.2-2x faster per block on CPU; blocks with hooks, other attention processors or other
+    configurations run diffusers' forward); False runs diffusers' own block forward (bit-identical
+    to the uncached model on full steps). Outside a request the transformer is diffusers' own.
     Applying again replaces the schedule. Returns the pipeline (or the session).
     TypeError naming the supported classes for anything else; ValueError for a schedule that does
     not fit the transformer (checked now, for the shallow depth and the skips)."""
@@ -592,6 +660,8 @@ def apply_skip_cache(target, cache: SkipCache | None = None, *, forecast: int | 
     cache = _with_forecast(cache if cache is not None else default_cache(transformer), forecast)
     stack = as_skip_stack(transformer)
     cache.check_units(stack.num_units, skip_partners(stack))
+    if hasattr(stack, "fast_blocks"):
+        stack.fast_blocks = bool(fast_blocks)
     if target is transformer:
         if cache.forecast == "auto":
             raise ValueError(
