@@ -7,13 +7,23 @@ DBCache with ``Fn_compute_blocks = Bn_compute_blocks = shallow_blocks`` and a st
 steps; checked by counting block calls). Wall time per pipeline call is timed round-robin (one
 interleaved run; the speed ratios are medians of per-round ratios); fidelity is the PSNR of each
 cached output against the uncached one (the final latents; data range: the uncached latents' range).
-Weights are random (diffusers' default init, fixed seed): the PSNRs say how well each cache tracks
-the uncached trajectory of these models, not image quality.
+The "random" cases use random weights (diffusers' default init, fixed seed): their PSNRs say how
+well each cache tracks the uncached trajectory of these models, not image quality; features of a
+random model are not smooth across timesteps, so forecasting the deep state from the last full
+steps does badly there. The "trained" cases use the bundled trained DiT (``load_bundled("dit")``,
+16x16x1 digits, patch 4, hidden 96, depth 8, 10 classes) converted with ``dit_to_diffusers`` into a
+``DiTPipeline`` with a tiny random 1-channel VAE (scaling factor 1, no resampling): the final latents
+are the 16x16 images in [-1, 1], so these cases also score pixel fidelity (PSNR and SSIM of the
+images clamped to [-1, 1], data range 2, per sample then averaged) and the digit accuracy of the
+bundled classifier. Their schedulers follow DiT's conventions (linear betas 1e-4..0.02 over 1000
+steps, diffusers' defaults, and no clipping of the predicted x0: ``clip_sample=False``, as DiT's
+sampler; diffusers' default clipping makes DDIM's digits noisy). Every case runs reuse and the
+forecast orders 1 and 2 (the one ``forecast="auto"`` picks for the scheduler is marked).
 
 cache-dit is a benchmark-only dependency (``pip install cache-dit``); without it the cache-dit rows
 are skipped and the report says so.
 
-    python bench/bench_diffusers.py [--rounds 7] [--quick]
+    python bench/bench_diffusers.py [--cases all|random|trained] [--rounds 7] [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -34,8 +44,10 @@ import diffusers  # noqa: E402
 import skipdit_kernels as sk  # noqa: E402
 from report import cpu_model  # noqa: E402
 from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
+from skipdit_kernels.embedded import load_bundled  # noqa: E402
+from skipdit_kernels.images import save_comparison  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
-from skipdit_kernels.metrics import psnr  # noqa: E402
+from skipdit_kernels.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
 
 try:
     import cache_dit
@@ -103,6 +115,38 @@ def dit_pipe(scheduler, layers: int, hidden: int, sample: int):
     return pipe, call, pipe.transformer.transformer_blocks
 
 
+TRAINED_LABELS = list(range(10)) * 2
+
+
+def trained_dit_pipe(scheduler):
+    """The bundled trained DiT as a diffusers DiTPipeline; returns (pipe, call, blocks)."""
+    transformer = sd.dit_to_diffusers(load_bundled("dit"))
+    null = transformer.config.num_embeds_ada_norm
+    for block in transformer.transformer_blocks:
+        # DiTPipeline passes ImageNet's null class 1000 whatever the label table's size: map it to this
+        # model's null row (index num_classes), as the pipeline means.
+        block.norm1.emb.class_embedder.register_forward_pre_hook(
+            lambda module, args: (torch.where(args[0] >= null, null, args[0]), *args[1:])
+        )
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), scaling_factor=1.0,
+    )  # fmt: skip
+    pipe = diffusers.DiTPipeline(transformer, vae, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    latents = {}
+    vae.decode = _wrap_decode(vae.decode, latents)
+
+    def call(p, steps):
+        torch.manual_seed(2)
+        p(class_labels=TRAINED_LABELS, guidance_scale=4.0, num_inference_steps=steps, output_type="pt",
+          generator=torch.Generator().manual_seed(2))  # fmt: skip
+        return latents["x"]
+
+    return pipe, call, pipe.transformer.transformer_blocks
+
+
 def _wrap_decode(decode, store):
     def wrapped(z, *args, **kwargs):
         store["x"] = z.detach().clone()
@@ -112,16 +156,32 @@ def _wrap_decode(decode, store):
 
 
 CASES = [
-    # name, builder, size, scheduler, steps, Skip-Cache schedule
-    ("HunyuanDiT 12L/128 64 tok, DDPM-50 (reuse)", hunyuan_pipe, (12, 128, 16),
+    # kind, name, builder, size, scheduler, steps, Skip-Cache schedule
+    ("random", "HunyuanDiT 12L/128 64 tok, DDPM-50", hunyuan_pipe, (12, 128, 16),
      lambda: diffusers.DDPMScheduler(), 50, sk.SkipCache.preset("video", forecast="auto")),
-    ("HunyuanDiT 12L/128 64 tok, DDIM-50 (forecast auto)", hunyuan_pipe, (12, 128, 16),
+    ("random", "HunyuanDiT 12L/128 64 tok, DDIM-50", hunyuan_pipe, (12, 128, 16),
      lambda: diffusers.DDIMScheduler(), 50, sk.SkipCache.preset("video", forecast="auto")),
-    ("DiT 12L/192 64 tok, DDIM-50 (forecast auto)", dit_pipe, (12, 192, 16),
+    ("random", "DiT 12L/192 64 tok, DDIM-50", dit_pipe, (12, 192, 16),
      lambda: diffusers.DDIMScheduler(), 50, sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto")),
-    ("DiT 12L/192 64 tok, DDPM-50 (reuse)", dit_pipe, (12, 192, 16),
+    ("random", "DiT 12L/192 64 tok, DDPM-50", dit_pipe, (12, 192, 16),
      lambda: diffusers.DDPMScheduler(), 50, sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto")),
-]  # fmt: skip
+]
+_TRAINED = "trained DiT 8L/96 16 tok x20"
+_DDIM = lambda: diffusers.DDIMScheduler(clip_sample=False)  # noqa: E731
+_DPM = lambda: diffusers.DPMSolverMultistepScheduler()  # noqa: E731 - DPM-Solver++(2M), deterministic
+_DDPM = lambda: diffusers.DDPMScheduler(clip_sample=False)  # noqa: E731
+for _steps in (50, 20):
+    for _interval, _shallow in ((2, 1), (3, 1), (2, 2), (4, 1)):
+        if _steps == 20 and (_interval, _shallow) != (2, 1):
+            continue
+        CASES.append(("trained", f"{_TRAINED}, DDIM-{_steps}, i{_interval} s{_shallow}", trained_dit_pipe, (), _DDIM,
+                      _steps, sk.SkipCache(interval=_interval, shallow_blocks=_shallow, forecast="auto")))
+    CASES.append(("trained", f"{_TRAINED}, DPM++2M-{_steps}, i2 s1", trained_dit_pipe, (), _DPM, _steps,
+                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+    CASES.append(("trained", f"{_TRAINED}, DDPM-{_steps}, i2 s1", trained_dit_pipe, (), _DDPM, _steps,
+                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+# The case whose images are saved side by side (PNG next to the results).
+PICTURE_CASE = f"{_TRAINED}, DDIM-50, i2 s1"
 
 
 def count_blocks(blocks, fn) -> int:
@@ -135,16 +195,20 @@ def count_blocks(blocks, fn) -> int:
     return calls[0]
 
 
-def run_case(name, builder, size, make_scheduler, steps, cache, rounds):
+FORECAST_ORDERS = (1, 2)  # besides reuse, every case runs these orders
+
+
+def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
     base, call, _ = builder(make_scheduler(), *size)
     pipes = {"uncached": base}
     scheduler = base.scheduler
     scheduler.set_timesteps(steps)
     plan = cache.with_forecast(0).full_steps([float(t) for t in scheduler.timesteps])  # the plan ignores the order
-    order = resolve_forecast(cache.forecast, stochastic=sd.scheduler_is_stochastic(scheduler))
-    variants = {"skip-cache (reuse)": cache.with_forecast(0)}
-    if order:
-        variants[f"skip-cache (forecast {order})"] = cache.with_forecast(order)
+    auto = resolve_forecast(cache.forecast, stochastic=sd.scheduler_is_stochastic(scheduler))
+    variants = {}
+    for order in (0, *FORECAST_ORDERS):
+        label = "skip-cache reuse" if order == 0 else f"skip-cache forecast {order}"
+        variants[label + (" (auto)" if order == auto else "")] = cache.with_forecast(order)
     for label, c in variants.items():
         pipe = copy.deepcopy(base)
         sd.apply_skip_cache(pipe, c)
@@ -166,7 +230,7 @@ def run_case(name, builder, size, make_scheduler, steps, cache, rounds):
         except Exception as exc:  # noqa: BLE001 - reported in the results
             cd_note = f"cache-dit failed on {type(base).__name__}: {type(exc).__name__}: {exc}"
     outputs, blocks = {}, {}
-    for label, pipe in pipes.items():
+    for label, pipe in list(pipes.items()):
         block_list = pipe.transformer.blocks if hasattr(pipe.transformer, "blocks") else pipe.transformer.transformer_blocks
         try:
             blocks[label] = count_blocks(block_list, lambda: outputs.__setitem__(label, call(pipe, steps)))
@@ -177,6 +241,15 @@ def run_case(name, builder, size, make_scheduler, steps, cache, rounds):
             del pipes[label]
     ref = outputs["uncached"]
     data_range = float(ref.max() - ref.min())
+    pixels = {}
+    if kind == "trained":  # the latents are the images
+        classifier = load_bundled("classifier")
+        labels = TRAINED_LABELS
+        for label, x in outputs.items():
+            pixels[label] = dict(accuracy=classifier_accuracy(classifier, x.clamp(-1, 1), labels))
+            if label != "uncached":
+                f = fidelity(x.clamp(-1, 1), ref.clamp(-1, 1), data_range=2.0)
+                pixels[label].update(pixel_psnr_db=f["psnr_mean"], pixel_ssim=f["ssim_mean"])
     times = {k: [] for k in pipes}
     for _ in range(rounds):
         for label, pipe in pipes.items():
@@ -186,33 +259,63 @@ def run_case(name, builder, size, make_scheduler, steps, cache, rounds):
             times[label].append(time.perf_counter() - t0)
     rows = []
     for label in pipes:
-        row = dict(case=name, method=label, blocks_per_call=blocks[label], median_s=statistics.median(times[label]),
+        row = dict(case=name, kind=kind, method=label, blocks_per_call=blocks[label], median_s=statistics.median(times[label]),
                    speedup_vs_uncached=statistics.median(u / t for u, t in zip(times["uncached"], times[label])),
-                   psnr_db=None if label == "uncached" else psnr(outputs[label], ref, data_range=data_range))  # fmt: skip
+                   psnr_db=None if label == "uncached" else psnr(outputs[label], ref, data_range=data_range),
+                   **pixels.get(label, {}))  # fmt: skip
         if "cache-dit DBCache" in pipes:
             row["speed_vs_cache_dit"] = statistics.median(c / t for c, t in zip(times["cache-dit DBCache"], times[label]))
         rows.append(row)
-    return rows, cd_note, plan
+    return rows, cd_note, plan, {k: outputs[k] for k in pipes}
+
+
+def _summary(rows) -> list[str]:
+    """Per case: the forecast order ``forecast="auto"`` picks (or reuse) against cache-dit and reuse."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        by = {r["method"]: r for r in rows if r["case"] == case}
+        auto = next((m for m in by if m.endswith("(auto)")), None)
+        cd, reuse = by.get("cache-dit DBCache"), next(r for m, r in by.items() if m.startswith("skip-cache reuse"))
+        if auto is None or cd is None:
+            continue
+        a = by[auto]
+        parts = [f"{auto}: {a['psnr_db'] - cd['psnr_db']:+.2f} dB vs cache-dit, {a['psnr_db'] - reuse['psnr_db']:+.2f} dB vs reuse (latents)"]
+        if "pixel_psnr_db" in a:
+            parts.append(f"{a['pixel_psnr_db'] - cd['pixel_psnr_db']:+.2f} dB vs cache-dit, "
+                         f"{a['pixel_psnr_db'] - reuse['pixel_psnr_db']:+.2f} dB vs reuse (pixels)")  # fmt: skip
+        parts.append(f"speed vs cache-dit {a['speed_vs_cache_dit']:.3f}x")
+        lines.append(f"- {case}: " + "; ".join(parts))
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", choices=("all", "random", "trained"), default="all",
+                        help="random-weight HunyuanDiT/DiT cases, the bundled trained DiT's, or both")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=None, help="override every case's step count")
-    parser.add_argument("--quick", action="store_true", help="two cases, 3 rounds (a smoke run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="one random and one trained case, 3 rounds (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
-    cases = CASES[1:3] if args.quick else CASES
+    torch.set_num_threads(args.threads)
+    cases = [c for c in CASES if args.cases in ("all", c[0])]
+    if args.quick:
+        cases = [c for c in cases if c[1] in (CASES[1][1], PICTURE_CASE)]
     rounds = 3 if args.quick else args.rounds
     load_before = os.getloadavg()
-    all_rows, notes = [], {}
+    all_rows, notes, pictures = [], {}, {}
     for case in cases:
-        name, builder, size, scheduler, steps, cache = case
-        steps = args.steps or steps
-        name = name.replace("-50", f"-{steps}")
-        rows, note, plan = run_case(name, builder, size, scheduler, steps, cache, rounds=rounds)
+        kind, name, builder, size, scheduler, steps, cache = case
+        if args.steps:
+            name, steps = name.replace(f"-{steps},", f"-{args.steps},"), args.steps
+            if name in notes:
+                continue
+        rows, note, plan, outputs = run_case(kind, name, builder, size, scheduler, steps, cache, rounds=rounds)
         all_rows += rows
         notes[name] = dict(cache_dit=note, full_steps=sum(plan), steps=len(plan))
+        if case[1] == PICTURE_CASE:
+            pictures[name] = outputs
         for r in rows:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     load_after = os.getloadavg()
@@ -220,7 +323,8 @@ def main(argv=None):
     import re
 
     tag = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
-    stem = os.path.join(args.out, f"diffusers-cpu-{tag}-{time.strftime('%Y-%m-%d')}")
+    which = "" if args.cases == "all" else f"{args.cases}-"
+    stem = os.path.join(args.out, f"diffusers-{which}cpu-{tag}-{time.strftime('%Y-%m-%d')}")
     env = dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__, diffusers=diffusers.__version__,
                cache_dit=getattr(cache_dit, "__version__", None), load_before=load_before, load_after=load_after,
                rounds=rounds, date=time.strftime("%Y-%m-%d"))  # fmt: skip
@@ -231,17 +335,33 @@ def main(argv=None):
         f"# Skip-Cache vs cache-dit DBCache in diffusers pipelines ({env['cpu']}, {env['threads']} threads)", "",
         f"diffusers {env['diffusers']}, cache-dit {env['cache_dit']}, torch {env['torch']}; {rounds} interleaved rounds; "
         f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min). Ratios are medians of per-round "
-        "ratios; PSNR of the final latents against the uncached call (random weights).", "",
-        "| case | method | blocks/call | median s/call | speedup vs uncached | speed vs cache-dit | PSNR dB |",
-        "|---|---|---|---|---|---|---|",
+        "ratios; PSNR dB: the final latents against the uncached call's (data range: the uncached latents' range). "
+        "Trained cases (the bundled DiT; latents = 16x16 images): px PSNR / SSIM of the images clamped to [-1, 1] "
+        "(data range 2, per sample, averaged) and the bundled classifier's digit accuracy. iN sM: Skip-Cache interval N, "
+        "M shallow blocks each side (cache-dit: Fn = Bn = M, the same full/cached step mask). (auto): the order "
+        "forecast=\"auto\" picks for this scheduler.", "",
+        "| case | method | blocks/call | median s/call | speedup vs uncached | speed vs cache-dit | PSNR dB | px PSNR dB | px SSIM | digit acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in all_rows:
         vs = f"{r['speed_vs_cache_dit']:.3f}x" if "speed_vs_cache_dit" in r else "n/a"
         p = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
-        lines.append(f"| {r['case']} | {r['method']} | {r['blocks_per_call']} | {r['median_s']:.3f} | {r['speedup_vs_uncached']:.3f}x | {vs} | {p} |")
-    lines.append("")
+        px = f"{r['pixel_psnr_db']:.2f}" if "pixel_psnr_db" in r else ("ref" if "accuracy" in r else "n/a")
+        ss = f"{r['pixel_ssim']:.4f}" if "pixel_ssim" in r else ("ref" if "accuracy" in r else "n/a")
+        acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "n/a"
+        lines.append(f"| {r['case']} | {r['method']} | {r['blocks_per_call']} | {r['median_s']:.3f} | "
+                     f"{r['speedup_vs_uncached']:.3f}x | {vs} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
+    lines += ["", "Forecast (auto) against cache-dit and reuse, per case:", "", *_summary(all_rows), ""]
     for case, note in notes.items():
         lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))
+    for case, outputs in pictures.items():
+        png = f"{stem}.png"
+        order = ["uncached", "cache-dit DBCache", *(k for k in outputs if k.startswith("skip-cache reuse")),
+                 *(k for k in outputs if k.endswith("(auto)") and "forecast" in k)]  # fmt: skip
+        save_comparison([(k.replace("skip-cache ", "").replace(" (auto)", ""), outputs[k].clamp(-1, 1))
+                         for k in order if k in outputs], png, nrow=5, scale=4)  # fmt: skip
+        lines.append(f"\n{os.path.basename(png)}: {case}, {' | '.join(k for k in order if k in outputs)} | "
+                     "the last panel's difference from uncached x10 (labels 0-4, 5-9, 0-4, 5-9 by row).")  # fmt: skip
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("wrote", stem + ".md")
