@@ -147,6 +147,50 @@ def trained_dit_pipe(scheduler):
     return pipe, call, pipe.transformer.transformer_blocks
 
 
+HUNYUAN_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "hunyuandit-digits.safetensors")
+
+
+def trained_hunyuan_pipe(scheduler):
+    """The tiny HunyuanDiT trained on the digits (bench/results/training/hunyuandit/) in a
+    HunyuanDiTPipeline; class c's prompt is the file's fixed random text embedding c, the negative
+    prompt the null class's. Returns (pipe, call, blocks); the call returns the latents (the images)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(HUNYUAN_WEIGHTS, "pt") as f:
+        config = json.loads(f.metadata()["config"])
+    state = {k: v.float() for k, v in load_file(HUNYUAN_WEIGHTS).items()}
+    prompts = {k.split(".", 1)[1]: state.pop(k) for k in list(state) if k.startswith("class_text.")}
+    transformer = diffusers.HunyuanDiT2DModel(**config)
+    transformer.load_state_dict(state, strict=True)
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(  # only its scale factor (8) matters: the calls return latents
+        latent_channels=1, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    pipe = diffusers.HunyuanDiTPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, transformer=transformer.eval(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False, text_encoder_2=None, tokenizer_2=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    labels, null = torch.tensor(TRAINED_LABELS), torch.full((len(TRAINED_LABELS),), 10)
+    e1, e2 = prompts["prompt_embeds"], prompts["prompt_embeds_2"]
+    ones1, ones2 = torch.ones(len(labels), e1.shape[1], dtype=torch.long), torch.ones(len(labels), e2.shape[1], dtype=torch.long)
+    embeds = dict(
+        prompt_embeds=e1[labels], negative_prompt_embeds=e1[null], prompt_attention_mask=ones1, negative_prompt_attention_mask=ones1,
+        prompt_embeds_2=e2[labels], negative_prompt_embeds_2=e2[null], prompt_attention_mask_2=ones2, negative_prompt_attention_mask_2=ones2,
+    )  # fmt: skip
+
+    def call(p, steps):
+        torch.manual_seed(2)
+        return p(height=128, width=128, num_inference_steps=steps, guidance_scale=4.0, output_type="latent",
+                 use_resolution_binning=False, generator=torch.Generator().manual_seed(2), **embeds).images  # fmt: skip
+
+    return pipe, call, pipe.transformer.blocks
+
+
 def _wrap_decode(decode, store):
     def wrapped(z, *args, **kwargs):
         store["x"] = z.detach().clone()
@@ -180,8 +224,15 @@ for _steps in (50, 20):
                   sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
     CASES.append(("trained", f"{_TRAINED}, DDPM-{_steps}, i2 s1", trained_dit_pipe, (), _DDPM, _steps,
                   sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
-# The case whose images are saved side by side (PNG next to the results).
-PICTURE_CASE = f"{_TRAINED}, DDIM-50, i2 s1"
+_HUNYUAN = "trained HunyuanDiT 10L/64 16 tok x20"
+if os.path.exists(HUNYUAN_WEIGHTS):  # bench/results/training/hunyuandit/train_hunyuandit.py writes it
+    for _label, _scheduler, _steps in (("DDIM", _DDIM, 50), ("DPM++2M", _DPM, 20), ("DDPM", _DDPM, 50)):
+        CASES.append(("trained", f"{_HUNYUAN}, {_label}-{_steps}, video preset", trained_hunyuan_pipe, (), _scheduler,
+                      _steps, sk.SkipCache.preset("video", forecast="auto")))
+    CASES.append(("trained", f"{_HUNYUAN}, DDIM-50, i2 s1", trained_hunyuan_pipe, (), _DDIM, 50,
+                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+# The cases whose images are saved side by side (PNGs next to the results).
+PICTURE_CASES = (f"{_TRAINED}, DDIM-50, i2 s1", f"{_HUNYUAN}, DDIM-50, i2 s1")
 
 
 def count_blocks(blocks, fn) -> int:
@@ -301,7 +352,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if args.cases in ("all", c[0])]
     if args.quick:
-        cases = [c for c in cases if c[1] in (CASES[1][1], PICTURE_CASE)]
+        cases = [c for c in cases if c[1] in (CASES[1][1], *PICTURE_CASES)]
     rounds = 3 if args.quick else args.rounds
     load_before = os.getloadavg()
     all_rows, notes, pictures = [], {}, {}
@@ -314,7 +365,7 @@ def main(argv=None):
         rows, note, plan, outputs = run_case(kind, name, builder, size, scheduler, steps, cache, rounds=rounds)
         all_rows += rows
         notes[name] = dict(cache_dit=note, full_steps=sum(plan), steps=len(plan))
-        if case[1] == PICTURE_CASE:
+        if case[1] in PICTURE_CASES:
             pictures[name] = outputs
         for r in rows:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
@@ -355,7 +406,7 @@ def main(argv=None):
     for case, note in notes.items():
         lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))
     for case, outputs in pictures.items():
-        png = f"{stem}.png"
+        png = f"{stem}-{case.split(' ')[1].lower()}.png"  # the family's name
         order = ["uncached", "cache-dit DBCache", *(k for k in outputs if k.startswith("skip-cache reuse")),
                  *(k for k in outputs if k.endswith("(auto)") and "forecast" in k)]  # fmt: skip
         save_comparison([(k.replace("skip-cache ", "").replace(" (auto)", ""), outputs[k].clamp(-1, 1))
