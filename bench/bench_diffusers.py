@@ -23,7 +23,7 @@ forecast orders 1 and 2 (the one ``forecast="auto"`` picks for the scheduler is 
 cache-dit is a benchmark-only dependency (``pip install cache-dit``); without it the cache-dit rows
 are skipped and the report says so.
 
-    python bench/bench_diffusers.py [--cases all|random|trained] [--rounds 7] [--quick] [--threads 1]
+    python bench/bench_diffusers.py [--cases all|random|trained] [--match HunyuanDiT] [--rounds 7] [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -343,6 +343,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", choices=("all", "random", "trained"), default="all",
                         help="random-weight HunyuanDiT/DiT cases, the bundled trained DiT's, or both")  # fmt: skip
+    parser.add_argument("--match", default="", help="only the cases whose name contains this text (e.g. HunyuanDiT)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=None, help="override every case's step count")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -350,7 +351,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if args.cases in ("all", c[0])]
+    cases = [c for c in CASES if args.cases in ("all", c[0]) and args.match in c[1]]
     if args.quick:
         cases = [c for c in cases if c[1] in (CASES[1][1], *PICTURE_CASES)]
     rounds = 3 if args.quick else args.rounds
@@ -374,7 +375,7 @@ def main(argv=None):
     import re
 
     tag = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
-    which = "" if args.cases == "all" else f"{args.cases}-"
+    which = "".join(f"{re.sub(r'[^a-z0-9]+', '-', w.lower()).strip('-')}-" for w in (args.cases, args.match) if w and w != "all")
     stem = os.path.join(args.out, f"diffusers-{which}cpu-{tag}-{time.strftime('%Y-%m-%d')}")
     env = dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__, diffusers=diffusers.__version__,
                cache_dit=getattr(cache_dit, "__version__", None), load_before=load_before, load_after=load_after,
