@@ -384,7 +384,7 @@ def main(argv=None):
     with open(stem + ".json", "w") as f:
         json.dump(dict(environment=env, notes=notes, rows=all_rows), f, indent=2)
     lines = [
-        f"# Skip-Cache vs cache-dit DBCache in diffusers pipelines ({env['cpu']}, {env['threads']} threads)", "",
+        f"# Skip-Cache vs cache-dit DBCache in diffusers pipelines ({env['cpu']}, {env['threads']} thread(s))", "",
         f"diffusers {env['diffusers']}, cache-dit {env['cache_dit']}, torch {env['torch']}; {rounds} interleaved rounds; "
         f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min). Ratios are medians of per-round "
         "ratios; PSNR dB: the final latents against the uncached call's (data range: the uncached latents' range). "
