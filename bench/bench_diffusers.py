@@ -388,7 +388,7 @@ def main(argv=None):
         f"diffusers {env['diffusers']}, cache-dit {env['cache_dit']}, torch {env['torch']}; {rounds} interleaved rounds; "
         f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min). Ratios are medians of per-round "
         "ratios; PSNR dB: the final latents against the uncached call's (data range: the uncached latents' range). "
-        "Trained cases (the bundled DiT; latents = 16x16 images): px PSNR / SSIM of the images clamped to [-1, 1] "
+        "Trained cases (the bundled DiT, or the HunyuanDiT of bench/assets; latents = the 16x16 images): px PSNR / SSIM of the images clamped to [-1, 1] "
         "(data range 2, per sample, averaged) and the bundled classifier's digit accuracy. iN sM: Skip-Cache interval N, "
         "M shallow blocks each side (cache-dit: Fn = Bn = M, the same full/cached step mask). (auto): the order "
         "forecast=\"auto\" picks for this scheduler.", "",
