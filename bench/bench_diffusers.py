@@ -226,7 +226,7 @@ for _steps in (50, 20):
                   sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
 _HUNYUAN = "trained HunyuanDiT 10L/64 16 tok x20"
 if os.path.exists(HUNYUAN_WEIGHTS):  # bench/results/training/hunyuandit/train_hunyuandit.py writes it
-    for _label, _scheduler, _steps in (("DDIM", _DDIM, 50), ("DPM++2M", _DPM, 20), ("DDPM", _DDPM, 50)):
+    for _label, _scheduler, _steps in (("DDIM", _DDIM, 50), ("DDIM", _DDIM, 20), ("DPM++2M", _DPM, 20), ("DDPM", _DDPM, 50)):
         CASES.append(("trained", f"{_HUNYUAN}, {_label}-{_steps}, video preset", trained_hunyuan_pipe, (), _scheduler,
                       _steps, sk.SkipCache.preset("video", forecast="auto")))
     CASES.append(("trained", f"{_HUNYUAN}, DDIM-50, i2 s1", trained_hunyuan_pipe, (), _DDIM, 50,
