@@ -34,9 +34,13 @@ PARTS = [
      "oneDNN; `python bench/bench_gemm.py`."),
     ("Fused ops against their eager chains, copy bandwidth and the bare GEMM", "ops-amd-epyc-avx512-bf16.md",
      "`python bench/bench_ops.py`."),
-    ("Skip-Cache against cache-dit inside diffusers pipelines", "diffusers-*-amd-epyc-avx512-bf16.md",
-     "Equal blocks computed per step; PSNR of the final latents against the uncached call; "
-     "`python bench/bench_diffusers.py` (cache-dit is a benchmark-only dependency)."),
+    ("Skip-Cache against cache-dit inside diffusers pipelines: trained models", "diffusers-trained-*-amd-epyc-avx512-bf16.md",
+     "The bundled DiT converted into a `DiTPipeline` and a tiny HunyuanDiT trained on the digits; equal blocks "
+     "computed per step; fidelity of each cache against the uncached call; `python bench/bench_diffusers.py "
+     "--cases trained` (cache-dit is a benchmark-only dependency)."),
+    ("Skip-Cache against cache-dit inside diffusers pipelines: random weights", "diffusers-random-*-amd-epyc-avx512-bf16.md",
+     "Random-weight pipelines (features not smooth across timesteps, so forecasting does not help there); "
+     "`python bench/bench_diffusers.py --cases random`."),
 ]  # fmt: skip
 
 
