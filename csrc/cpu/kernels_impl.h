@@ -10,6 +10,8 @@
 #include <c10/util/Half.h>
 
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include <skipdit/arith.h>
 
@@ -57,12 +59,73 @@ inline Vf load_f(const c10::Half* p) {
   return out;
 }
 inline void store_f(float* p, const Vf& v) { v.store(p); }
+// 16-bit stores round in registers (ATen's round-to-nearest-even conversions, NaN kept) and write
+// exactly kW elements.
+#if defined(CPU_CAPABILITY_AVX512)
+inline void store_f(c10::BFloat16* p, const Vf& v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
+}
+inline void store_f(c10::Half* p, const Vf& v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(__m512(v)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline void store_f(c10::BFloat16* p, const Vf& v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
+}
+inline void store_f(c10::Half* p, const Vf& v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_fp16(__m256(v)));
+}
+#else
 template <typename T>
 inline void store_f(T* p, const Vf& v) {
   alignas(64) T buf[2 * kW];
   at::vec::convert_from_float<T>(v, v).store(buf);
   std::memcpy(p, buf, kW * sizeof(T));
 }
+#endif
+
+// Walks rows r0, r0 + 1, ... of a Rows layout: one division at the start, none per row (two
+// integer divisions per row and operand cost as much as the arithmetic of a 768-wide fp32 row).
+template <typename T>
+struct RowWalk {
+  char* outer;  // start of the current outer block
+  char* p;      // current row
+  int64_t k, per, s_outer, s_inner;  // byte strides
+  RowWalk(const Rows& rows, int64_t r) : per(rows.per_outer) {
+    using U = std::remove_const_t<T>;
+    const int64_t i = r - rows.first;
+    s_outer = rows.s_outer * static_cast<int64_t>(sizeof(U));
+    s_inner = rows.s_inner * static_cast<int64_t>(sizeof(U));
+    k = i % per;
+    outer = static_cast<char*>(rows.data) + (i / per) * s_outer;
+    p = outer + k * s_inner;
+  }
+  T* get() const { return reinterpret_cast<T*>(p); }
+  void next() {
+    if (++k == per) {
+      k = 0;
+      outer += s_outer;
+      p = outer;
+    } else {
+      p += s_inner;
+    }
+  }
+};
+
+// The sample index of rows r0, r0 + 1, ... (row r belongs to sample r / tokens), without divisions.
+struct SampleWalk {
+  int64_t b, n, tokens;
+  SampleWalk(int64_t r, int64_t tokens_) : b(r / tokens_), n(r % tokens_), tokens(tokens_) {}
+  // true when the next row starts a new sample
+  bool next() {
+    if (++n == tokens) {
+      n = 0;
+      ++b;
+      return true;
+    }
+    return false;
+  }
+};
 
 inline float hsum(const Vf& v) {
   alignas(64) float buf[kW];
@@ -108,13 +171,53 @@ inline float row_m2(const T* p, int64_t n, float mean) {
   return s;
 }
 
-// out[i] = LayerNorm(x)[i] * (1 + scale[i]) + shift[i] over one row.
+// A sample's shift and modulation factor (1 + scale) in fp32, converted once per sample rather than
+// once per row (the same fp32 values the per-element formula computes).
+struct SampleModulation {
+  std::vector<float> shift, factor;
+  explicit SampleModulation(int64_t n) : shift(n), factor(n) {}
+  template <typename T>
+  void load(const T* sh, const T* sc, int64_t n) {
+    int64_t i = 0;
+    for (; i + kW <= n; i += kW) {
+      store_f(shift.data() + i, load_f(sh + i));
+      store_f(factor.data() + i, modulation_factor(load_f(sc + i)));
+    }
+    for (; i < n; ++i) {
+      shift[i] = to_f(sh[i]);
+      factor[i] = modulation_factor(to_f(sc[i]));
+    }
+  }
+};
+
+// Row statistics (two passes, shared arithmetic) of a row held in fp32.
+inline void row_stats(const float* x, int64_t n, float inv, float eps, float& mean, float& rstd) {
+  const float pivot = x[0];
+  mean = mean_from_shifted_sum(row_shifted_sum(x, n, pivot), pivot, inv);
+  rstd = rstd_from_m2(row_m2(x, n, mean), inv, eps);
+}
+
+// The row as fp32: itself for fp32 storage, else converted once into `buf` (n floats, in L1), so that
+// the statistics and the modulation passes read it without converting again.
+inline const float* row_f32(const float* x, int64_t, float*) { return x; }
 template <typename T>
-inline void modulate_row(const T* x, const T* shift, const T* scale, T* out, int64_t n, float mean, float rstd) {
-  const Vf vm(mean), vr(rstd);
+inline const float* row_f32(const T* x, int64_t n, float* buf) {
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) store_f(out + i, modulate(normalize(load_f(x + i), vm, vr), load_f(shift + i), load_f(scale + i)));
-  for (; i < n; ++i) out[i] = from_f<T>(modulate(normalize(to_f(x[i]), mean, rstd), to_f(shift[i]), to_f(scale[i])));
+  for (; i + kW <= n; i += kW) store_f(buf + i, load_f(x + i));
+  for (; i < n; ++i) buf[i] = to_f(x[i]);
+  return buf;
+}
+
+// out[i] = LayerNorm(x)[i] * (1 + scale[i]) + shift[i] over one fp32 row.
+template <typename T>
+inline void modulate_row(const float* x, const SampleModulation& m, T* out, int64_t n, float mean, float rstd) {
+  const Vf vm(mean), vr(rstd);
+  const float* sh = m.shift.data();
+  const float* f = m.factor.data();
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW)
+    store_f(out + i, modulate_by_factor(normalize(Vf::loadu(x + i), vm, vr), Vf::loadu(sh + i), Vf::loadu(f + i)));
+  for (; i < n; ++i) out[i] = from_f<T>(modulate_by_factor(normalize(x[i], mean, rstd), sh[i], f[i]));
 }
 
 // ---- kernels ------------------------------------------------------------------------------------
@@ -122,25 +225,35 @@ template <typename T>
 void adaln_t(Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, int64_t hidden, float eps, int64_t r0,
              int64_t r1) {
   const float inv = 1.f / static_cast<float>(hidden);
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x.row<const T>(r);
-    const int64_t b = r / tokens;
-    const float pivot = to_f(xr[0]);
-    const float mean = mean_from_shifted_sum(row_shifted_sum(xr, hidden, pivot), pivot, inv);
-    const float rstd = rstd_from_m2(row_m2(xr, hidden, mean), inv, eps);
-    modulate_row(xr, static_cast<const T*>(shift.data) + b * shift.stride,
-                 static_cast<const T*>(scale.data) + b * scale.stride, out.row<T>(r), hidden, mean, rstd);
+  SampleModulation m(hidden);
+  std::vector<float> buf(std::is_same_v<T, float> ? 0 : hidden);
+  RowWalk<const T> xw(x, r0);
+  RowWalk<T> ow(out, r0);
+  SampleWalk sw(r0, tokens);
+  bool fresh = true;
+  for (int64_t r = r0; r < r1; ++r, xw.next(), ow.next(), fresh = sw.next()) {
+    if (fresh)
+      m.load(static_cast<const T*>(shift.data) + sw.b * shift.stride,
+             static_cast<const T*>(scale.data) + sw.b * scale.stride, hidden);
+    const float* xr = row_f32(xw.get(), hidden, buf.data());
+    float mean, rstd;
+    row_stats(xr, hidden, inv, eps, mean, rstd);
+    modulate_row(xr, m, ow.get(), hidden, mean, rstd);
   }
 }
 
 template <typename T, typename Y, bool BIAS>
 void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias, Rows out, int64_t tokens, int64_t hidden, int64_t r0,
              int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x.row<const T>(r);
-    const Y* yr = y.row<const Y>(r);
-    T* o = out.row<T>(r);
-    const T* g = static_cast<const T*>(gate.data) + (r / tokens) * gate.stride;
+  RowWalk<const T> xw(x, r0);
+  RowWalk<const Y> yw(y, r0);
+  RowWalk<T> ow(out, r0);
+  SampleWalk sw(r0, tokens);
+  for (int64_t r = r0; r < r1; ++r, xw.next(), yw.next(), ow.next(), sw.next()) {
+    const T* xr = xw.get();
+    const Y* yr = yw.get();
+    T* o = ow.get();
+    const T* g = static_cast<const T*>(gate.data) + sw.b * gate.stride;
     int64_t i = 0;
     for (; i + kW <= hidden; i += kW) {
       Vf yv = load_f(yr + i);
@@ -157,9 +270,11 @@ void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias, Rows out, int64_t tok
 
 template <typename T, typename A, bool BIAS, bool GELU>
 void bias_act_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const A* a = acc.row<const A>(r);
-    T* o = out.row<T>(r);
+  RowWalk<const A> aw(acc, r0);
+  RowWalk<T> ow(out, r0);
+  for (int64_t r = r0; r < r1; ++r, aw.next(), ow.next()) {
+    const A* a = aw.get();
+    T* o = ow.get();
     int64_t i = 0;
     for (; i + kW <= width; i += kW) {
       Vf v = load_f(a + i);
@@ -179,9 +294,10 @@ void bias_act_t(Rows acc, const A* bias, Rows out, int64_t width, int64_t r0, in
 template <typename T>
 void pair_stats_t(Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0, int64_t r1) {
   const float inv = 1.f / static_cast<float>(2 * hidden);
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x.row<const T>(r);
-    const T* sr = skip.row<const T>(r);
+  RowWalk<const T> xw(x, r0), sw(skip, r0);
+  for (int64_t r = r0; r < r1; ++r, xw.next(), sw.next()) {
+    const T* xr = xw.get();
+    const T* sr = sw.get();
     const float pivot = to_f(xr[0]);
     const float m =
         mean_from_shifted_sum(row_shifted_sum(xr, hidden, pivot) + row_shifted_sum(sr, hidden, pivot), pivot, inv);
@@ -195,23 +311,32 @@ void folded_t(Rows acc, const float* mean, const float* rstd, int64_t r_base, co
               Rows h, int64_t width, const BatchVec* shift, const BatchVec* scale, const Rows* mod, int64_t tokens,
               float eps, int64_t r0, int64_t r1) {
   const float inv = 1.f / static_cast<float>(width);
-  for (int64_t r = r0; r < r1; ++r) {
-    const A* a = acc.row<const A>(r);
-    T* hr = h.row<T>(r);
-    const float m = mean[r - r_base], s = rstd[r - r_base];
-    const Vf vm(m), vs(s);
+  const bool with_mod = mod != nullptr;
+  SampleModulation m(with_mod ? width : 0);
+  std::vector<float> buf(with_mod && !std::is_same_v<T, float> ? width : 0);
+  RowWalk<const A> aw(acc, r0);
+  RowWalk<T> hw(h, r0);
+  RowWalk<T> mw(with_mod ? *mod : h, r0);
+  SampleWalk sw(r0, tokens);
+  bool fresh = true;
+  for (int64_t r = r0; r < r1; ++r, aw.next(), hw.next(), mw.next(), fresh = sw.next()) {
+    const A* a = aw.get();
+    T* hr = hw.get();
+    const float ms = mean[r - r_base], s = rstd[r - r_base];
+    const Vf vm(ms), vs(s);
     int64_t i = 0;
     for (; i + kW <= width; i += kW)
       store_f(hr + i, folded_epilogue(load_f(a + i), vm, vs, load_f(rowsum + i), load_f(bias + i)));
-    for (; i < width; ++i) hr[i] = from_f<T>(folded_epilogue(to_f(a[i]), m, s, rowsum[i], bias[i]));
-    if (mod != nullptr) {
+    for (; i < width; ++i) hr[i] = from_f<T>(folded_epilogue(to_f(a[i]), ms, s, rowsum[i], bias[i]));
+    if (with_mod) {
       // Statistics of h as stored (rounded to T), as the unfused chain sees it; the row is in L1.
-      const int64_t b = r / tokens;
-      const float hp = to_f(hr[0]);
-      const float hm = mean_from_shifted_sum(row_shifted_sum<T>(hr, width, hp), hp, inv);
-      const float hs = rstd_from_m2(row_m2<T>(hr, width, hm), inv, eps);
-      modulate_row<T>(hr, static_cast<const T*>(shift->data) + b * shift->stride,
-                      static_cast<const T*>(scale->data) + b * scale->stride, mod->row<T>(r), width, hm, hs);
+      if (fresh)
+        m.load(static_cast<const T*>(shift->data) + sw.b * shift->stride,
+               static_cast<const T*>(scale->data) + sw.b * scale->stride, width);
+      const float* hf = row_f32(static_cast<const T*>(hr), width, buf.data());
+      float hm, hs;
+      row_stats(hf, width, inv, eps, hm, hs);
+      modulate_row(hf, m, mw.get(), width, hm, hs);
     }
   }
 }
