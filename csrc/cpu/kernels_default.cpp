@@ -6,7 +6,7 @@ namespace skipdit {
 namespace cpu {
 const KernelTable& table_default() {
   static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::bias_act, DEFAULT::pair_stats,
-                             DEFAULT::folded};
+                             DEFAULT::folded, DEFAULT::fold};
   return t;
 }
 }  // namespace cpu

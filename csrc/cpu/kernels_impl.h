@@ -127,12 +127,9 @@ struct SampleWalk {
   }
 };
 
+// A tree of lane shuffles (a scalar loop over the lanes is a 16-add dependency chain per reduction).
 inline float hsum(const Vf& v) {
-  alignas(64) float buf[kW];
-  v.store(buf);
-  float s = 0.f;
-  for (int64_t i = 0; i < kW; ++i) s += buf[i];
-  return s;
+  return at::vec::vec_reduce_all<float>([](Vf& a, Vf& b) { return a + b; }, v);
 }
 
 // sum of (p[i] - pivot)
@@ -243,28 +240,64 @@ void adaln_t(Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, i
 }
 
 template <typename T, typename Y, bool BIAS>
-void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias, Rows out, int64_t tokens, int64_t hidden, int64_t r0,
+void gated_t(Rows x, BatchVec gate, Rows y, const Y* bias_in, Rows out, int64_t tokens, int64_t hidden, int64_t r0,
              int64_t r1) {
+  // The sample's gate and the bias in fp32, converted once rather than per row.
+  std::vector<float> gbuf(std::is_same_v<T, float> ? 0 : hidden);
+  std::vector<float> bbuf(BIAS && !std::is_same_v<Y, float> ? hidden : 0);
+  const float* bias = nullptr;
+  if constexpr (BIAS) bias = row_f32(bias_in, hidden, bbuf.data());
   RowWalk<const T> xw(x, r0);
   RowWalk<const Y> yw(y, r0);
   RowWalk<T> ow(out, r0);
   SampleWalk sw(r0, tokens);
-  for (int64_t r = r0; r < r1; ++r, xw.next(), yw.next(), ow.next(), sw.next()) {
+  const float* g = nullptr;
+  bool fresh = true;
+  for (int64_t r = r0; r < r1; ++r, xw.next(), yw.next(), ow.next(), fresh = sw.next()) {
+    if (fresh) g = row_f32(static_cast<const T*>(gate.data) + sw.b * gate.stride, hidden, gbuf.data());
     const T* xr = xw.get();
     const Y* yr = yw.get();
     T* o = ow.get();
-    const T* g = static_cast<const T*>(gate.data) + sw.b * gate.stride;
     int64_t i = 0;
     for (; i + kW <= hidden; i += kW) {
       Vf yv = load_f(yr + i);
-      if constexpr (BIAS) yv = yv + load_f(bias + i);
-      store_f(o + i, gate_residual(load_f(xr + i), load_f(g + i), yv));
+      if constexpr (BIAS) yv = yv + Vf::loadu(bias + i);
+      store_f(o + i, gate_residual(load_f(xr + i), Vf::loadu(g + i), yv));
     }
     for (; i < hidden; ++i) {
       float yv = to_f(yr[i]);
-      if constexpr (BIAS) yv += to_f(bias[i]);
-      o[i] = from_f<T>(gate_residual(to_f(xr[i]), to_f(g[i]), yv));
+      if constexpr (BIAS) yv += bias[i];
+      o[i] = from_f<T>(gate_residual(to_f(xr[i]), g[i], yv));
     }
+  }
+}
+
+// The skip fusion's folded parameters (skipdit_kernels/ops/folding.py, the definition), rows [r0, r1)
+// of the weight in one pass: folded = round_T(W * gamma), rowsum = sum of folded as stored (fp32),
+// fbias = bias + W @ beta (fp32). gamma, beta, bias are fp32.
+template <typename T>
+void fold_t(const T* w, int64_t ld, const float* gamma, const float* beta, const float* bias, T* folded,
+            float* rowsum, float* fbias, int64_t k, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* wr = w + r * ld;
+    T* fr = folded + r * k;
+    Vf rs(0.f), wb(0.f);
+    int64_t i = 0;
+    for (; i + kW <= k; i += kW) {
+      const Vf wv = load_f(wr + i);
+      store_f(fr + i, wv * Vf::loadu(gamma + i));
+      rs = rs + load_f(fr + i);  // the rounded value, as the GEMM reads it
+      wb = at::vec::fmadd(wv, Vf::loadu(beta + i), wb);
+    }
+    float rsum = hsum(rs), bsum = hsum(wb);
+    for (; i < k; ++i) {
+      const float wv = to_f(wr[i]);
+      fr[i] = from_f<T>(wv * gamma[i]);
+      rsum += to_f(fr[i]);
+      bsum += wv * beta[i];
+    }
+    rowsum[r] = rsum;
+    fbias[r] = bias[r] + bsum;
   }
 }
 
@@ -407,6 +440,13 @@ void bias_act(Storage st, Storage acc_st, Rows acc, const void* bias, Rows out, 
   } else {
     SKIPDIT_DISPATCH_STORAGE(st, T, bias_act_b<T, T>(acc, bias, out, width, gelu, r0, r1))
   }
+}
+
+void fold(Storage st, const void* w, int64_t ld, const float* gamma, const float* beta, const float* bias,
+          void* folded, float* rowsum, float* fbias, int64_t k, int64_t r0, int64_t r1) {
+  SKIPDIT_DISPATCH_STORAGE(st, T,
+                           fold_t<T>(static_cast<const T*>(w), ld, gamma, beta, bias, static_cast<T*>(folded), rowsum,
+                                     fbias, k, r0, r1))
 }
 
 void pair_stats(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,
