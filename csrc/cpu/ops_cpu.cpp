@@ -288,9 +288,11 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
 
 namespace {
 
-// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then the GEMM (fp32: one GEMM over
-// [x | skip] - p; half precision: two GEMMs over the halves of the folded weight into one accumulator),
-// then the folded epilogue (and the adaLN modulation).
+// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then one GEMM over the
+// concatenated rows (fp32: [x | skip] - p; half precision: [x | skip] as it is), then the folded
+// epilogue (and the adaLN modulation). One GEMM over 2 * hidden rather than two over the halves into
+// one accumulator: a half-precision accumulator would round the first half's sums, and the bare
+// (rows, 2 * hidden) GEMM is the op's floor (the concatenation costs one copy of the activations).
 void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
                     const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor& h,
                     Tensor* mod) {
@@ -299,17 +301,16 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), Dout = weight.size(0), M = B * N;
   if (M == 0 || Dout == 0) return;
   const auto compute = weight.scalar_type();
-  const Tensor wx_t = weight.narrow(1, 0, D).t(), ws_t = weight.narrow(1, D, D).t();
   const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   const float feps = static_cast<float>(eps);
   // fp32 GEMMs read [x | skip] - p (skipdit/folded.h); the statistics come from the same rows.
   const bool shifted = compute == at::kFloat;
-  const Tensor zs = shifted ? shifted_pair(x2, s2) : Tensor();
-  const Storage stats_st = shifted ? Storage::f32 : st;
-  const Rows stats_x = shifted ? rows2(zs, 0) : rows3(x);
-  const Rows stats_skip = shifted ? rows2(zs.narrow(1, D, D), 0) : rows3(skip);
+  const Tensor zs = shifted ? shifted_pair(x2, s2) : as_compute(at::cat({x2, s2}, 1), compute);
+  const Storage stats_st = storage_of(zs);
+  const Rows stats_x = rows2(zs, 0);
+  const Rows stats_skip = rows2(zs.narrow(1, D, D), 0);
 
   Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
   float* mean = stats.data_ptr<float>();
@@ -332,14 +333,7 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   const Tensor direct = gemm_writes_out(compute, x.scalar_type()) ? h2 : Tensor();
   gemm_rows(
       M, Dout, compute, direct, x.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) {
-        if (shifted) {
-          gemm_into(acc, zs.narrow(0, r0, n), weight);
-          return;
-        }
-        at::mm_out(acc, as_compute(x2.narrow(0, r0, n), compute), wx_t);
-        acc.addmm_(as_compute(s2.narrow(0, r0, n), compute), ws_t);
-      },
+      [&](Tensor& acc, int64_t r0, int64_t n) { gemm_into(acc, zs.narrow(0, r0, n), weight); },
       [&](int64_t r0, int64_t r1, Rows acc) {
         k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
                  mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
@@ -403,6 +397,8 @@ std::tuple<Tensor, Tensor, Tensor> fold_skip_weights(const Tensor& norm_weight, 
 }
 
 }  // namespace cpu
+
+std::string cpu_gemm() { return cpu::onednn_linear() != nullptr ? "onednn" : "aten"; }
 
 std::string cpu_capability() {
   std::string s = cpu::table().name;
