@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -31,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import diffusers  # noqa: E402
 
+import report  # noqa: E402
+
 import skipdit_kernels as sk  # noqa: E402
-from report import cpu_model  # noqa: E402
 from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
 from skipdit_kernels.metrics import psnr  # noqa: E402
@@ -177,20 +176,18 @@ def run_case(name, builder, size, make_scheduler, steps, cache, rounds):
             del pipes[label]
     ref = outputs["uncached"]
     data_range = float(ref.max() - ref.min())
-    times = {k: [] for k in pipes}
-    for _ in range(rounds):
-        for label, pipe in pipes.items():
-            time.sleep(0.02)
-            t0 = time.perf_counter()
-            call(pipe, steps)
-            times[label].append(time.perf_counter() - t0)
+    times = report.time_fns({label: (lambda pipe=pipe: call(pipe, steps)) for label, pipe in pipes.items()},
+                            min_rounds=rounds, max_rounds=rounds, budget_s=0.0, warmup=0)  # warmed up by the runs above
     rows = []
     for label in pipes:
-        row = dict(case=name, method=label, blocks_per_call=blocks[label], median_s=statistics.median(times[label]),
-                   speedup_vs_uncached=statistics.median(u / t for u, t in zip(times["uncached"], times[label])),
+        if "error" in times[label]:
+            raise RuntimeError(f"{name} {label}: {times[label]['error']}")
+        row = dict(case=name, method=label, blocks_per_call=blocks[label], median_s=times[label]["median_s"],
+                   min_s=times[label]["min_s"], max_s=times[label]["max_s"],
+                   speedup_vs_uncached=report.round_ratio(times, label, "uncached")["ratio"],
                    psnr_db=None if label == "uncached" else psnr(outputs[label], ref, data_range=data_range))  # fmt: skip
         if "cache-dit DBCache" in pipes:
-            row["speed_vs_cache_dit"] = statistics.median(c / t for c, t in zip(times["cache-dit DBCache"], times[label]))
+            row["speed_vs_cache_dit"] = report.round_ratio(times, label, "cache-dit DBCache")["ratio"]
         rows.append(row)
     return rows, cd_note, plan
 
@@ -204,7 +201,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cases = CASES[1:3] if args.quick else CASES
     rounds = 3 if args.quick else args.rounds
-    load_before = os.getloadavg()
+    env = report.environment()
     all_rows, notes = [], {}
     for case in cases:
         name, builder, size, scheduler, steps, cache = case
@@ -215,35 +212,18 @@ def main(argv=None):
         notes[name] = dict(cache_dit=note, full_steps=sum(plan), steps=len(plan))
         for r in rows:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
-    load_after = os.getloadavg()
-    import json
-    import re
-
-    tag = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
-    stem = os.path.join(args.out, f"diffusers-cpu-{tag}-{time.strftime('%Y-%m-%d')}")
-    env = dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__, diffusers=diffusers.__version__,
-               cache_dit=getattr(cache_dit, "__version__", None), load_before=load_before, load_after=load_after,
-               rounds=rounds, date=time.strftime("%Y-%m-%d"))  # fmt: skip
-    os.makedirs(args.out, exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(environment=env, notes=notes, rows=all_rows), f, indent=2)
-    lines = [
-        f"# Skip-Cache vs cache-dit DBCache in diffusers pipelines ({env['cpu']}, {env['threads']} threads)", "",
-        f"diffusers {env['diffusers']}, cache-dit {env['cache_dit']}, torch {env['torch']}; {rounds} interleaved rounds; "
-        f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min). Ratios are medians of per-round "
-        "ratios; PSNR of the final latents against the uncached call (random weights).", "",
-        "| case | method | blocks/call | median s/call | speedup vs uncached | speed vs cache-dit | PSNR dB |",
-        "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for r in all_rows:
-        vs = f"{r['speed_vs_cache_dit']:.3f}x" if "speed_vs_cache_dit" in r else "n/a"
-        p = "ref" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
-        lines.append(f"| {r['case']} | {r['method']} | {r['blocks_per_call']} | {r['median_s']:.3f} | {r['speedup_vs_uncached']:.3f}x | {vs} | {p} |")
-    lines.append("")
-    for case, note in notes.items():
-        lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    env.update(diffusers=diffusers.__version__, cache_dit=getattr(cache_dit, "__version__", None), rounds=rounds)
+    notes_md = [
+        f"diffusers {env['diffusers']}, cache-dit {env['cache_dit']}; {rounds} interleaved rounds. Ratios are medians "
+        "of per-round ratios; PSNR of the final latents against the uncached call (random weights).",
+    ] + [f"{case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else "")
+         for case, note in notes.items()]
+    columns = [("case", "case"), ("method", "method"), ("blocks_per_call", "blocks/call"), ("median_s", "median s/call"),
+               ("min_s", "min"), ("max_s", "max"), ("speedup_vs_uncached", "speedup vs uncached"),
+               ("speed_vs_cache_dit", "speed vs cache-dit"), ("psnr_db", "PSNR dB")]
+    stem = report.write_results(f"diffusers-{env['date']}", all_rows, columns, meta=notes, env=env,
+                                notes=notes_md, out_dir=args.out,
+                                title="Skip-Cache vs cache-dit DBCache in diffusers pipelines")
     print("wrote", stem + ".md")
 
 

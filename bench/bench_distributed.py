@@ -9,8 +9,10 @@
 
 Every setup runs in fresh spawned processes; "1x2" = 1 process with 2 threads (the whole of a
 2-core machine), "1x1" = 1 process with 1 thread, "2x1" = 2 processes with 1 thread each. Times
-are the rank-0 wall time from a barrier to the return, median (and min) of --rounds after one
-warm-up run. Results: bench/results/distributed-<device tag>.{json,md}.
+are the rank-0 wall time from a barrier to the return, after one warm-up run in the same
+processes; the setups are interleaved round by round (each round spawns every setup once, so load
+drifts hit all alike): median and min-max of --rounds. Results:
+bench/results/distributed-<device tag>.{json,md}.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -27,8 +28,9 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import write_results  # noqa: E402
+import report  # noqa: E402
 
+SETUPS = {"1x2": (1, 2), "1x1": (1, 1), "2x1": (2, 1)}  # processes, threads each
 MODELS = {
     # name: (description, shallow blocks for Skip-Cache)
     "bundled": ("bundled SkipDiT (16x16 digits, depth 8, hidden 96)", 1),
@@ -105,34 +107,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    parser.add_argument("--out", default=report.RESULTS_DIR, help="results directory")
     args = parser.parse_args()
     rows, began = [], time.perf_counter()
-    load_before = os.getloadavg()[0]
+    env = report.environment()
     for model in args.models:
         for mode, batch, samples in (("cfg-parallel", 2, 2), ("data-parallel", 2, 4)):
             for cache in (False, True):
                 job = dict(model=model, mode=mode, batch=batch, samples=samples, steps=args.steps, cache=cache,
-                           rounds=args.rounds)  # fmt: skip
-                medians, measured = {}, []
-                for setup, world, threads in (("1x2", 1, 2), ("1x1", 1, 1), ("2x1", 2, 1)):
-                    times = run_job({**job, "threads": threads}, world)
-                    medians[setup] = statistics.median(times)
-                    measured.append((setup, times))
-                    print(model, mode, cache, setup, [round(t, 3) for t in times], flush=True)
-                for setup, times in measured:
-                    median = medians[setup]
+                           rounds=1)  # fmt: skip
+                times = {setup: [] for setup in SETUPS}
+                for _ in range(args.rounds):
+                    for setup, (world, threads) in SETUPS.items():
+                        times[setup] += run_job({**job, "threads": threads}, world)
+                timing = {setup: report.stats(t) for setup, t in times.items()}
+                for setup, t in timing.items():
+                    print(model, mode, cache, setup, [round(s, 3) for s in t["samples_s"]], flush=True)
                     rows.append(dict(model=model, measure=mode, cache="interval 2" if cache else "off", setup=setup,
-                                     batch=batch, samples=samples, median_s=median, min_s=min(times),
-                                     samples_per_s=samples / median, speedup_1x2=medians["1x2"] / median,
-                                     speedup_1x1=medians["1x1"] / median))  # fmt: skip
-    load_after = os.getloadavg()[0]
+                                     batch=batch, samples=samples, median_s=t["median_s"], min_s=t["min_s"],
+                                     max_s=t["max_s"], samples_per_s=samples / t["median_s"],
+                                     speedup_1x2=report.round_ratio(timing, setup, "1x2")["ratio"],
+                                     speedup_1x1=report.round_ratio(timing, setup, "1x1")["ratio"]))  # fmt: skip
     notes = [
         "CPU only, no GPU: gloo over 127.0.0.1 between processes on the same 2 cores. These numbers say what "
         "splitting costs and saves on a 2-core CPU box, nothing about GPUs (where each rank has its own device).",
-        "This machine is shared with other engineers' jobs: load average "
-        f"{load_before:.2f} before, {load_after:.2f} after the run (1 min); the numbers are noisy.",
         "setup: 1x2 = 1 process, 2 threads; 1x1 = 1 process, 1 thread; 2x1 = 2 processes (torch.distributed, "
-        "gloo), 1 thread each. speedup vs 1xT = the 1xT row's median / this row's median.",
+        "gloo), 1 thread each. speedup vs 1xT = median over rounds of the 1xT row's time / this row's time.",
         "On a loaded machine, 2 OpenMP threads in one process wait on each other whenever one is descheduled, "
         "so 1x2 can be far slower than 1x1; 2x1 (no shared thread pool) is the fairer comparison to 1x1 then.",
         f"DDIM {args.steps} steps, CFG scale 4, fp32, eager; Skip-Cache interval 2 (shallow blocks: "
@@ -142,14 +142,15 @@ def main() -> None:
         "data-parallel: sample_ddp of `samples` samples in batches of `batch` (including rank 0 writing the "
         "batch files and the .npz); samples/s is the throughput.",
         "models: " + "; ".join(f"{m}: {MODELS[m][0]}" for m in args.models) + ".",
-        f"median and min of {args.rounds} rounds after one warm-up run, rank-0 wall time from a barrier; "
+        f"median, min and max of {args.rounds} rounds, the setups interleaved round by round (each after one "
+        "warm-up run in its processes), rank-0 wall time from a barrier; "
         f"whole benchmark {time.perf_counter() - began:.0f} s.",
     ]
     columns = [("model", "model"), ("measure", "measure"), ("cache", "Skip-Cache"), ("setup", "processes x threads"),
-               ("batch", "batch"), ("samples", "samples"), ("median_s", "median s"), ("min_s", "min s"),
+               ("batch", "batch"), ("samples", "samples"), ("median_s", "median s"), ("min_s", "min s"), ("max_s", "max s"),
                ("samples_per_s", "samples/s"), ("speedup_1x2", "speedup vs 1x2"),
                ("speedup_1x1", "speedup vs 1x1")]  # fmt: skip
-    stem = write_results("distributed", rows, columns, meta=vars(args), notes=notes,
+    stem = report.write_results("distributed", rows, columns, meta=vars(args), notes=notes, env=env, out_dir=args.out,
                          title="1 vs 2 processes (torch.distributed on CPU)")  # fmt: skip
     print(f"wrote {stem}.json and .md")
 

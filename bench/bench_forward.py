@@ -22,7 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _timing  # noqa: E402
+import report  # noqa: E402
 from official_dit import OfficialSkipDiT  # noqa: E402
 
 from skipdit_kernels import SkipDiT, ops  # noqa: E402
@@ -187,7 +187,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     for func, _, _ in calls:
         kinds[str(func)] = kinds.get(str(func), 0) + 1
     result = {
-        "environment": _timing.environment(), "batch": batch,
+        "environment": report.environment(), "batch": batch,
         "arithmetic_calls": kinds,
         "default_path": {"forward_ms": vs_default["a_ms"], "arithmetic_ms": vs_default["b_ms"], "ratio": vs_default["ratio"],
                          "ratio_min": vs_default["min"], "ratio_max": vs_default["max"]},
@@ -213,7 +213,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
         md.append(f"| {name} | {r['forward_ms']:.1f} | {r['arithmetic_ms']:.1f} | {r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
     print("\n".join(md))
     if out_dir:
-        _timing.write_results(os.path.join(out_dir, f"demo-overhead-{_timing.device_tag()}"), result, "\n".join(md) + "\n")
+        report.write_results("demo-overhead", meta=result, env=result["environment"], body="\n".join(md), out_dir=out_dir)
     return result
 
 
@@ -236,7 +236,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if not native.load():
         raise SystemExit(f"native backend unavailable: {native._state['error']}")
-    env = _timing.environment()
+    env = report.environment()
     model, official = build()
     x, t, y = inputs()
     results = {"environment": env, "model": "SkipDiT-B/2", "batch": 4, "tokens": 256}
@@ -257,7 +257,7 @@ def main(argv=None):
                 compile_s["native_compile"] = time.perf_counter() - t0
             ref = official(x, t, y)
             errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = _timing.interleaved({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, warmup=1)
+            timing = report.time_fns({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, max_rounds=50, warmup=1)
             results["fp32"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
                 "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
@@ -278,7 +278,7 @@ def main(argv=None):
             fns = {"official_autocast_bf16": official_autocast, "native_bf16": lambda x, t, y: native_bf16(x.bfloat16(), t, y)}
             ref = official(x, t, y)
             errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = _timing.interleaved({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, warmup=1)
+            timing = report.time_fns({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, max_rounds=50, warmup=1)
             results["bf16"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
                 "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
@@ -287,8 +287,7 @@ def main(argv=None):
             }
             print("bf16", {k: round(v, 1) for k, v in results["bf16"]["ms"].items()}, "errors", errors, flush=True)
 
-    stem = os.path.join(args.out, f"forward-{_timing.device_tag()}")
-    _timing.write_results(stem, results, markdown(results))
+    stem = report.write_results("forward", meta=results, env=env, body=markdown(results), out_dir=args.out)
     print("wrote", stem + ".{json,md}")
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _timing  # noqa: E402
+import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
 from skipdit_kernels.ops import native  # noqa: E402
@@ -97,21 +97,26 @@ def run(hiddens, dtypes, budget_s=4.0, ops_filter=None) -> list[dict]:
                     continue
                 torch._dynamo.reset()
                 with torch.no_grad():
-                    res = _timing.interleaved(implementations(op, t), budget_s=budget_s)
-                row = {"op": op, "hidden": hidden, "dtype": dname, **{f"{k}_ms": v["median_s"] * 1e3 for k, v in res.items()}}
-                row.update({f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in res.items()})
-                row["rounds"] = res["native"]["rounds"]
-                row["native_vs_eager"] = res["eager"]["median_s"] / res["native"]["median_s"]
-                row["native_vs_compile"] = res["compile"]["median_s"] / res["native"]["median_s"]
-                if "bare_linear" in res:
-                    row["native_over_bare_linear"] = res["native"]["median_s"] / res["bare_linear"]["median_s"]
+                    res = report.time_fns(implementations(op, t), budget_s=budget_s, max_rounds=50)
+                row = {"op": op, "hidden": hidden, "dtype": dname}
+                for k, v in res.items():
+                    if "error" in v:
+                        row[f"{k}_error"] = v["error"]
+                    else:
+                        row.update({f"{k}_ms": v["median_s"] * 1e3, f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3],
+                                    "rounds": v["rounds"]})
+                # Ratios: median of the per-round ratios (drift within a round cancels).
+                ratio = lambda a, b: report.round_ratio(res, a, b)["ratio"] if f"{a}_ms" in row and f"{b}_ms" in row else None  # noqa: E731
+                row["native_vs_eager"] = ratio("native", "eager")
+                row["native_vs_compile"] = ratio("native", "compile")
+                if "bare_linear" in res and ratio("bare_linear", "native"):
+                    row["native_over_bare_linear"] = ratio("bare_linear", "native")
                 rows.append(row)
-                print(
-                    f"{dname} D={hidden} {op:22s} eager {row['eager_ms']:8.2f} ms  compile {row['compile_ms']:8.2f}  "
-                    f"native {row['native_ms']:8.2f}  x{row['native_vs_eager']:.2f} eager  x{row['native_vs_compile']:.2f} compile"
+                print(f"{dname} D={hidden} {op:22s} " + "  ".join(
+                    f"{k} {row[f'{k}_ms']:8.2f} ms" if f"{k}_ms" in row else f"{k} {row[f'{k}_error']}" for k in res)
+                    + "".join(f"  x{row[k]:.2f} {k[10:]}" for k in ("native_vs_eager", "native_vs_compile") if row[k])
                     + (f"  {row['native_over_bare_linear']:.3f}x bare Linear" if "native_over_bare_linear" in row else ""),
-                    flush=True,
-                )
+                    flush=True)
     return rows
 
 
@@ -119,17 +124,25 @@ def markdown(rows, env) -> str:
     lines = [
         f"# Native ops on {env['cpu']} ({env['native_cpu_capability']}), {env['threads']} threads",
         "",
-        f"torch {env['torch']}, {env['date']}. Batch 4, 256 tokens; medians of interleaved rounds, ms per call. "
-        "Ratios > 1: native faster. `bare` = Linear(2D->D) on a ready concat (skip_fuse only).",
+        f"torch {env['torch']}, {env['date']}. Batch 4, 256 tokens; ms per call: median (min-max) of interleaved rounds. "
+        "Ratios: median of per-round ratios, > 1: native faster. `bare` = Linear(2D->D) on a ready concat (skip_fuse only).",
         "",
         "| dtype | hidden | op | eager | compile | native | bare | native/eager | native/compile |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    def ms(r, impl):
+        if f"{impl}_ms" not in r:
+            return "error" if f"{impl}_error" in r else ""
+        lo, hi = r[f"{impl}_min_max_ms"]
+        return f"{r[f'{impl}_ms']:.2f} ({lo:.2f}-{hi:.2f})"
+
+    def x(ratio):
+        return f"{ratio:.2f}x" if ratio else "-"
+
     for r in rows:
-        bare = f"{r['bare_linear_ms']:.2f}" if "bare_linear_ms" in r else ""
         lines.append(
-            f"| {r['dtype']} | {r['hidden']} | {r['op']} | {r['eager_ms']:.2f} | {r['compile_ms']:.2f} | "
-            f"{r['native_ms']:.2f} | {bare} | {r['native_vs_eager']:.2f}x | {r['native_vs_compile']:.2f}x |"
+            f"| {r['dtype']} | {r['hidden']} | {r['op']} | {ms(r, 'eager')} | {ms(r, 'compile')} | "
+            f"{ms(r, 'native')} | {ms(r, 'bare_linear')} | {x(r['native_vs_eager'])} | {x(r['native_vs_compile'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,10 +159,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if not native.load():
         raise SystemExit(f"native backend unavailable: {native._state['error']}")
-    env = _timing.environment()
+    env = report.environment()
     rows = run(args.hidden, args.dtypes, args.budget, args.ops)
-    stem = os.path.join(args.out, f"native-{_timing.device_tag()}")
-    _timing.write_results(stem, {"environment": env, "rows": rows}, markdown(rows, env))
+    stem = report.write_results("native", rows, env=env, body=markdown(rows, env), out_dir=args.out)
     print("wrote", stem + ".{json,md}")
 
 

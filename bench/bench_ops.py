@@ -122,11 +122,11 @@ GEMMS = {"linear": ("x", "wqkv"), "linear_gelu": ("x", "w1"), "linear_gated_resi
 
 
 def gemm_name(act: torch.Tensor) -> str:
-    """The GEMM the native op runs: '<library> <dtype>' (oneDNN or at::mm for fp32, see native.cpu_gemm)."""
+    """The GEMM the native op runs: '<library> <dtype>' (oneDNN or at::mm for fp32, see native.cpu_fp32_gemm)."""
     from skipdit_kernels.ops import native
 
     dtype = gemm_dtype(act)
-    lib = "oneDNN" if dtype == torch.float32 and native.cpu_gemm() == "onednn" else "at::mm"
+    lib = "oneDNN" if dtype == torch.float32 and native.cpu_fp32_gemm() == "onednn" else "at::mm"
     return f"{lib} {str(dtype).replace('torch.', '')}"
 
 
@@ -149,7 +149,7 @@ def baselines(op: str, t: dict) -> dict:
     w = t[wname].to(compute)
     from skipdit_kernels.ops import native
 
-    if compute == torch.float32 and native.cpu_gemm() == "onednn":
+    if compute == torch.float32 and native.cpu_fp32_gemm() == "onednn":
         out = {"gemm": lambda: torch.ops.mkldnn._linear_pointwise(act, w, None, "none", [], "")}
     else:
         out = {"gemm": lambda: torch.mm(act, w.t())}

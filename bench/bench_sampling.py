@@ -14,11 +14,13 @@ model runs 2 x batch; random SkipDiT weights, 256px = 32x32 latents = 256 tokens
   (e) + fused kernels (ops backend "native" on CPU; the "auto" choice on CUDA).
 
 How latency is measured: each distinct step (a full step, a cached step: model with CFG + sampler
-update) is timed round-robin across all variants (medians of --rounds, so load drifts hit every
-variant alike); a trajectory's latency is composed from the schedule's counts of full and cached
-steps (``SkipCache.plan``): n_full * t_full + n_cached * t_cached. That is exact up to per-step
+update) is timed round-robin across all variants (``report.time_fns``: medians and min-max of
+--rounds, so load drifts hit every variant alike); a trajectory's latency is composed from the
+schedule's counts of full and cached steps (``SkipCache.plan``): n_full * t_full + n_cached *
+t_cached. That is exact up to per-step
 noise, since a Skip-Cache trajectory is nothing but those two steps; ``--e2e`` rows additionally run
-whole trajectories once (``sample()``) and report that wall time next to the composed one.
+whole trajectories (``sample()``), the rows of one sampler interleaved round by round for
+--e2e-rounds rounds, and report their median wall time next to the composed one.
 The FLOP bound of a schedule is full-trajectory MACs / its MACs, counted analytically from the
 blocks each step runs, plus embedding and final layer; "of bound" = achieved speedup / bound.
 Peak memory: CPU, the growth of the process's peak RSS over one full + one cached step in a fresh
@@ -31,7 +33,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -185,23 +186,9 @@ class ExecutorSteps:
         self._run(False)
 
 
-def time_steps(fns: dict, device, rounds: int, warmup: int = 1) -> dict:
-    """Median seconds per call, round-robin (each round calls every fn once)."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync()
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            time.sleep(0.02)  # let the previous call's OpenMP workers settle (shared 2-core machine)
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+def span(timing: dict, scale: float, fmt: str = "{:.1f}") -> str | None:
+    """'min-max' of one ``report.time_fns`` entry in units of 1/``scale`` s, for the tables."""
+    return f"{fmt.format(timing['min_s'] * scale)}-{fmt.format(timing['max_s'] * scale)}" if "min_s" in timing else None
 
 
 def fused_backend(device) -> tuple[str | None, str]:
@@ -260,7 +247,7 @@ def probe_in_subprocess(preset, variant, batch, threads) -> float | None:
 # -- the benchmark ----------------------------------------------------------------------------------
 
 
-def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, threads, log):
+def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, e2e_rounds, memory, threads, log):
     model = build_ours(preset).to(device=device, dtype=dtype)
     official = OfficialSkipDiT.from_skipdit(model).to(device=device, dtype=dtype).eval()
     cfg = model.config
@@ -285,7 +272,13 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
         for name, v in variants.items():
             fns[f"{name}/full"], fns[f"{name}/cached"] = v.full, v.cached
         log(f"{preset} batch {batch} {sampler}: timing {len(fns)} step kinds x {rounds} rounds")
-        t = time_steps(fns, device, rounds)
+        timing = report.time_fns(fns, device, min_rounds=rounds, max_rounds=rounds, budget_s=0.0, warmup=1)
+        failed = {k: v["error"] for k, v in timing.items() if "error" in v}
+        for k, why in failed.items():
+            log(f"  {k} failed: {why}")
+        if "official/full" in failed or "ours/full" in failed:
+            raise RuntimeError(f"{preset} batch {batch} {sampler}: a baseline step failed: {failed}")
+        t = {k: v["median_s"] for k, v in timing.items() if k not in failed}
         if memory and device.type == "cuda":
             cuda_peaks[(sampler, "official")] = cuda_peak_mb(fns["official/full"], device)
             for name, v in variants.items():
@@ -313,6 +306,10 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
                 prefix = "(c)" if name == "ours" else f"({tag})"
                 table.append((f"{prefix} {label}, Skip-Cache {k}", name, k))
         for label, name, interval in table:
+            if f"{name}/full" in failed or (interval and f"{name}/cached" in failed):
+                rows.append(dict(model=preset, batch=batch, sampler=sampler, variant=label,
+                                 error=failed.get(f"{name}/full") or failed.get(f"{name}/cached")))
+                continue
             full_s = t[f"{name}/full"]
             cached_s = t.get(f"{name}/cached")
             lat = latency(full_s, cached_s, interval)
@@ -320,6 +317,8 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
             row = dict(model=preset, batch=batch, sampler=sampler, variant=label, dtype=str(dtype).split(".")[-1],
                        full_steps=n_full, cached_steps=n_cached, full_step_ms=1e3 * full_s,
                        cached_step_ms=1e3 * cached_s if (cached_s and interval) else None,
+                       full_step_span_ms=span(timing[f"{name}/full"], 1e3),
+                       cached_step_span_ms=span(timing[f"{name}/cached"], 1e3) if (cached_s and interval) else None,
                        latency_s=lat, speedup_vs_a=base_a / lat, speedup_vs_b=base_b / lat)
             if interval is not None:
                 bound, block_bound = flop_bound(cfg, diffusion, interval)
@@ -329,10 +328,23 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, memory, thr
             rows.append(row)
 
         if e2e and sampler in e2e.get("samplers", ()):
-            for row in rows:
-                if row["sampler"] != sampler or row["variant"] not in e2e.get(preset, ()):
-                    continue
-                row["e2e_s"] = run_e2e(row, model, runner, diffusion, batch, device, dtype, variants, log)
+            chosen = [row for row in rows if row["sampler"] == sampler and row["variant"] in e2e.get(preset, ())
+                      and "error" not in row]
+            if chosen:
+                runs = {row["variant"]: e2e_run(row["variant"], model, runner, diffusion, batch, device, variants)
+                        for row in chosen}
+                log(f"{preset} batch {batch} {sampler}: {len(runs)} whole trajectories x {e2e_rounds} interleaved rounds")
+                whole = report.time_fns(runs, device, min_rounds=e2e_rounds, max_rounds=e2e_rounds, budget_s=0.0,
+                                        warmup=0)
+                for row in chosen:
+                    w = whole[row["variant"]]
+                    if "error" in w:
+                        row["e2e_error"] = w["error"]
+                        log(f"  e2e {row['variant']} failed: {w['error']}")
+                        continue
+                    row.update(e2e_s=w["median_s"], e2e_span_s=span(w, 1.0))
+                    log(f"  e2e {preset} {sampler} {row['variant']}: {w['median_s']:.1f} s "
+                        f"({span(w, 1.0)}; composed {row['latency_s']:.1f} s)")
         del variants
 
     if memory and device.type == "cpu":
@@ -373,39 +385,32 @@ def cuda_peak_mb(fn, device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def run_e2e(row, model, runner, diffusion, batch, device, dtype, variants, log):
-    """One whole trajectory through sample() (or the official loop), wall seconds."""
-    variant = row["variant"]
+def e2e_run(variant, model, runner, diffusion, batch, device, variants):
+    """A call that samples one whole trajectory of ``variant`` (a row label) through sample() (or the
+    official loop for (a))."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 4, model.input_size, model.input_size, generator=g).to(device)
     labels = list(range(batch))
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    interval = None
-    if "Skip-Cache" in variant:
-        interval = int(variant.rsplit(" ", 1)[1])
+    interval = int(variant.rsplit(" ", 1)[1]) if "Skip-Cache" in variant else None
     cache = sk.SkipCache(interval=interval, shallow_blocks=SHALLOW) if interval else None
-    sync()
-    t0 = time.perf_counter()
     if variant.startswith("(a)"):
         y = torch.tensor(labels + [1000] * batch, device=device)
-        runner.sample(diffusion, x, y, torch.Generator().manual_seed(0))
-    else:
-        name = "fused" if "fused" in variant else ("graphs" if "graphs" in variant else "ours")
-        v = variants[name]
-        backend = v.backend
-        with ops.use_backend(backend):
+        return lambda: runner.sample(diffusion, x, y, torch.Generator().manual_seed(0))
+    v = variants[_variant_key(variant)]
+
+    def run():
+        with ops.use_backend(v.backend):
             sk.sample(model, labels, steps=diffusion.num_steps, method=diffusion.method, cfg_scale=CFG_SCALE,
                       cache=cache, progress=False, executor=v.ex, cuda_graphs=v.graphs)
-    sync()
-    seconds = time.perf_counter() - t0
-    log(f"  e2e {row['model']} {row['sampler']} {variant}: {seconds:.1f} s (composed {row['latency_s']:.1f} s)")
-    return seconds
+
+    return run
 
 
 COLUMNS = [
     ("model", "model"), ("sampler", "sampler"), ("variant", "variant"), ("full_steps", "full"),
-    ("cached_steps", "cached"), ("full_step_ms", "full step ms"), ("cached_step_ms", "cached step ms"),
-    ("latency_s", "latency s"), ("e2e_s", "e2e s"), ("speedup_vs_a", "vs (a)"), ("speedup_vs_b", "vs (b)"),
+    ("cached_steps", "cached"), ("full_step_ms", "full step ms"), ("full_step_span_ms", "min-max"),
+    ("cached_step_ms", "cached step ms"), ("cached_step_span_ms", "min-max"),
+    ("latency_s", "latency s"), ("e2e_s", "e2e s"), ("e2e_span_s", "min-max"), ("speedup_vs_a", "vs (a)"), ("speedup_vs_b", "vs (b)"),
     ("flop_bound", "FLOP bound"), ("cache_speedup", "cache speedup"), ("of_bound", "of bound"),
     ("peak_mb", "peak MB"),
 ]
@@ -423,6 +428,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e", default="default",
                    help="whole-trajectory runs: 'none', 'default' (CPU: DDIM-50 rows a, b, c4 of DiT-S/2; "
                         "GPU: every DDIM-50 row), or 'all' (every DDIM-50 row)")
+    p.add_argument("--e2e-rounds", type=int, default=3, help="interleaved rounds of the whole trajectories (medians)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=report.RESULTS_DIR)
 
@@ -451,6 +457,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
+    env = report.environment(device)
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)  # noqa: E731
     e2e = e2e_plan(args.e2e, args.models, device)
@@ -458,16 +465,16 @@ def run(args) -> int:
     fused_note = ""
     for preset in args.models:
         for batch in args.batches:
-            r, fused_note = bench_model(preset, batch, dtype, device, args.samplers, args.rounds, e2e,
+            r, fused_note = bench_model(preset, batch, dtype, device, args.samplers, args.rounds, e2e, args.e2e_rounds,
                                         not args.no_memory, args.threads, log)
             rows += r
-    info = report.device_info(device)
     notes += [
-        f"{info['name']}; {args.dtype}; batch = sampled images (CFG scale {CFG_SCALE}: the model runs 2 x batch); "
+        f"{env['name']}; {args.dtype}; batch = sampled images (CFG scale {CFG_SCALE}: the model runs 2 x batch); "
         f"random SkipDiT weights; 32x32 latents (256px, 256 tokens); Skip-Cache shallow_blocks {SHALLOW}.",
         f"latency s = n_full x full step + n_cached x cached step, from per-step medians of {args.rounds} "
-        "interleaved rounds (a step = model with CFG + sampler update); e2e s = one whole sample() run "
-        "(official loop for (a)), where run.",
+        "interleaved rounds (a step = model with CFG + sampler update); e2e s = whole sample() runs "
+        f"(official loop for (a)), where run: median of {args.e2e_rounds} rounds, the rows of one sampler "
+        "interleaved round by round; min-max over the rounds.",
         "(b)'s full step is timed with the deep-cache store of the cached program (one hidden-state copy).",
         "(a) runs the sampler over the doubled batch, as the official sample.py does.",
         "FLOP bound = full-trajectory MACs / schedule MACs (blocks, attention, skip linears, embedding, final "
@@ -485,8 +492,9 @@ def run(args) -> int:
                      "step (weights and the executor's persistent buffers excluded: they exist before); for graph rows "
                      "the memory reserved by the graphs' private pool is added (replays allocate nothing).")
     notes.append(f"whole benchmark wall time {time.perf_counter() - started:.0f} s.")
-    stem = report.write_results("sampling", rows, COLUMNS, meta=vars(args) | {"e2e": str(e2e)}, device=device,
-                                notes=notes, out_dir=args.out, title="End-to-end sampling latency")
+    columns = COLUMNS + [("error", "error")] * any("error" in r for r in rows)
+    stem = report.write_results("sampling", rows, columns, meta=vars(args) | {"e2e": str(e2e)}, device=device,
+                                notes=notes, env=env, out_dir=args.out, title="End-to-end sampling latency")
     print(open(stem + ".md").read())
     print(f"wrote {stem}.json and .md")
     return 0

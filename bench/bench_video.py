@@ -109,15 +109,14 @@ def run(args) -> int:
     def cached():
         model(x, t, y)
 
-    info = report.device_info(device)
-    print(f"{info.get('name', info['cpu'])}, {info['threads']} threads, load {info.get('loadavg_1m')}", file=sys.stderr)
+    info = report.environment(device)
+    print(f"{info['name']}, {info['threads']} threads, {report.load_line(info)}", file=sys.stderr)
     try:
         times = report.time_fns({"full": full, "cached": cached}, device, budget_s=args.budget,
                                 min_rounds=args.rounds, warmup=2)  # fmt: skip
     finally:
         request.close()
     assert request.full_steps == 1, "the timed request left its cached state"
-    load_after = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     t_full, t_cached = times["full"]["median_s"], times["cached"]["median_s"]
     full_s = args.steps * t_full
     rows = []
@@ -134,17 +133,17 @@ def run(args) -> int:
                ("of_bound", "of bound")]  # fmt: skip
     meta = dict(config=cfg, preset=args.preset, batch=args.batch, cfg_scale=CFG_SCALE, steps=args.steps,
                 method="ddim", schedule="SkipCache(interval=k, shallow_blocks=1, start_t=900, stop_t=49)",
-                loadavg_1m_after=load_after, step_times=times)  # fmt: skip
+                step_times_ms=report.summary(times))  # fmt: skip
     notes = [
         f"Latte-skip {cfg['depth'] // 2} pairs, hidden {cfg['hidden_size']}, {cfg['num_frames']} frames of "
         f"{cfg['input_size']}x{cfg['input_size']} latents, batch {args.batch} with CFG (model batch {2 * args.batch}), "
         f"DDIM-{args.steps}, fp32, random weights. Model step medians over {times['full']['rounds']} interleaved rounds: "
-        f"full {t_full * 1e3:.1f} ms (min {times['full']['min_s'] * 1e3:.1f}), cached {t_cached * 1e3:.1f} ms "
-        f"(min {times['cached']['min_s'] * 1e3:.1f}); latency = n_full * full + n_cached * cached.",
-        f"Load average (1 min) before {info.get('loadavg_1m')} and after {load_after} on {info.get('cpu_count')} "
-        "logical CPUs: a shared machine; speedups are ratios of medians taken in the same rounds.",
+        f"full {t_full * 1e3:.1f} ms ({times['full']['min_s'] * 1e3:.1f}-{times['full']['max_s'] * 1e3:.1f}), "
+        f"cached {t_cached * 1e3:.1f} ms ({times['cached']['min_s'] * 1e3:.1f}-{times['cached']['max_s'] * 1e3:.1f}); "
+        "latency = n_full * full + n_cached * cached.",
+        "Speedups are ratios of medians taken in the same interleaved rounds.",
     ]
-    stem = report.write_results("video", rows, columns, meta=meta, device=device, notes=notes,
+    stem = report.write_results("video", rows, columns, meta=meta, device=device, notes=notes, env=info, out_dir=args.out,
                                 title="Latte-skip class-to-video sampling: full vs Skip-Cache")  # fmt: skip
     print(report.markdown_table(rows, columns))
     print(f"wrote {stem}.json / .md", file=sys.stderr)
@@ -160,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="minimum interleaved rounds")
     p.add_argument("--budget", type=float, default=120.0, help="seconds of timing to aim for")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=report.RESULTS_DIR, help="results directory")
     return run(p.parse_args(argv))
 
 

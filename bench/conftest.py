@@ -1,6 +1,6 @@
 """pytest configuration for the benchmarks (python -m pytest bench/<file>.py --benchmark-only).
 
-Benchmarks import their helpers (report.py, _timing.py) from this directory, run on at most
+Benchmarks import their helpers (report.py) from this directory, run on at most
 SKIPDIT_BENCH_THREADS CPU threads (default 2), and never put Triton into its interpreter: on a CPU
 machine the Triton columns are skipped, with the reason, rather than simulated.
 """
@@ -17,4 +17,4 @@ def pytest_report_header(config):
     import report
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"skipdit bench device: {report.device_info(device)['name']} (results tag {report.device_tag(device)})"
+    return f"skipdit bench device: {report.environment(device)['name']} (results tag {report.device_tag(device)})"

@@ -4,7 +4,7 @@ give the trajectory speedup of each interval (the fidelity report's "measured sp
 
 Two copies of one model, one per cache, step through the same trajectory in lockstep (interleaved,
 so load on a shared machine hits both alike); each forward is timed and binned full / cached; the
-ratio of medians is reported.
+ratio of medians is reported, with min-max, the CPU and the load average at start and end.
 
     python bench/forecast_cost.py [--ckpt /tmp/skipdit_forecast_model.pt] [--batch 4]
 """
@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import os
+import sys
 import time
 
 import torch
 
-import skipdit_kernels as sk
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+import skipdit_kernels as sk  # noqa: E402
 
 
 def model_from(args):
@@ -58,7 +62,7 @@ def measure(model, orders, batch, interval, shallow, rounds):
                         times[o][requests[o].last_step_full].append(elapsed)
     for request in requests.values():
         request.close()
-    return {o: {("full" if k else "cached"): statistics.median(v) for k, v in d.items() if v} for o, d in times.items()}
+    return {o: {("full" if k else "cached"): report.stats(v) for k, v in d.items() if v} for o, d in times.items()}
 
 
 def main(argv=None):
@@ -72,20 +76,24 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    env = report.environment()
     model, desc = model_from(args)
-    print(f"{desc}, {args.threads} threads, shallow_blocks {args.shallow}")
+    print(f"{desc}, {env['name']}, {args.threads} threads, shallow_blocks {args.shallow}")
     out = {}
+    ms = lambda s: f"{s['median_s'] * 1e3:.3f} ms ({s['min_s'] * 1e3:.2f}-{s['max_s'] * 1e3:.2f})"  # noqa: E731
     for batch in args.batch:
         res = measure(model, [0, 1, 2], batch, 2, args.shallow, args.rounds)
-        out[batch] = res
-        reuse = res[0]["cached"]
-        print(f"batch {batch}: full {res[0]['full'] * 1e3:.3f} ms, cached reuse {reuse * 1e3:.3f} ms, "
-              f"forecast 1 {res[1]['cached'] * 1e3:.3f} ms (x{res[1]['cached'] / reuse:.3f}), "
-              f"forecast 2 {res[2]['cached'] * 1e3:.3f} ms (x{res[2]['cached'] / reuse:.3f}); "
-              f"cached/full {reuse / res[0]['full']:.3f}")  # fmt: skip
+        out[batch] = {o: {k: {n: v for n, v in s.items() if n != "samples_s"} for k, s in r.items()} for o, r in res.items()}
+        reuse = res[0]["cached"]["median_s"]
+        print(f"batch {batch}: full {ms(res[0]['full'])}, cached reuse {ms(res[0]['cached'])}, "
+              f"forecast 1 {ms(res[1]['cached'])} (x{res[1]['cached']['median_s'] / reuse:.3f}), "
+              f"forecast 2 {ms(res[2]['cached'])} (x{res[2]['cached']['median_s'] / reuse:.3f}); "
+              f"cached/full {reuse / res[0]['full']['median_s']:.3f}")  # fmt: skip
+    env["load_average_end"] = report.load_average()
+    print(report.load_line(env))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(model=desc, threads=args.threads, results=out), f, indent=1)
+            json.dump(dict(model=desc, environment=env, threads=args.threads, results=out), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 model uncached (same seed, hence the same initial and per-step noise), scored per sample (mean and
 worst 5%) and pooled (one MSE over all samples; issue 23), for reuse (order 0) and Lagrange
 forecast orders 1, 2 at several intervals, under DDIM (eta 0) and DDPM; beside the schedule's
-FLOP bound (block fraction) and the measured CPU speedup of the whole sampling run.
+FLOP bound (block fraction) and the CPU speedup composed from interleaved full and cached step times.
 
     python bench/forecast_fidelity.py                       # defaults below
     python bench/forecast_fidelity.py --samples 100 --ddpm-samples 100   # the issue's full size
@@ -18,16 +18,18 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
 
-import skipdit_kernels as sk
-from skipdit_kernels.cache.forecast import resolve_forecast
-from skipdit_kernels.metrics import fidelity
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+import skipdit_kernels as sk  # noqa: E402
+from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
+from skipdit_kernels.metrics import fidelity  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -77,18 +79,18 @@ def load_model(args):
 def run_sampler(model, method, steps, n, intervals, orders, args, rows):
     labels = [i % model.num_classes for i in range(n)]
     kw = dict(class_labels=labels, steps=steps, method=method, cfg_scale=args.cfg, seed=args.seed, progress=False)
-    ref, ref_info = sk.sample(model, return_info=True, **kw)
+    ref = sk.sample(model, **kw)
     # Per-step times, interleaved (robust to load on a shared machine): full and cached forward at this
     # batch; the modelled trajectory speedup is steps * T_full / (full * T_full + cached * T_cached).
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from forecast_cost import measure
 
-    step = measure(model, [0], 2 * n if args.cfg > 1 else n, 2, args.shallow, rounds=2)[0]
-    print(f"  step times at batch {2 * n if args.cfg > 1 else n}: full {step['full'] * 1e3:.2f} ms, "
-          f"cached {step['cached'] * 1e3:.2f} ms", flush=True)  # fmt: skip
+    times = measure(model, [0], 2 * n if args.cfg > 1 else n, 2, args.shallow, rounds=2)[0]
+    step = {k: v["median_s"] for k, v in times.items()}
+    print(f"  step times at batch {2 * n if args.cfg > 1 else n}: " + ", ".join(
+        f"{k} {v['median_s'] * 1e3:.2f} ms ({v['min_s'] * 1e3:.2f}-{v['max_s'] * 1e3:.2f})" for k, v in times.items()),
+        flush=True)  # fmt: skip
     timesteps = sk.sampling.GaussianDiffusion.create(steps, method=method, learn_sigma=model.learn_sigma).timesteps
     stochastic = method == "ddpm"
-    print(f"{method}-{steps}: uncached {ref_info.seconds:.1f} s", flush=True)
     for interval in intervals:
         for order in orders:
             cache = sk.SkipCache(interval=interval, shallow_blocks=args.shallow, forecast=order)
@@ -97,7 +99,8 @@ def run_sampler(model, method, steps, n, intervals, orders, args, rows):
                 sampler=f"{method.upper()}-{steps}", interval=interval, order=order, **fidelity(out, ref),
                 block_fraction=cache.block_fraction(timesteps, model.depth),
                 speedup=steps * step["full"] / (info.full_steps * step["full"] + info.cached_steps * step["cached"]),
-                wall_speedup=ref_info.seconds / info.seconds, full=info.full_steps, cached=info.cached_steps,
+                step_ms={k: {n: v[n] * 1e3 for n in ("median_s", "min_s", "max_s")} for k, v in times.items()},
+                full=info.full_steps, cached=info.cached_steps,
                 auto=order == resolve_forecast("auto", stochastic),
             )
             row["flop_bound"] = 1 / row["block_fraction"]
@@ -110,15 +113,16 @@ def run_sampler(model, method, steps, n, intervals, orders, args, rows):
 def write(rows, meta, stem):
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    lines = [f"# Forecast Skip-Cache fidelity ({meta['date']}, {meta['device']})", "", f"Model: {meta['model']}.",
+    env = dict(meta["environment"], load_average_end=report.load_average())
+    lines = [f"# Forecast Skip-Cache fidelity ({meta['date']}, {meta['device']})", "", report.load_line(env), "",
+             f"Model: {meta['model']}.",
              f"Settings: {meta['settings']}.", "",
              "PSNR (dB) of cached samples against the same model uncached, same noise, as `mean / pooled / "
              "worst 5%`: per sample then averaged; one MSE pooled over all samples (a few badly-off samples "
              "dominate it); the mean of the worst 5% of samples. The JSON also has SSIM (mean, worst 5%). "
              "Speedup: measured on CPU "
              "from interleaved per-step times (full and cached forward at the sampling batch, median) and the "
-             "run's full/cached step counts; the JSON also has the raw wall-clock ratio (noisy on a shared "
-             "machine). Bound: 1 / block fraction (the FLOP bound of the schedule).",
+             "run's full/cached step counts (the JSON has the step times' median, min and max). Bound: 1 / block fraction (the FLOP bound of the schedule).",
              ""]  # fmt: skip
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
         sel = [r for r in rows if r["sampler"] == sampler]
@@ -183,16 +187,19 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--model-cache", default="/tmp/skipdit_forecast_model.pt")
     p.add_argument("--tag", default="cpu")
+    p.add_argument("--out", default=RESULTS, help="results directory")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    env = report.environment()
     model, desc = load_model(args)
     meta = dict(
-        date=datetime.date.today().isoformat(), device=f"{args.tag}: {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads", model=desc,
+        date=datetime.date.today().isoformat(), device=f"{args.tag}: {env['name']}, {args.threads} threads", model=desc,
+        environment=env,
         settings=f"shallow_blocks {args.shallow}, CFG {args.cfg}, seed {args.seed}, DDIM-{args.ddim_steps} x "
         f"{args.samples} samples, DDPM-{args.ddpm_steps} x {args.ddpm_samples} samples, fp32",
     )  # fmt: skip
-    stem = os.path.join(RESULTS, f"forecast-fidelity-{args.tag}-{meta['date']}")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"forecast-fidelity-{args.tag}-{meta['date']}")
     rows: list[dict] = []
     if args.samples:
         run_sampler(model, "ddim", args.ddim_steps, args.samples, args.intervals, args.orders, args, rows)

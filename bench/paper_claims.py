@@ -9,7 +9,8 @@
 2. Caching fidelity at equal speedup: SkipDiT + Skip-Cache vs DiT + the vanilla (FORA-style) cache of
    the same middle blocks' residual; both run the same 2*shallow outer blocks on a cached step.
    PSNR / SSIM against each model's own uncached samples from the same noise, classifier accuracy,
-   Frechet distance to the real digits; measured wall time.
+   Frechet distance to the real digits; wall and CPU time, all configurations interleaved round by
+   round (--timing-rounds; medians, min-max).
 3. Feature stability: cosine similarity of each block's output between adjacent sampling steps
    (forward hooks on model.blocks), uncached, DiT vs SkipDiT.
 Numbers are reported as they fall.
@@ -20,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -38,6 +38,9 @@ from skipdit_kernels.images import save_grid  # noqa: E402
 from skipdit_kernels.metrics import classifier_accuracy, classifier_features, fidelity as score_fidelity, frechet_distance, psnr  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import report as bench_report  # noqa: E402  (the benchmarks' timer; ``report`` here is the list of lines)
+
 TRAINING = os.path.join(HERE, "results", "training")
 OUT = os.path.join(HERE, "results", "paper-claims")
 NAMES = {"skipdit": "SkipDiT + Skip-Cache", "dit": "DiT + residual cache"}
@@ -89,45 +92,53 @@ def convergence(report: list[str], results: dict) -> None:
     results["convergence_first_step_within_2x_final_fd"] = first
 
 
-def run_sampling(model, labels, args, cache, hooks=None):
-    started, cpu = time.perf_counter(), time.process_time()
-    x, info = sk.sample(model, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, cache=cache, seed=args.seed,
-                        progress=False, return_info=True)
-    info.cpu_seconds = time.process_time() - cpu
-    return x.clamp(-1, 1), time.perf_counter() - started, info
-
-
 def fidelity(models, classifier, real_feats, report, results, args) -> None:
     labels = torch.arange(10).repeat_interleave(args.samples // 10)
-    rows = []
-    for name, model in models.items():
+    configs = [(name, interval) for name in models for interval in (1, *args.intervals)]
+    outputs = {}
+
+    def run(name, interval):
+        cache = sk.SkipCache(interval=interval, shallow_blocks=args.shallow) if interval > 1 else None
+        x, info = sk.sample(models[name], labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, cache=cache,
+                            seed=args.seed, progress=False, return_info=True)
+        outputs[name, interval] = x.clamp(-1, 1), info  # the same samples every round (fixed seed)
+
+    for model in models.values():
         sk.sample(model, labels[:2], steps=2, method="ddim", cfg_scale=args.cfg, progress=False)  # warm-up
-        ref, t_ref, ref_info = run_sampling(model, labels, args, None)
-        save_grid(ref, os.path.join(OUT, f"samples-{name}-full.png"), nrow=args.samples // 10, scale=3)
-        base = dict(model=name, interval=1, seconds=t_ref, speedup=1.0, cpu_seconds=ref_info.cpu_seconds, cpu_speedup=1.0, **score_fidelity(ref, ref),
-                    accuracy=classifier_accuracy(classifier, ref, labels),
-                    fd=frechet_distance(classifier_features(classifier, ref), real_feats), block_fraction=1.0)
-        rows.append(base)
-        for interval in args.intervals:
-            cache = sk.SkipCache(interval=interval, shallow_blocks=args.shallow)
-            x, t, info = run_sampling(model, labels, args, cache)
-            if interval == 3:
-                save_grid(x, os.path.join(OUT, f"samples-{name}-cache{interval}.png"), nrow=args.samples // 10, scale=3)
-            frac = (info.full_steps * model.depth + info.cached_steps * 2 * args.shallow) / (
-                (info.full_steps + info.cached_steps) * model.depth)
-            rows.append(dict(model=name, interval=interval, seconds=t, speedup=t_ref / t, cpu_seconds=info.cpu_seconds,
-                             cpu_speedup=ref_info.cpu_seconds / info.cpu_seconds, **score_fidelity(x, ref), accuracy=classifier_accuracy(classifier, x, labels),
-                             fd=frechet_distance(classifier_features(classifier, x), real_feats), block_fraction=frac))
+    # Every configuration once per round, round by round, so load drifts on the shared machine hit all alike.
+    timing = bench_report.time_fns({f"{n}/{i}": (lambda n=n, i=i: run(n, i)) for n, i in configs},
+                                   min_rounds=args.timing_rounds, max_rounds=args.timing_rounds, budget_s=0.0, warmup=0)
+    failed = {k: v["error"] for k, v in timing.items() if "error" in v}
+    if failed:
+        raise RuntimeError(f"sampling failed: {failed}")
+    results["timing_s"] = bench_report.summary(timing, scale=1.0)
+    rows = []
+    for name, interval in configs:
+        x, info = outputs[name, interval]
+        ref = outputs[name, 1][0]
+        t, t_ref = timing[f"{name}/{interval}"], timing[f"{name}/1"]
+        if interval == 1:
+            save_grid(x, os.path.join(OUT, f"samples-{name}-full.png"), nrow=args.samples // 10, scale=3)
+        if interval == 3:
+            save_grid(x, os.path.join(OUT, f"samples-{name}-cache{interval}.png"), nrow=args.samples // 10, scale=3)
+        frac = (info.full_steps * models[name].depth + info.cached_steps * 2 * args.shallow) / (
+            (info.full_steps + info.cached_steps) * models[name].depth)
+        rows.append(dict(model=name, interval=interval, seconds=t["median_s"], seconds_min=t["min_s"], seconds_max=t["max_s"],
+                         speedup=bench_report.round_ratio(timing, f"{name}/{interval}", f"{name}/1")["ratio"],
+                         cpu_seconds=t["cpu_median_s"], cpu_speedup=t_ref["cpu_median_s"] / t["cpu_median_s"],
+                         **score_fidelity(x, ref), accuracy=classifier_accuracy(classifier, x, labels),
+                         fd=frechet_distance(classifier_features(classifier, x), real_feats), block_fraction=frac))
+        if interval > 1:
             print(f"  {name} interval {interval}: PSNR {rows[-1]['psnr_mean']:.2f} (pooled {rows[-1]['psnr_pooled']:.2f}) "
                   f"SSIM {rows[-1]['ssim_mean']:.3f}", flush=True)
     results["fidelity"] = rows
-    report.append("| model | cache interval | blocks run (fraction) | wall s | speedup | CPU s | CPU-time speedup | "
+    report.append("| model | cache interval | blocks run (fraction) | wall s (min-max) | speedup | CPU s | CPU-time speedup | "
                   "PSNR dB vs own uncached: mean | pooled | worst 5% | SSIM: mean | worst 5% | classifier acc | FD |\n"
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         label = NAMES[r["model"]] if r["interval"] > 1 else r["model"].replace("skipdit", "SkipDiT").replace("dit", "DiT") + " uncached"
         report.append(f"| {label} | {r['interval'] if r['interval'] > 1 else '-'} | {r['block_fraction']:.2f} | "
-                      f"{r['seconds']:.2f} | {r['speedup']:.2f}x | {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}x | {r['psnr_mean']:.2f} | {r['psnr_pooled']:.2f} | "
+                      f"{r['seconds']:.2f} ({r['seconds_min']:.2f}-{r['seconds_max']:.2f}) | {r['speedup']:.2f}x | {r['cpu_seconds']:.2f} | {r['cpu_speedup']:.2f}x | {r['psnr_mean']:.2f} | {r['psnr_pooled']:.2f} | "
                       f"{r['psnr_worst']:.2f} | {r['ssim_mean']:.4f} | {r['ssim_worst']:.4f} | "
                       f"{r['accuracy']:.0%} | {r['fd']:.2f} |")
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
@@ -239,6 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--stability-samples", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timing-rounds", type=int, default=3, help="interleaved rounds of every configuration (medians)")
     p.add_argument("--threads", type=int, default=1, help="1 on a shared CPU (2 threads spin against other jobs)")
     p.add_argument("--models-from", default=None, help="load run folders DIR/{skipdit,dit}/model.safetensors instead of the assets")
     p.add_argument("--out", default=OUT)
@@ -246,6 +258,7 @@ def main(argv=None) -> int:
     OUT = args.out
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(args.threads)
+    env = bench_report.environment()
     started = time.perf_counter()
     models = load_models(args)
     classifier = load_bundled("classifier")
@@ -256,8 +269,7 @@ def main(argv=None) -> int:
     report = [
         "# Skip-DiT's claims at toy scale (bundled 16x16 digit models)\n",
         f"Generated by `python bench/paper_claims.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-        f"{datetime.date.today()}, {platform.machine()}, torch {torch.__version__}, {args.threads} threads "
-        f"(shared CPU; wall times are indicative only, load average {os.getloadavg()[0]:.1f}).\n",
+        f"{datetime.date.today()}, {env['name']}, torch {torch.__version__}, {args.threads} threads.\n",
         f"Models: SkipDiT and DiT of identical size ({json.dumps({k: cfg[k] for k in ('input_size', 'patch_size', 'hidden_size', 'depth', 'num_heads', 'learn_sigma')})}), "
         "trained with the same recipe and seed by `bench/train_bundled.sh` (see bench/results/training/). "
         "Frechet distances (FD) are in the 64-d feature space of the bundled digit classifier "
@@ -274,8 +286,11 @@ def main(argv=None) -> int:
                   f"{cfg['depth'] - args.shallow} (Skip-Cache), DiT reuses the middle blocks' residual "
                   "(FORA/DeepCache-style). PSNR/SSIM compare each model with its own uncached samples from the "
                   "same noise, scored per sample (mean, and the mean of the worst 5%) and pooled (one MSE over all "
-                  "samples, which a few badly-off samples dominate); SSIM pooled over all windows equals its mean. The machine is shared, so wall times are noisy; the CPU time of this process "
-                  "(time.process_time) is the steadier measure of the work saved.\n")
+                  "samples, which a few badly-off samples dominate); SSIM pooled over all windows equals its mean. "
+                  f"Times: every configuration runs once per round, {args.timing_rounds} rounds interleaved; wall "
+                  "s = median (min-max), speedup = median of the per-round ratios to the same model uncached. On a "
+                  "shared machine the CPU time of this process (time.process_time, median) is the steadier measure "
+                  "of the work saved.\n")
     print("fidelity ...", flush=True)
     fidelity(models, classifier, real_feats, report, results, args)
     report.append(f"## 3. Feature stability\n\nMean cosine similarity of each block's output between adjacent "
@@ -309,6 +324,9 @@ def main(argv=None) -> int:
                   "models, which we read as caching slightly weakening the effect of guidance, not as better samples.\n")
     fp16_check(models, report, results, args)
     report.append(f"Runtime of this script: {time.perf_counter() - started:.0f} s.\n")
+    env["load_average_end"] = bench_report.load_average()
+    results["environment"] = env
+    report.insert(2, bench_report.load_line(env) + "\n")  # after the header: the load at start and end
     with open(os.path.join(OUT, "report.md"), "w") as f:
         f.write("\n".join(report) + "\n")
     with open(os.path.join(OUT, "results.json"), "w") as f:

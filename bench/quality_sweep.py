@@ -13,8 +13,9 @@ For each setting: fidelity against full compute from the same noise (``metrics.f
 and SSIM per-sample mean, pooled, worst 5%; samples clamped to [-1, 1] as the demo shows them),
 the bundled digit classifier's accuracy, the FLOP bound (1 / ``SkipCache.block_fraction`` with
 ``model.num_units``), and the measured wall-time speedup over full compute: every round runs every
-setting once (the order rotated round by round), the speedup is the median over rounds of the
-round's full-compute time over the setting's time. The load average and CPU name are recorded:
+setting once (interleaved round by round), the speedup is the median over rounds of the
+round's full-compute time over the setting's time (``report.time_fns``, ``report.round_ratio``). The
+load average at start and end and the CPU name are recorded:
 on a loaded machine use ``--threads 1`` (OpenMP oversubscription distorts timings badly).
 
 Writes bench/results/quality-sweep-<tag>-<date>.{json,md,png}.
@@ -25,14 +26,12 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import cpu_model  # noqa: E402
+import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.commands import demo  # noqa: E402
@@ -82,7 +81,7 @@ def run(args) -> dict:
     timesteps = sk.sampling.GaussianDiffusion.create(d.steps, method=d.method, learn_sigma=model.learn_sigma).timesteps
     caches = settings(args)
     meta = dict(
-        date=datetime.date.today().isoformat(), cpu=cpu_model(), cpu_count=os.cpu_count(), threads=args.threads,
+        date=datetime.date.today().isoformat(), cpu=report.environment()["name"], cpu_count=os.cpu_count(), threads=args.threads,
         torch=torch.__version__, loadavg_start=loadavg(), model="bundled SkipDiT (skipdit_kernels.embedded)",
         num_units=model.num_units, samples=len(labels), sampler=f"{d.method.upper()}-{d.steps}", cfg=d.cfg,
         settings=args.settings or "all", per_class=args.per_class, seed=seed, shallow_blocks=args.shallow, rounds=args.rounds,
@@ -94,7 +93,7 @@ def run(args) -> dict:
         row = dict(setting=name, interval=cache.interval if cache else 1, start_t=cache.start_t if cache else None,
                    forecast=int(cache.forecast) if cache else None)  # fmt: skip
         fraction = cache.block_fraction(timesteps, model.num_units) if cache else 1.0
-        row.update(block_fraction=fraction, flop_bound=1 / fraction, seconds=[])
+        row.update(block_fraction=fraction, flop_bound=1 / fraction)
         if cache:
             plan = cache.full_steps(timesteps)
             row.update(full_steps=plan.count(True), cached_steps=plan.count(False))
@@ -102,30 +101,24 @@ def run(args) -> dict:
             row.update(full_steps=len(timesteps), cached_steps=0)
         rows[name] = row
     sk.sample(model, labels[:2], **{**common, "steps": 2})  # warm-up
-    reference = None
-    names = list(caches)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            time.sleep(0.05)
-            started = time.perf_counter()
-            out = sk.sample(model, labels, cache=caches[name], **common)
-            rows[name]["seconds"].append(time.perf_counter() - started)
-            if r == 0:
-                rows[name]["_out"] = out.clamp(-1, 1)
-        if r == 0:
-            reference = rows["full"]["_out"]
-            for name, row in rows.items():
-                out = row.pop("_out")
-                row.update(fidelity(out, reference), accuracy=classifier_accuracy(classifier, out, labels))
-                if name != "full":
-                    row["psnr_per_sample"] = [round(float(v), 3) for v in psnr(out, reference, reduction="none")]
-        meta[f"loadavg_after_round_{r + 1}"] = loadavg()
-        print(f"round {r + 1}/{args.rounds} done, load {loadavg()}", flush=True)
-    full_times = rows["full"]["seconds"]
-    for row in rows.values():
-        row["median_s"] = statistics.median(row["seconds"])
-        row["speedup"] = statistics.median(f / s for f, s in zip(full_times, row["seconds"]))
+    outputs = {}
+
+    def run_setting(name):
+        outputs[name] = sk.sample(model, labels, cache=caches[name], **common).clamp(-1, 1)  # same every round (seed)
+
+    timing = report.time_fns({name: (lambda name=name: run_setting(name)) for name in caches}, min_rounds=args.rounds,
+                             max_rounds=args.rounds, budget_s=0.0, warmup=0, pause_s=0.05)  # fmt: skip
+    failed = {k: v["error"] for k, v in timing.items() if "error" in v}
+    if failed:
+        raise RuntimeError(f"sampling failed: {failed}")
+    reference = outputs["full"]
+    for name, row in rows.items():
+        out, t = outputs[name], timing[name]
+        row.update(fidelity(out, reference), accuracy=classifier_accuracy(classifier, out, labels))
+        if name != "full":
+            row["psnr_per_sample"] = [round(float(v), 3) for v in psnr(out, reference, reduction="none")]
+        row.update(seconds=t["samples_s"], median_s=t["median_s"], min_s=t["min_s"], max_s=t["max_s"],
+                   speedup=report.round_ratio(timing, name, "full")["ratio"])
     meta["loadavg_end"] = loadavg()
     return dict(meta=meta, rows=list(rows.values()))
 
@@ -145,8 +138,9 @@ def recommend(rows: list[dict], target: float) -> dict:
 
 def fmt_row(r: dict) -> str:
     psnr = lambda v: "inf" if v == float("inf") else f"{v:.1f}"  # noqa: E731
+    span = f" ({r['min_s']:.1f}-{r['max_s']:.1f})" if "min_s" in r else ""  # older results: median only
     return (f"| {r['setting']} | {r['full_steps']}/{r['cached_steps']} | x{r['flop_bound']:.2f} | x{r['speedup']:.2f} | "
-            f"{r['median_s']:.1f} | {psnr(r['psnr_mean'])} | {psnr(r['psnr_pooled'])} | {psnr(r['psnr_worst'])} | "
+            f"{r['median_s']:.1f}{span} | {psnr(r['psnr_mean'])} | {psnr(r['psnr_pooled'])} | {psnr(r['psnr_worst'])} | "
             f"{r['ssim_mean']:.4f} | {r['ssim_worst']:.4f} | {r['accuracy']:.0%} |")  # fmt: skip
 
 
@@ -178,17 +172,16 @@ def write(result: dict, stem: str, target: float) -> None:
         json.dump(result, f, indent=1)
     by = {r["setting"]: r for r in rows}
     ref = by[REFERENCE]
-    loads = [v for k, v in meta.items() if k.startswith("loadavg")]
     lines = [f"# Quality-matched speed sweep ({meta['date']})", "",
              f"Model: {meta['model']} ({meta['num_units']} units), {meta['sampler']}, CFG {meta['cfg']:g} (the demo's "
              f"settings), {meta['samples']} samples ({meta['per_class']} per digit), seed {meta['seed']}, shallow_blocks "
              f"{meta['shallow_blocks']}, fp32.",
              f"Machine: {meta['cpu']}, {meta['cpu_count']} cores shared with other jobs; torch.set_num_threads("
-             f"{meta['threads']}); load average (1/5/15 min) from {meta['loadavg_start']} at the start to "
-             f"{meta['loadavg_end']} at the end (max 1-min {max(v[0] for v in loads):.1f})"
-             + (": the machine was loaded, hence one thread (OpenMP oversubscription distorts timings)." if max(v[0] for v in loads) > meta['cpu_count'] else "."),
+             f"{meta['threads']}). "
+             + report.load_line(dict(load_average=meta["loadavg_start"], load_average_end=meta["loadavg_end"],
+                                     cores=meta["cpu_count"])),
              "",
-             f"Scoring: {meta['scoring']} ({meta['rounds']} rounds, every setting once per round, the order rotated). "
+             f"Scoring: {meta['scoring']} ({meta['rounds']} rounds, every setting once per round, interleaved round by round; median s (min-max)). "
              "Fidelity against full compute from the same noise. Bound: 1 / block fraction (FLOP bound). "
              "Steps: full/cached. Accuracy: the bundled digit classifier on the samples.", "",
              "| setting | steps | bound | speedup | median s | PSNR mean | PSNR pooled | PSNR worst 5% | SSIM mean | "
@@ -287,6 +280,7 @@ def main(argv=None):
                    "timing with more rounds or a fidelity with another seed")  # fmt: skip
     p.add_argument("--target", type=float, default=1.9, help="issue 23's measured speedup target")
     p.add_argument("--tag", default="cpu-bundled")
+    p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--rewrite", help="re-render the .md/.png from this .json without running")
     args = p.parse_args(argv)
     if args.rewrite:
@@ -297,7 +291,8 @@ def main(argv=None):
     if 2 not in args.reuse_intervals:
         p.error(f"--reuse-intervals must include 2 ({REFERENCE} is the reference)")
     result = run(args)
-    stem = os.path.join(RESULTS, f"quality-sweep-{args.tag}-{result['meta']['date']}")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"quality-sweep-{args.tag}-{result['meta']['date']}")
     write(result, stem, args.target)
     print(f"wrote {stem}.md/.json/.png")
 

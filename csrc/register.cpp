@@ -20,7 +20,7 @@ TORCH_LIBRARY(skipdit, m) {
   // (folded weight, rowsum, folded bias) of ops.folding.fold_skip_weights, in one pass; CPU only.
   m.def("fold_skip_weights(Tensor norm_weight, Tensor norm_bias, Tensor weight, Tensor bias) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_capability() -> str", &skipdit::cpu_capability);
-  m.def("cpu_gemm() -> str", &skipdit::cpu_gemm);
+  m.def("cpu_fp32_gemm() -> str", &skipdit::cpu_fp32_gemm);
 }
 
 TORCH_LIBRARY_IMPL(skipdit, CPU, m) {

@@ -1,5 +1,5 @@
-// CPU driver: validates, lays out rows, runs the vendor GEMM (at::addmm / at::mm: MKL or oneDNN)
-// and the row kernels of the capability picked at run time, in parallel over rows.
+// CPU driver: validates, lays out rows, runs the vendor GEMM (oneDNN or torch's at::mm, see
+// gemm_nt) and the row kernels of the capability picked at run time, in parallel over rows.
 //
 // GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
 // with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
@@ -10,8 +10,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/Context.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -41,14 +39,26 @@ bool cpu_has(const char* feature) {
   return false;
 }
 
+bool cpu_is_intel() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel");
+#else
+  return false;
+#endif
+}
+
+std::string lowercase_env(const char* var) {
+  const char* v = std::getenv(var);
+  std::string s(v != nullptr ? v : "");
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
 std::string requested_capability() {
   for (const char* var : {"SKIPDIT_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY"}) {
-    const char* v = std::getenv(var);
-    if (v != nullptr && *v) {
-      std::string s(v);
-      std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-      return s;
-    }
+    std::string s = lowercase_env(var);
+    if (!s.empty()) return s;
   }
   return "";
 }
@@ -72,52 +82,49 @@ const KernelTable& table() {
   return *t;
 }
 
-// fp32 GEMMs through oneDNN (torch's mkldnn::_linear_pointwise, the op inductor's CPU linears use)
-// rather than at::mm's MKL sgemm, which runs its AVX2 code on non-Intel CPUs: on an AVX-512 AMD EPYC
-// (Zen 5, one thread) oneDNN takes 21.6 ms where at::mm takes 49 ms for (1024 x 768) @ (768 x 3072).
-// SKIPDIT_CPU_GEMM=onednn | aten overrides; the default is onednn on non-Intel x86 CPUs, aten
-// elsewhere. Half-precision at::mm already runs oneDNN.
-using LinearPointwise = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, c10::string_view,
-                               c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>);
+// fp32 GEMMs. torch's at::mm runs MKL's sgemm, which on x86 CPUs not made by Intel takes a code path
+// about half as fast as oneDNN's JIT kernels (AMD EPYC with AVX-512: 2-4x at DiT shapes, both at one
+// thread; bench/results/gemm-*.md). So fp32 GEMMs of at least kOnednnMinFlops go to oneDNN through
+// torch's own mkldnn::_linear_pointwise op where torch was built with it, on CPUs not made by Intel
+// (unmeasured on Intel: MKL is its vendor's library there). SKIPDIT_CPU_FP32_GEMM=onednn|torch
+// overrides; torch.backends.mkldnn.enabled = False is respected.
+constexpr int64_t kOnednnMinFlops = int64_t{1} << 21;  // below, oneDNN's per-call setup costs more
 
-const c10::TypedOperatorHandle<LinearPointwise>* onednn_linear() {
-  static const c10::TypedOperatorHandle<LinearPointwise>* handle = []() -> const c10::TypedOperatorHandle<LinearPointwise>* {
-    const char* v = std::getenv("SKIPDIT_CPU_GEMM");
-    std::string want = v ? v : "";
-    std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
-    bool use = want == "onednn";
-    if (want.empty()) {
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
-      __builtin_cpu_init();
-      use = !__builtin_cpu_is("intel");
-#endif
-    }
-    if (!use || !at::hasMKLDNN()) return nullptr;
-    auto schema = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    if (!schema.has_value()) return nullptr;
-    static const auto typed = schema->typed<LinearPointwise>();
-    return &typed;
+const c10::OperatorHandle* onednn_linear_op() {
+  static const std::optional<c10::OperatorHandle> op = [] {
+    auto found = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+    // The boxed call below passes (X, W, B, attr, scalars, algorithm): use it only with that schema.
+    if (found && found->hasSchema() && found->schema().arguments().size() == 6 &&
+        found->schema().arguments()[3].name() == "attr")
+      return found;
+    return std::optional<c10::OperatorHandle>();
   }();
-  return handle;
+  return op ? &*op : nullptr;
 }
 
-// a (n, K) @ w (N, K)^T into acc (n, N): oneDNN for fp32 where picked (acc then becomes its result
-// tensor), else at::mm_out.
-void gemm_into(Tensor& acc, const Tensor& a, const Tensor& w) {
-  const auto* op = a.scalar_type() == at::kFloat && a.size(1) > 0 ? onednn_linear() : nullptr;
-  if (op != nullptr) {
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // kernel-internal: no autograd recording
-    acc = op->call(a.contiguous(), w.contiguous(), std::nullopt, "none", c10::List<std::optional<c10::Scalar>>(),
-                   std::nullopt);
-    return;
+bool fp32_gemm_on_onednn() {
+  static const bool wanted = [] {
+    const std::string s = lowercase_env("SKIPDIT_CPU_FP32_GEMM");
+    if (s == "torch") return false;
+    if (onednn_linear_op() == nullptr) return false;
+    return s == "onednn" || !cpu_is_intel();
+  }();
+  return wanted && at::globalContext().userEnabledMkldnn();
+}
+
+// a (M, K) @ w^T, w (N, K): into `out` (M, N) when torch's GEMM runs, else a new tensor.
+Tensor gemm_nt(const Tensor& a, const Tensor& w, const Tensor& out) {
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+  if (a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && 2 * M * K * N >= kOnednnMinFlops &&
+      fp32_gemm_on_onednn()) {
+    torch::jit::Stack stack{a.contiguous(), w.contiguous(), c10::IValue(), c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()};
+    onednn_linear_op()->callBoxed(&stack);
+    return stack[0].toTensor();
   }
-  at::mm_out(acc, a, w.t());
-}
-
-// The GEMM writes the op's output directly (and the epilogue rewrites it in place) when the output
-// has the GEMM's dtype and the GEMM takes an out= tensor (at::mm, not oneDNN's linear).
-bool gemm_writes_out(at::ScalarType compute, at::ScalarType out) {
-  return compute == out && !(compute == at::kFloat && onednn_linear() != nullptr);
+  if (!out.defined()) return at::mm(a, w.t());
+  at::mm_out(const_cast<Tensor&>(out), a, w.t());
+  return out;
 }
 
 int64_t gemm_block_rows() {
@@ -159,27 +166,27 @@ void check_cpu(const char* op, const Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
 }
 
-// Row-blocked GEMM + epilogue. gemm(acc, r0, n) fills acc (n, width) for rows [r0, r0 + n);
-// epi(r0, r1, acc_rows) consumes it. `direct` (defined when the output's dtype is the GEMM's) lets the
-// GEMM write straight into the output, which the epilogue then rewrites in place.
+// Row-blocked GEMM + epilogue. gemm(out, r0, n) returns rows [r0, r0 + n) of the GEMM, written into
+// `out` when it can (see gemm_nt); epi(r0, r1, acc_rows, in_place) consumes them, in_place telling
+// whether they already are the output. `direct` (defined when the output's dtype is the GEMM's) is
+// the output, offered to the GEMM so that the epilogue can rewrite it in place.
 template <typename Gemm, typename Epi>
-void gemm_rows(int64_t M, int64_t width, at::ScalarType compute, const Tensor& direct, const at::TensorOptions& opts,
-               Gemm gemm, Epi epi) {
+void gemm_rows(int64_t M, int64_t width, const Tensor& direct, Gemm gemm, Epi epi) {
   if (M == 0 || width == 0) return;
   const int64_t block = gemm_block_rows();
   if (block <= 0 || block >= M) {
-    Tensor acc = direct.defined() ? direct : at::empty({M, width}, opts.dtype(compute));
-    gemm(acc, 0, M);
-    at::parallel_for(0, M, grain_for(width), [&](int64_t r0, int64_t r1) { epi(r0, r1, rows2(acc, 0)); });
+    const Tensor acc = gemm(direct, 0, M);
+    const bool in_place = direct.defined() && acc.data_ptr() == direct.data_ptr();
+    at::parallel_for(0, M, grain_for(width), [&](int64_t r0, int64_t r1) { epi(r0, r1, rows2(acc, 0), in_place); });
     return;
   }
   const int64_t nblocks = (M + block - 1) / block;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * block, n = std::min(block, M - r0);
-      Tensor acc = direct.defined() ? direct.narrow(0, r0, n) : at::empty({n, width}, opts.dtype(compute));
-      gemm(acc, r0, n);
-      epi(r0, r0 + n, rows2(acc, r0));
+      const Tensor target = direct.defined() ? direct.narrow(0, r0, n) : Tensor();
+      const Tensor acc = gemm(target, r0, n);
+      epi(r0, r0 + n, rows2(acc, r0), target.defined() && acc.data_ptr() == target.data_ptr());
     }
   });
 }
@@ -240,15 +247,14 @@ Tensor linear_act(const char* op, const Tensor& h_in, const Tensor& weight, cons
   const auto compute = weight.scalar_type();
   const auto& k = table();
   const Storage st = storage_of(h_in), acc_st = storage_of(weight);
-  const Tensor direct = gemm_writes_out(compute, h_in.scalar_type()) ? out : Tensor();
+  const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
   gemm_rows(
-      M, Nout, compute, direct, h_in.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) { gemm_into(acc, as_compute(h.narrow(0, r0, n), compute), weight); },
-      [&](int64_t r0, int64_t r1, Rows acc) {
-        if (gelu || b != nullptr || !direct.defined())
-          k.bias_act(st, acc_st, acc, b, rows2(out, 0), Nout, gelu, r0, r1);
+      M, Nout, direct,
+      [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
+      [&](int64_t r0, int64_t r1, Rows acc, bool in_place) {
+        if (gelu || b != nullptr || !in_place) k.bias_act(st, acc_st, acc, b, rows2(out, 0), Nout, gelu, r0, r1);
       });
   return out.view(out_sizes);
 }
@@ -274,13 +280,13 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   Tensor out2 = out.view({B * N, D});
-  const Tensor direct = gemm_writes_out(compute, x.scalar_type()) ? out2 : Tensor();
+  const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
   gemm_rows(
-      B * N, D, compute, direct, x.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) { gemm_into(acc, as_compute(h.narrow(0, r0, n), compute), weight); },
-      [&](int64_t r0, int64_t r1, Rows acc) {
+      B * N, D, direct,
+      [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
+      [&](int64_t r0, int64_t r1, Rows acc, bool) {
         k.gated(st, rows3(x), bvec(gate), acc_st, acc, b, rows3(out), N, D, r0, r1);
       });
   return out;
@@ -330,11 +336,11 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
     rmod = rows3(*mod);
   }
   Tensor h2 = h.view({M, Dout});
-  const Tensor direct = gemm_writes_out(compute, x.scalar_type()) ? h2 : Tensor();
+  const Tensor direct = compute == x.scalar_type() ? h2 : Tensor();
   gemm_rows(
-      M, Dout, compute, direct, x.options(),
-      [&](Tensor& acc, int64_t r0, int64_t n) { gemm_into(acc, zs.narrow(0, r0, n), weight); },
-      [&](int64_t r0, int64_t r1, Rows acc) {
+      M, Dout, direct,
+      [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(zs.narrow(0, r0, n), weight, target); },
+      [&](int64_t r0, int64_t r1, Rows acc, bool) {
         k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
                  mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
       });
@@ -398,12 +404,12 @@ std::tuple<Tensor, Tensor, Tensor> fold_skip_weights(const Tensor& norm_weight, 
 
 }  // namespace cpu
 
-std::string cpu_gemm() { return cpu::onednn_linear() != nullptr ? "onednn" : "aten"; }
-
 std::string cpu_capability() {
   std::string s = cpu::table().name;
   if (cpu_has("bf16")) s += "+bf16";
   return s;
 }
+
+std::string cpu_fp32_gemm() { return cpu::fp32_gemm_on_onednn() ? "onednn" : "torch"; }
 
 }  // namespace skipdit

@@ -469,7 +469,7 @@ _GEMM_LIBRARY_CHECK = r"""
 import sys, torch
 from skipdit_kernels import ops
 from skipdit_kernels.ops import native
-assert native.cpu_gemm() == sys.argv[1], native.cpu_gemm()
+assert native.cpu_fp32_gemm() == sys.argv[1], native.cpu_fp32_gemm()
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 70, 37, generator=g); y = torch.randn(2, 70, 37, generator=g)
 h = torch.randn(70, 2, 148, generator=g).transpose(0, 1)  # non-contiguous GEMM operand
@@ -493,10 +493,10 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("library", ["onednn", "aten"])
+@pytest.mark.parametrize("library", ["onednn", "torch"])
 def test_fp32_gemm_libraries(library):
-    """Both fp32 GEMM paths of the driver (SKIPDIT_CPU_GEMM, chosen once per process) against the references."""
-    env = dict(os.environ, SKIPDIT_CPU_GEMM=library, OMP_NUM_THREADS="1")
+    """Both fp32 GEMM paths of the driver (SKIPDIT_CPU_FP32_GEMM, chosen once per process) against the references."""
+    env = dict(os.environ, SKIPDIT_CPU_FP32_GEMM=library, OMP_NUM_THREADS="1")
     if library == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
     out = subprocess.run([sys.executable, "-c", _GEMM_LIBRARY_CHECK, library], env=env, capture_output=True, text=True,

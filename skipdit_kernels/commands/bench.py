@@ -38,6 +38,7 @@ def configure(parser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per step kind (medians)")
     parser.add_argument("--e2e", default=None, help="whole-trajectory runs: none | default | all")
+    parser.add_argument("--e2e-rounds", type=int, default=None, help="interleaved rounds of the whole trajectories")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", default=None, help="results directory (default bench/results)")
 
@@ -45,11 +46,11 @@ def configure(parser) -> None:
 def run(args) -> int:
     bench = _bench_module()
     argv = []
-    for name in ("models", "batches", "samplers", "dtype", "device", "threads", "rounds", "e2e", "out"):
+    for name in ("models", "batches", "samplers", "dtype", "device", "threads", "rounds", "e2e", "e2e_rounds", "out"):
         value = getattr(args, name, None)
         if value is None:
             continue
-        argv += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+        argv += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     if getattr(args, "no_memory", False):
         argv.append("--no-memory")
     return bench.main(argv)

@@ -21,8 +21,8 @@ void check_skip_fuse(const char* op, const Tensor& x, const Tensor& skip, const 
 // The CPU capability the CPU driver dispatches to ("default", "avx2", "avx512"), plus "+bf16" when
 // the CPU has bf16 dot-product units (avx512_bf16 or amx_bf16).
 std::string cpu_capability();
-// The library the CPU driver's fp32 GEMMs run in: "onednn" or "aten" (at::mm; SKIPDIT_CPU_GEMM).
-std::string cpu_gemm();
+// Who runs the CPU driver's fp32 GEMMs: "onednn" or "torch" (at::mm; MKL in torch's x86 builds).
+std::string cpu_fp32_gemm();
 
 #define SKIPDIT_DECLARE_OPS                                                                                    \
   Tensor adaln_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps);               \

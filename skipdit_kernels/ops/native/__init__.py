@@ -25,7 +25,7 @@ from .. import _backend
 from ..folding import fold_skip_weights
 
 _OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
-_HELPERS = ("fold_skip_weights", "cpu_gemm")  # driver-internal ops, not registered with the op layer
+_HELPERS = ("fold_skip_weights",)  # driver-internal ops, not registered with the op layer
 _state = {"loaded": False, "source": None, "error": "not loaded yet", "fakes": False}
 
 
@@ -99,10 +99,10 @@ def cpu_capability() -> str:
     return torch.ops.skipdit.cpu_capability() if _state["loaded"] else "unavailable"
 
 
-def cpu_gemm() -> str:
-    """The library the CPU driver's fp32 GEMMs run in: "onednn" (torch's mkldnn linear; the default on
-    non-Intel x86 CPUs, where MKL's sgemm runs its AVX2 code) or "aten" (at::mm); SKIPDIT_CPU_GEMM."""
-    return torch.ops.skipdit.cpu_gemm() if _state["loaded"] else "unavailable"
+def cpu_fp32_gemm() -> str:
+    """Who runs the CPU driver's fp32 GEMMs: "onednn" (x86 CPUs not made by Intel, where MKL's sgemm
+    is about half as fast) or "torch" (at::mm); ``SKIPDIT_CPU_FP32_GEMM=onednn|torch`` overrides."""
+    return torch.ops.skipdit.cpu_fp32_gemm() if _state["loaded"] else "unavailable"
 
 
 def cpu_has_bf16_units() -> bool:
@@ -113,7 +113,7 @@ def probe() -> tuple[bool, str]:
     if not _state["loaded"] and not load():
         return False, _state["error"]
     cuda = "with CUDA kernels" if has_cuda_kernels() else "CPU kernels only"
-    return True, f"{_state['source']}, {cuda}, CPU driver {cpu_capability()} (fp32 GEMMs: {cpu_gemm()})"
+    return True, f"{_state['source']}, {cuda}, CPU driver {cpu_capability()}, fp32 GEMMs on {cpu_fp32_gemm()}"
 
 
 # ---- weight preparation ------------------------------------------------------------------------
