@@ -132,39 +132,53 @@ inline float hsum(const Vf& v) {
   return at::vec::vec_reduce_all<float>([](Vf& a, Vf& b) { return a + b; }, v);
 }
 
-// sum of (p[i] - pivot)
-// Four independent accumulators: the reductions are add-latency bound otherwise.
+// Per row j < R: the sum of (p[j][i] - pivot[j]), resp. of (p[j][i] - mean[j])^2. Four independent
+// accumulators per row (the reductions are add-latency bound otherwise) and R rows per call, whose
+// chains interleave; each row's summation order does not depend on R. The terms are computed from
+// c - x (exactly -(x - c): the shifted sum subtracts them, the squares are equal), so that an x86
+// subtract reads x straight from memory: one instruction, not a load and one.
+template <int R, bool SUBTRACT, typename T, typename Term>
+inline void rows_sum(const T* const* p, int64_t n, const float* centre, float* out, Term term) {
+  const auto acc = [](auto a, auto t) { return SUBTRACT ? a - t : a + t; };
+  Vf a[R][4], vc[R];
+  for (int j = 0; j < R; ++j) {
+    vc[j] = Vf(centre[j]);
+    for (int u = 0; u < 4; ++u) a[j][u] = Vf(0.f);
+  }
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW)
+    for (int j = 0; j < R; ++j)
+      for (int u = 0; u < 4; ++u) a[j][u] = acc(a[j][u], term(load_f(p[j] + i + u * kW), vc[j]));
+  for (; i + kW <= n; i += kW)
+    for (int j = 0; j < R; ++j) a[j][0] = acc(a[j][0], term(load_f(p[j] + i), vc[j]));
+  for (int j = 0; j < R; ++j) {
+    float s = hsum((a[j][0] + a[j][1]) + (a[j][2] + a[j][3]));
+    for (int64_t k = i; k < n; ++k) s = acc(s, term(to_f(p[j][k]), centre[j]));
+    out[j] = s;
+  }
+}
+
+template <int R, typename T>
+inline void rows_shifted_sum(const T* const* p, int64_t n, const float* pivot, float* out) {
+  rows_sum<R, true>(p, n, pivot, out, [](auto x, auto c) { return shifted(c, x); });
+}
+
+template <int R, typename T>
+inline void rows_m2(const T* const* p, int64_t n, const float* mean, float* out) {
+  rows_sum<R, false>(p, n, mean, out, [](auto x, auto c) { return centred_square(c, x); });
+}
+
 template <typename T>
 inline float row_shifted_sum(const T* p, int64_t n, float pivot) {
-  Vf a0(0.f), a1(0.f), a2(0.f), a3(0.f);
-  const Vf vp(pivot);
-  int64_t i = 0;
-  for (; i + 4 * kW <= n; i += 4 * kW) {
-    a0 = a0 + shifted(load_f(p + i), vp);
-    a1 = a1 + shifted(load_f(p + i + kW), vp);
-    a2 = a2 + shifted(load_f(p + i + 2 * kW), vp);
-    a3 = a3 + shifted(load_f(p + i + 3 * kW), vp);
-  }
-  for (; i + kW <= n; i += kW) a0 = a0 + shifted(load_f(p + i), vp);
-  float s = hsum((a0 + a1) + (a2 + a3));
-  for (; i < n; ++i) s += shifted(to_f(p[i]), pivot);
+  float s;
+  rows_shifted_sum<1>(&p, n, &pivot, &s);
   return s;
 }
 
 template <typename T>
 inline float row_m2(const T* p, int64_t n, float mean) {
-  Vf a0(0.f), a1(0.f), a2(0.f), a3(0.f);
-  const Vf vm(mean);
-  int64_t i = 0;
-  for (; i + 4 * kW <= n; i += 4 * kW) {
-    a0 = a0 + centred_square(load_f(p + i), vm);
-    a1 = a1 + centred_square(load_f(p + i + kW), vm);
-    a2 = a2 + centred_square(load_f(p + i + 2 * kW), vm);
-    a3 = a3 + centred_square(load_f(p + i + 3 * kW), vm);
-  }
-  for (; i + kW <= n; i += kW) a0 = a0 + centred_square(load_f(p + i), vm);
-  float s = hsum((a0 + a1) + (a2 + a3));
-  for (; i < n; ++i) s += centred_square(to_f(p[i]), mean);
+  float s;
+  rows_m2<1>(&p, n, &mean, &s);
   return s;
 }
 
@@ -187,11 +201,19 @@ struct SampleModulation {
   }
 };
 
-// Row statistics (two passes, shared arithmetic) of a row held in fp32.
+// Statistics (two passes, shared arithmetic) of R rows held in fp32.
+template <int R>
+inline void rows_stats(const float* const* x, int64_t n, float inv, float eps, float* mean, float* rstd) {
+  float pivot[R], sum[R], m2[R];
+  for (int j = 0; j < R; ++j) pivot[j] = x[j][0];
+  rows_shifted_sum<R>(x, n, pivot, sum);
+  for (int j = 0; j < R; ++j) mean[j] = mean_from_shifted_sum(sum[j], pivot[j], inv);
+  rows_m2<R>(x, n, mean, m2);
+  for (int j = 0; j < R; ++j) rstd[j] = rstd_from_m2(m2[j], inv, eps);
+}
+
 inline void row_stats(const float* x, int64_t n, float inv, float eps, float& mean, float& rstd) {
-  const float pivot = x[0];
-  mean = mean_from_shifted_sum(row_shifted_sum(x, n, pivot), pivot, inv);
-  rstd = rstd_from_m2(row_m2(x, n, mean), inv, eps);
+  rows_stats<1>(&x, n, inv, eps, &mean, &rstd);
 }
 
 // The row as fp32: itself for fp32 storage, else converted once into `buf` (n floats, in L1), so that
@@ -205,15 +227,17 @@ inline const float* row_f32(const T* x, int64_t n, float* buf) {
   return buf;
 }
 
-// out[i] = LayerNorm(x)[i] * (1 + scale[i]) + shift[i] over one fp32 row.
+// out[i] = LayerNorm(x)[i] * (1 + scale[i]) + shift[i] over one fp32 row. Restrict pointers: without
+// them every store through `out` makes the compiler reload the modulation's pointers.
 template <typename T>
-inline void modulate_row(const float* x, const SampleModulation& m, T* out, int64_t n, float mean, float rstd) {
-  const Vf vm(mean), vr(rstd);
-  const float* sh = m.shift.data();
-  const float* f = m.factor.data();
+inline void modulate_row(const float* __restrict x, const float* __restrict sh, const float* __restrict f,
+                         T* __restrict out, int64_t n, float mean, float rstd) {
+  // normalize(x, mean, rstd) as normalize(mean, x, -rstd), the same value (both factors negated
+  // exactly), with x read by the subtract itself
+  const Vf vm(mean), vnr(-rstd);
   int64_t i = 0;
   for (; i + kW <= n; i += kW)
-    store_f(out + i, modulate_by_factor(normalize(Vf::loadu(x + i), vm, vr), Vf::loadu(sh + i), Vf::loadu(f + i)));
+    store_f(out + i, modulate_by_factor(normalize(vm, Vf::loadu(x + i), vnr), Vf::loadu(sh + i), Vf::loadu(f + i)));
   for (; i < n; ++i) out[i] = from_f<T>(modulate_by_factor(normalize(x[i], mean, rstd), sh[i], f[i]));
 }
 
@@ -223,19 +247,37 @@ void adaln_t(Rows x, BatchVec shift, BatchVec scale, Rows out, int64_t tokens, i
              int64_t r1) {
   const float inv = 1.f / static_cast<float>(hidden);
   SampleModulation m(hidden);
-  std::vector<float> buf(std::is_same_v<T, float> ? 0 : hidden);
+  std::vector<float> buf(std::is_same_v<T, float> ? 0 : 2 * hidden);
   RowWalk<const T> xw(x, r0);
   RowWalk<T> ow(out, r0);
   SampleWalk sw(r0, tokens);
   bool fresh = true;
-  for (int64_t r = r0; r < r1; ++r, xw.next(), ow.next(), fresh = sw.next()) {
+  auto modulate_next = [&](const float* xr, float mean, float rstd) {
     if (fresh)
       m.load(static_cast<const T*>(shift.data) + sw.b * shift.stride,
              static_cast<const T*>(scale.data) + sw.b * scale.stride, hidden);
+    modulate_row(xr, m.shift.data(), m.factor.data(), ow.get(), hidden, mean, rstd);
+    ow.next();
+    fresh = sw.next();
+  };
+  // Two rows at a time: the latency chains of their statistics overlap.
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const float* xr[2];
+    xr[0] = row_f32(xw.get(), hidden, buf.data());
+    xw.next();
+    xr[1] = row_f32(xw.get(), hidden, buf.data() + (buf.empty() ? 0 : hidden));
+    xw.next();
+    float mean[2], rstd[2];
+    rows_stats<2>(xr, hidden, inv, eps, mean, rstd);
+    modulate_next(xr[0], mean[0], rstd[0]);
+    modulate_next(xr[1], mean[1], rstd[1]);
+  }
+  if (r < r1) {
     const float* xr = row_f32(xw.get(), hidden, buf.data());
     float mean, rstd;
     row_stats(xr, hidden, inv, eps, mean, rstd);
-    modulate_row(xr, m, ow.get(), hidden, mean, rstd);
+    modulate_next(xr, mean, rstd);
   }
 }
 
@@ -369,7 +411,7 @@ void folded_t(Rows acc, const float* mean, const float* rstd, int64_t r_base, co
       const float* hf = row_f32(static_cast<const T*>(hr), width, buf.data());
       float hm, hs;
       row_stats(hf, width, inv, eps, hm, hs);
-      modulate_row(hf, m, mw.get(), width, hm, hs);
+      modulate_row(hf, m.shift.data(), m.factor.data(), mw.get(), width, hm, hs);
     }
   }
 }
