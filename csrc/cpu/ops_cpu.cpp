@@ -299,13 +299,13 @@ namespace {
 // epilogue (and the adaLN modulation). One GEMM over 2 * hidden rather than two over the halves into
 // one accumulator: a half-precision accumulator would round the first half's sums, and the bare
 // (rows, 2 * hidden) GEMM is the op's floor (the concatenation costs one copy of the activations).
-void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
-                    const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor& h,
-                    Tensor* mod) {
+// Returns h (batch, tokens, out); `mod` (when given) is filled.
+Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
+                      const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor* mod) {
   const Tensor x = unit_last(x_in), skip = unit_last(skip_in);
   const Tensor rowsum = rowsum_in.contiguous(), bias = bias_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), Dout = weight.size(0), M = B * N;
-  if (M == 0 || Dout == 0) return;
+  if (M == 0 || Dout == 0) return at::empty({B, N, Dout}, x.options());
   const auto compute = weight.scalar_type();
   const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
   const auto& k = table();
@@ -335,15 +335,24 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
     vscale = bvec(scale);
     rmod = rows3(*mod);
   }
-  Tensor h2 = h.view({M, Dout});
-  const Tensor direct = compute == x.scalar_type() ? h2 : Tensor();
+  const auto epilogue = [&](Rows acc, const Tensor& h2, int64_t r0, int64_t r1) {
+    k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
+             mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
+  };
+  if (compute == x.scalar_type() && gemm_block_rows() <= 0) {
+    // One GEMM whose result (a new tensor on either GEMM path) becomes h, the epilogue rewriting it in
+    // place: no separate output to allocate and fault in.
+    const Tensor h2 = gemm_nt(zs, weight, Tensor());
+    at::parallel_for(0, M, grain_for(Dout), [&](int64_t r0, int64_t r1) { epilogue(rows2(h2, 0), h2, r0, r1); });
+    return h2.view({B, N, Dout});
+  }
+  Tensor h = at::empty({B, N, Dout}, x.options());
+  const Tensor h2 = h.view({M, Dout});
   gemm_rows(
-      M, Dout, direct,
+      M, Dout, compute == x.scalar_type() ? h2 : Tensor(),
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(zs.narrow(0, r0, n), weight, target); },
-      [&](int64_t r0, int64_t r1, Rows acc, bool) {
-        k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
-                 mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
-      });
+      [&](int64_t r0, int64_t r1, Rows acc, bool) { epilogue(acc, h2, r0, r1); });
+  return h;
 }
 
 }  // namespace
@@ -352,9 +361,7 @@ Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, cons
                  double eps) {
   check_skip_fuse("skipdit::skip_fuse", x, skip, weight, rowsum, bias);
   check_cpu("skipdit::skip_fuse", x);
-  Tensor h = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
-  skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, h, nullptr);
-  return h;
+  return skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, nullptr);
 }
 
 std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,
@@ -366,9 +373,8 @@ std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, 
   check_cpu(op, x);
   TORCH_CHECK(weight.size(0) == x.size(2), op, ": weight must project back to hidden ", x.size(2), ", got ",
               weight.sizes());
-  Tensor h = at::empty_like(x, at::MemoryFormat::Contiguous);
-  Tensor mod = at::empty_like(h);
-  skip_fuse_impl(x, skip, weight, rowsum, bias, &shift, &scale, eps, h, &mod);
+  Tensor mod = at::empty_like(x, at::MemoryFormat::Contiguous);
+  Tensor h = skip_fuse_impl(x, skip, weight, rowsum, bias, &shift, &scale, eps, &mod);
   return {h, mod};
 }
 
