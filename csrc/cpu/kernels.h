@@ -50,6 +50,10 @@ struct KernelTable {
   // mean and rstd of each row of [x | skip] (2 * hidden values)
   void (*pair_stats)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,
                      int64_t r1);
+  // fp32 skip fusion: z row r = [x - p | skip - p], p the row's mean (z has leading dimension ldz),
+  // and mean/rstd of z's row (indexed by r - r0).
+  void (*shift_pair)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* z, int64_t ldz, float* mean,
+                     float* rstd, int64_t r0, int64_t r1);
   // h = rstd * (acc - mean * rowsum) + bias (rounded to st); with mod != nullptr also
   // mod = LayerNorm(h) * (1 + scale) + shift. mean/rstd are indexed by r - r_base.
   void (*folded)(Storage st, Storage acc_st, Rows acc, const float* mean, const float* rstd, int64_t r_base,

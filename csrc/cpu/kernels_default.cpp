@@ -5,7 +5,7 @@
 namespace skipdit {
 namespace cpu {
 const KernelTable& table_default() {
-  static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::bias_act, DEFAULT::pair_stats,
+  static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::bias_act, DEFAULT::pair_stats, DEFAULT::shift_pair,
                              DEFAULT::folded, DEFAULT::fold};
   return t;
 }

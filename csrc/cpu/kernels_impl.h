@@ -381,6 +381,34 @@ void pair_stats_t(Rows x, Rows skip, int64_t hidden, float eps, float* mean, flo
   }
 }
 
+// The fp32 skip fusion's GEMM operand and its statistics in one pass over the inputs (what
+// skipdit/folded.h's shifted_pair and pair_stats_t compute in five): per row, p = mean of [x | skip]
+// (fp32, need not be exact), z = [x - p | skip - p] into row r of z (leading dimension ldz), then
+// the statistics of z from cache.
+template <typename T>
+void shift_pair_t(Rows x, Rows skip, int64_t hidden, float eps, float* z, int64_t ldz, float* mean, float* rstd,
+                  int64_t r0, int64_t r1) {
+  const float inv = 1.f / static_cast<float>(2 * hidden);
+  RowWalk<const T> xw(x, r0), sw(skip, r0);
+  for (int64_t r = r0; r < r1; ++r, xw.next(), sw.next()) {
+    const T* halves[2] = {xw.get(), sw.get()};
+    const float p = (row_shifted_sum(halves[0], hidden, 0.f) + row_shifted_sum(halves[1], hidden, 0.f)) * inv;
+    float* zr = z + r * ldz;
+    const Vf vp(p);
+    for (int h = 0; h < 2; ++h) {
+      const T* in = halves[h];
+      float* out = zr + h * hidden;
+      int64_t i = 0;
+      for (; i + kW <= hidden; i += kW) store_f(out + i, load_f(in + i) - vp);
+      for (; i < hidden; ++i) out[i] = to_f(in[i]) - p;
+    }
+    const float pivot = zr[0];
+    const float m = mean_from_shifted_sum(row_shifted_sum(zr, 2 * hidden, pivot), pivot, inv);
+    mean[r - r0] = m;
+    rstd[r - r0] = rstd_from_m2(row_m2(zr, 2 * hidden, m), inv, eps);
+  }
+}
+
 template <typename T, typename A>
 void folded_t(Rows acc, const float* mean, const float* rstd, int64_t r_base, const float* rowsum, const float* bias,
               Rows h, int64_t width, const BatchVec* shift, const BatchVec* scale, const Rows* mod, int64_t tokens,
@@ -489,6 +517,11 @@ void fold(Storage st, const void* w, int64_t ld, const float* gamma, const float
   SKIPDIT_DISPATCH_STORAGE(st, T,
                            fold_t<T>(static_cast<const T*>(w), ld, gamma, beta, bias, static_cast<T*>(folded), rowsum,
                                      fbias, k, r0, r1))
+}
+
+void shift_pair(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* z, int64_t ldz, float* mean,
+                float* rstd, int64_t r0, int64_t r1) {
+  SKIPDIT_DISPATCH_STORAGE(st, T, shift_pair_t<T>(x, skip, hidden, eps, z, ldz, mean, rstd, r0, r1))
 }
 
 void pair_stats(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,

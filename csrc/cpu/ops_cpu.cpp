@@ -4,7 +4,6 @@
 // GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
 // with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
 // epilogue applied while its output is still in cache (measured in bench/bench_native.py).
-#include <skipdit/folded.h>
 #include <skipdit/ops.h>
 
 #include <ATen/ATen.h>
@@ -311,19 +310,25 @@ Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& w
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   const float feps = static_cast<float>(eps);
-  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h); the statistics come from the same rows.
+  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h explains why; its shifted_pair is the CUDA
+  // driver's, here one pass of the shift_pair kernel writes it and takes its statistics); half-precision
+  // GEMMs read [x | skip]. The statistics come from the rows the GEMM reads.
   const bool shifted = compute == at::kFloat;
-  const Tensor zs = shifted ? shifted_pair(x2, s2) : as_compute(at::cat({x2, s2}, 1), compute);
-  const Storage stats_st = storage_of(zs);
-  const Rows stats_x = rows2(zs, 0);
-  const Rows stats_skip = rows2(zs.narrow(1, D, D), 0);
-
   Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
   float* mean = stats.data_ptr<float>();
   float* rstd = mean + M;
-  at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
-    k.pair_stats(stats_st, stats_x, stats_skip, D, feps, mean + r0, rstd + r0, r0, r1);
-  });
+  Tensor zs;
+  if (shifted) {
+    zs = at::empty({M, 2 * D}, x.options().dtype(at::kFloat));
+    at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+      k.shift_pair(st, rows3(x), rows3(skip), D, feps, zs.data_ptr<float>(), 2 * D, mean + r0, rstd + r0, r0, r1);
+    });
+  } else {
+    zs = as_compute(at::cat({x2, s2}, 1), compute);
+    at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+      k.pair_stats(storage_of(zs), rows2(zs, 0), rows2(zs.narrow(1, D, D), 0), D, feps, mean + r0, rstd + r0, r0, r1);
+    });
+  }
 
   Tensor shift, scale;
   BatchVec vshift{}, vscale{};
