@@ -18,7 +18,10 @@ written once), TFLOP/s for the GEMM ops, and speedup over eager.
 Baselines, timed in the same interleaved rounds as the op (so load drift hits them alike):
 - memory-bound ops (adaln_modulate, gated_residual): ``torch.empty_like(x).copy_(x)`` on a tensor of
   the activation's size; "% copy BW" = the op's GB/s / the copy's GB/s (bytes read + written; target
-  of issue 21: >= 80 %). Each cell also gets a "copy" row (its GB/s is the copy bandwidth).
+  of issue 21: >= 80 %). Each cell also gets a "copy" row (its GB/s is the copy bandwidth). The native
+  kernel is also timed alone (no op layer: "kernel alone % copy BW") and on 32 tokens, whose rows stay
+  in cache: a kernel no faster per row there is not limited by memory bandwidth (said when a target
+  is missed).
 - GEMM ops: the bare GEMM the op contains, same shape, through the vendor GEMM the native op calls
   (torch.mm in the GEMM's compute dtype: fp32 for bf16/fp16 on CPUs without bf16 units);
   "native / GEMM" (skip_fuse target: <= 1.05). For the skip fusion also the weight folding alone
@@ -137,11 +140,28 @@ def gemm_dtype(act: torch.Tensor) -> torch.dtype:
     return torch.float32 if native._gemm_in_fp32(act) else act.dtype
 
 
-def baselines(op: str, t: dict) -> dict:
+CACHED_TOKENS = 32  # a (batch 4, 32, hidden) activation and its output stay in L2 (2 MB here)
+
+
+def native_kernels() -> dict:
+    """The memory-bound ops' native kernels called directly (no op layer), inputs dict -> output."""
+    from skipdit_kernels.ops import native
+
+    return {"adaln_modulate": lambda t: native.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6),
+            "gated_residual": lambda t: native.gated_residual(t["x"], t["gate"], t["y"])}
+
+
+def baselines(op: str, t: dict, with_native: bool) -> dict:
     """The reference points of ``op`` (see the module docstring), timed with its implementations."""
     x = t["x"]
     if op in MEMORY_BOUND:
-        return {"copy": lambda: torch.empty_like(x).copy_(x)}
+        out = {"copy": lambda: torch.empty_like(x).copy_(x)}
+        if with_native:  # the kernel alone, here and with its rows in cache: is it memory- or compute-bound?
+            kernel = native_kernels()[op]
+            small = make_inputs(x.shape[0], CACHED_TOKENS, x.shape[2], x.dtype, x.device)
+            out["kernel"] = lambda: kernel(t)
+            out["kernel_cached"] = lambda: kernel(small)
+        return out
     name, wname = GEMMS[op]
     compute = gemm_dtype(x)
     act = torch.cat([x, t["skip"]], dim=-1) if name == "skip2" else t[name]
@@ -158,6 +178,11 @@ def baselines(op: str, t: dict) -> dict:
     return out
 
 
+def _on_backend(backend: str, public, t: dict):
+    with ops.use_backend(backend):
+        return public(t)
+
+
 def implementations(op: str, t: dict, device: torch.device, skip: dict, compile: bool = True) -> dict:
     ref, public = CALLS[op]
     impls = {"eager": lambda: ref(t)}
@@ -166,17 +191,15 @@ def implementations(op: str, t: dict, device: torch.device, skip: dict, compile:
         impls["compile"] = torch.compile(lambda: ref(t), dynamic=False)
     for backend in ("triton", "native"):
         if backend not in skip:
-            def call(backend=backend):
-                with ops.use_backend(backend):
-                    return public(t)
-            impls[backend] = call
+            impls[backend] = lambda backend=backend: _on_backend(backend, public, t)
     return impls
 
 
 def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
     t = make_inputs(B, T, D, DTYPES[dname], device)
     fns = implementations(op, t, device, skip, compile)
-    fns.update(baselines(op, t) if device.type == "cpu" else {})
+    if device.type == "cpu":
+        fns.update(baselines(op, t, "native" in fns))
     with torch.no_grad():
         res = report.time_fns(fns, device, budget_s=budget_s,
                               min_rounds=3, warmup=1 if device.type == "cpu" else 5)
@@ -215,6 +238,11 @@ def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
         for impl in ("eager", "native"):
             if f"{impl}_ms" in row:
                 row[f"{impl}_vs_gemm"] = row[f"{impl}_ms"] / row["gemm_ms"]
+    kernel_s, cached_s = (res.get(k, {}).get("median_s") for k in ("kernel", "kernel_cached"))
+    if kernel_s and cached_s:
+        row["kernel_pct_copy"] = 100 * nbytes / kernel_s / 1e9 / row["copy_GBps"]
+        row["kernel_ns_per_row"] = kernel_s * 1e9 / (B * T)
+        row["kernel_cached_ns_per_row"] = cached_s * 1e9 / (B * CACHED_TOKENS)
     if "fold" in res and "median_s" in res["fold"]:
         row["fold_ms"] = res["fold"]["median_s"] * 1e3
     return row
@@ -244,6 +272,12 @@ def target_notes(rows) -> list[str]:
             verdict = "met" if pct >= PCT_COPY_TARGET else "MISSED"
             line = (f"{cell}: native at {pct:.0f} % of copy bandwidth ({r['copy_GBps']:.1f} GB/s), target >= "
                     f"{PCT_COPY_TARGET:.0f} %: {verdict}; eager chain at {eager:.0f} %")
+            here, cached = r.get("kernel_ns_per_row"), r.get("kernel_cached_ns_per_row")
+            if verdict == "MISSED" and here and cached:
+                bound = ("not memory-bound: no faster per row with its rows in cache" if cached >= 0.8 * here
+                         else "memory-bound: faster per row with its rows in cache")
+                line += (f"; the kernel alone (no op layer) at {r['kernel_pct_copy']:.0f} %, {here:.0f} ns per row "
+                         f"here and {cached:.0f} ns at {CACHED_TOKENS} tokens ({bound})")
             notes.append(line)
         elif r["op"].startswith("skip_fuse") and r.get("native_vs_gemm") is not None:
             ratio, total, gemm, fold = r["native_vs_gemm"], r["native_ms"], r["gemm_ms"], r.get("fold_ms", 0.0)
@@ -269,7 +303,7 @@ def columns() -> list[tuple[str, str]]:
         cols += [(f"{impl}_ms", f"{impl} ms"), (f"{impl}_speedup", f"{impl} x")]
     cols += [("eager_GBps", "eager GB/s"), ("best_GBps", "best GB/s"), ("best_TFLOPs", "best TFLOP/s"),
              ("copy_GBps", "copy GB/s"), ("eager_pct_copy", "eager % copy BW"), ("native_pct_copy", "native % copy BW"),
-             ("gemm", "GEMM"), ("gemm_ms", "GEMM ms"), ("fold_ms", "fold ms"), ("native_vs_gemm", "native / GEMM"),
+             ("kernel_pct_copy", "kernel alone % copy BW"), ("gemm", "GEMM"), ("gemm_ms", "GEMM ms"), ("fold_ms", "fold ms"), ("native_vs_gemm", "native / GEMM"),
              ("fastest_backend", "fastest backend")]
     return cols
 
