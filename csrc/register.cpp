@@ -17,6 +17,8 @@ TORCH_LIBRARY(skipdit, m) {
   m.def(
       "skip_fuse_adaln(Tensor x, Tensor skip, Tensor weight, Tensor rowsum, Tensor bias, Tensor shift, "
       "Tensor scale, float eps) -> (Tensor, Tensor)");
+  // (folded weight, rowsum, folded bias) of ops.folding.fold_skip_weights, in one pass; CPU only.
+  m.def("fold_skip_weights(Tensor norm_weight, Tensor norm_bias, Tensor weight, Tensor bias) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_capability() -> str", &skipdit::cpu_capability);
   m.def("cpu_fp32_gemm() -> str", &skipdit::cpu_fp32_gemm);
 }
@@ -29,6 +31,7 @@ TORCH_LIBRARY_IMPL(skipdit, CPU, m) {
   m.impl("linear", &skipdit::cpu::linear);
   m.impl("skip_fuse", &skipdit::cpu::skip_fuse);
   m.impl("skip_fuse_adaln", &skipdit::cpu::skip_fuse_adaln);
+  m.impl("fold_skip_weights", &skipdit::cpu::fold_skip_weights);
 }
 
 #ifdef SKIPDIT_WITH_CUDA

@@ -50,11 +50,20 @@ struct KernelTable {
   // mean and rstd of each row of [x | skip] (2 * hidden values)
   void (*pair_stats)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* mean, float* rstd, int64_t r0,
                      int64_t r1);
+  // fp32 skip fusion: z row r = [x - p | skip - p], p the row's mean (z has leading dimension ldz),
+  // and mean/rstd of z's row (indexed by r - r0).
+  void (*shift_pair)(Storage st, Rows x, Rows skip, int64_t hidden, float eps, float* z, int64_t ldz, float* mean,
+                     float* rstd, int64_t r0, int64_t r1);
   // h = rstd * (acc - mean * rowsum) + bias (rounded to st); with mod != nullptr also
   // mod = LayerNorm(h) * (1 + scale) + shift. mean/rstd are indexed by r - r_base.
   void (*folded)(Storage st, Storage acc_st, Rows acc, const float* mean, const float* rstd, int64_t r_base,
                  const float* rowsum, const float* bias, Rows h, int64_t width, const BatchVec* shift,
                  const BatchVec* scale, const Rows* mod, int64_t tokens, float eps, int64_t r0, int64_t r1);
+  // The skip fusion's folded parameters for weight rows [r0, r1) (w: rows of k elements, leading
+  // dimension ld; folded: contiguous): folded = W * gamma rounded to st, rowsum = its row sums,
+  // fbias = bias + W @ beta. gamma, beta (k), bias, rowsum, fbias (rows) are fp32.
+  void (*fold)(Storage st, const void* w, int64_t ld, const float* gamma, const float* beta, const float* bias,
+               void* folded, float* rowsum, float* fbias, int64_t k, int64_t r0, int64_t r1);
 };
 
 const KernelTable& table_default();

@@ -32,7 +32,7 @@
 namespace skipdit {
 namespace cpu {
 const KernelTable& table_avx2() {
-  static const KernelTable t{"avx2", AVX2::adaln, AVX2::gated, AVX2::bias_act, AVX2::pair_stats, AVX2::folded};
+  static const KernelTable t{"avx2", AVX2::adaln, AVX2::gated, AVX2::bias_act, AVX2::pair_stats, AVX2::shift_pair, AVX2::folded, AVX2::fold};
   return t;
 }
 }  // namespace cpu

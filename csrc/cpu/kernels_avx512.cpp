@@ -44,7 +44,7 @@
 namespace skipdit {
 namespace cpu {
 const KernelTable& table_avx512() {
-  static const KernelTable t{"avx512", AVX512::adaln, AVX512::gated, AVX512::bias_act, AVX512::pair_stats, AVX512::folded};
+  static const KernelTable t{"avx512", AVX512::adaln, AVX512::gated, AVX512::bias_act, AVX512::pair_stats, AVX512::shift_pair, AVX512::folded, AVX512::fold};
   return t;
 }
 }  // namespace cpu

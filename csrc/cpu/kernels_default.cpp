@@ -5,8 +5,8 @@
 namespace skipdit {
 namespace cpu {
 const KernelTable& table_default() {
-  static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::bias_act, DEFAULT::pair_stats,
-                             DEFAULT::folded};
+  static const KernelTable t{"default", DEFAULT::adaln, DEFAULT::gated, DEFAULT::bias_act, DEFAULT::pair_stats, DEFAULT::shift_pair,
+                             DEFAULT::folded, DEFAULT::fold};
   return t;
 }
 }  // namespace cpu

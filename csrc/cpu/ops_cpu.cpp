@@ -4,7 +4,6 @@
 // GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
 // with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
 // epilogue applied while its output is still in cache (measured in bench/bench_native.py).
-#include <skipdit/folded.h>
 #include <skipdit/ops.h>
 
 #include <ATen/ATen.h>
@@ -294,35 +293,42 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
 
 namespace {
 
-// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then the GEMM (fp32: one GEMM over
-// [x | skip] - p; half precision: two GEMMs over the halves of the folded weight into one accumulator),
-// then the folded epilogue (and the adaLN modulation).
-void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
-                    const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor& h,
-                    Tensor* mod) {
+// skip_fuse and skip_fuse_adaln: statistics of [x | skip] per row, then one GEMM over the
+// concatenated rows (fp32: [x | skip] - p; half precision: [x | skip] as it is), then the folded
+// epilogue (and the adaLN modulation). One GEMM over 2 * hidden rather than two over the halves into
+// one accumulator: a half-precision accumulator would round the first half's sums, and the bare
+// (rows, 2 * hidden) GEMM is the op's floor (the concatenation costs one copy of the activations).
+// Returns h (batch, tokens, out); `mod` (when given) is filled.
+Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& weight, const Tensor& rowsum_in,
+                      const Tensor& bias_in, const Tensor* shift_in, const Tensor* scale_in, double eps, Tensor* mod) {
   const Tensor x = unit_last(x_in), skip = unit_last(skip_in);
   const Tensor rowsum = rowsum_in.contiguous(), bias = bias_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), Dout = weight.size(0), M = B * N;
-  if (M == 0 || Dout == 0) return;
+  if (M == 0 || Dout == 0) return at::empty({B, N, Dout}, x.options());
   const auto compute = weight.scalar_type();
-  const Tensor wx_t = weight.narrow(1, 0, D).t(), ws_t = weight.narrow(1, D, D).t();
   const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   const float feps = static_cast<float>(eps);
-  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h); the statistics come from the same rows.
+  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h explains why; its shifted_pair is the CUDA
+  // driver's, here one pass of the shift_pair kernel writes it and takes its statistics); half-precision
+  // GEMMs read [x | skip]. The statistics come from the rows the GEMM reads.
   const bool shifted = compute == at::kFloat;
-  const Tensor zs = shifted ? shifted_pair(x2, s2) : Tensor();
-  const Storage stats_st = shifted ? Storage::f32 : st;
-  const Rows stats_x = shifted ? rows2(zs, 0) : rows3(x);
-  const Rows stats_skip = shifted ? rows2(zs.narrow(1, D, D), 0) : rows3(skip);
-
   Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
   float* mean = stats.data_ptr<float>();
   float* rstd = mean + M;
-  at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
-    k.pair_stats(stats_st, stats_x, stats_skip, D, feps, mean + r0, rstd + r0, r0, r1);
-  });
+  Tensor zs;
+  if (shifted) {
+    zs = at::empty({M, 2 * D}, x.options().dtype(at::kFloat));
+    at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+      k.shift_pair(st, rows3(x), rows3(skip), D, feps, zs.data_ptr<float>(), 2 * D, mean + r0, rstd + r0, r0, r1);
+    });
+  } else {
+    zs = as_compute(at::cat({x2, s2}, 1), compute);
+    at::parallel_for(0, M, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+      k.pair_stats(storage_of(zs), rows2(zs, 0), rows2(zs.narrow(1, D, D), 0), D, feps, mean + r0, rstd + r0, r0, r1);
+    });
+  }
 
   Tensor shift, scale;
   BatchVec vshift{}, vscale{};
@@ -334,21 +340,24 @@ void skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
     vscale = bvec(scale);
     rmod = rows3(*mod);
   }
-  Tensor h2 = h.view({M, Dout});
-  const Tensor direct = compute == x.scalar_type() ? h2 : Tensor();
+  const auto epilogue = [&](Rows acc, const Tensor& h2, int64_t r0, int64_t r1) {
+    k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
+             mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
+  };
+  if (compute == x.scalar_type() && gemm_block_rows() <= 0) {
+    // One GEMM whose result (a new tensor on either GEMM path) becomes h, the epilogue rewriting it in
+    // place: no separate output to allocate and fault in.
+    const Tensor h2 = gemm_nt(zs, weight, Tensor());
+    at::parallel_for(0, M, grain_for(Dout), [&](int64_t r0, int64_t r1) { epilogue(rows2(h2, 0), h2, r0, r1); });
+    return h2.view({B, N, Dout});
+  }
+  Tensor h = at::empty({B, N, Dout}, x.options());
+  const Tensor h2 = h.view({M, Dout});
   gemm_rows(
-      M, Dout, direct,
-      [&](const Tensor& target, int64_t r0, int64_t n) {
-        if (shifted) return gemm_nt(zs.narrow(0, r0, n), weight, target);
-        Tensor acc = target.defined() ? target : at::empty({n, Dout}, x.options().dtype(compute));
-        at::mm_out(acc, as_compute(x2.narrow(0, r0, n), compute), wx_t);
-        acc.addmm_(as_compute(s2.narrow(0, r0, n), compute), ws_t);
-        return acc;
-      },
-      [&](int64_t r0, int64_t r1, Rows acc, bool) {
-        k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
-                 mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
-      });
+      M, Dout, compute == x.scalar_type() ? h2 : Tensor(),
+      [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(zs.narrow(0, r0, n), weight, target); },
+      [&](int64_t r0, int64_t r1, Rows acc, bool) { epilogue(acc, h2, r0, r1); });
+  return h;
 }
 
 }  // namespace
@@ -357,9 +366,7 @@ Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, cons
                  double eps) {
   check_skip_fuse("skipdit::skip_fuse", x, skip, weight, rowsum, bias);
   check_cpu("skipdit::skip_fuse", x);
-  Tensor h = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
-  skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, h, nullptr);
-  return h;
+  return skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, nullptr);
 }
 
 std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,
@@ -371,10 +378,39 @@ std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, 
   check_cpu(op, x);
   TORCH_CHECK(weight.size(0) == x.size(2), op, ": weight must project back to hidden ", x.size(2), ", got ",
               weight.sizes());
-  Tensor h = at::empty_like(x, at::MemoryFormat::Contiguous);
-  Tensor mod = at::empty_like(h);
-  skip_fuse_impl(x, skip, weight, rowsum, bias, &shift, &scale, eps, h, &mod);
+  Tensor mod = at::empty_like(x, at::MemoryFormat::Contiguous);
+  Tensor h = skip_fuse_impl(x, skip, weight, rowsum, bias, &shift, &scale, eps, &mod);
   return {h, mod};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fold_skip_weights(const Tensor& norm_weight, const Tensor& norm_bias,
+                                                     const Tensor& weight_in, const Tensor& bias) {
+  const char* op = "skipdit::fold_skip_weights";
+  check_cpu(op, weight_in);
+  TORCH_CHECK(weight_in.dim() == 2, op, ": weight must be (out, 2 * hidden), got ", weight_in.sizes());
+  const int64_t out = weight_in.size(0), K = weight_in.size(1);
+  for (auto [name, t, n] : {std::tuple<const char*, const Tensor*, int64_t>{"norm_weight", &norm_weight, K},
+                            {"norm_bias", &norm_bias, K},
+                            {"bias", &bias, out}}) {
+    TORCH_CHECK(t->device() == weight_in.device(), op, ": ", name, " is on ", t->device(), ", expected ",
+                weight_in.device());
+    TORCH_CHECK(t->is_floating_point(), op, ": ", name, " must be floating point, got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == n, op, ": ", name, " must be (", n, ",), got ", t->sizes());
+  }
+  const Tensor weight = unit_last(weight_in);
+  const Storage st = storage_of(weight);
+  const auto f32 = [](const Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const Tensor gamma = f32(norm_weight), beta = f32(norm_bias), b = f32(bias);
+  Tensor folded = at::empty({out, K}, weight.options());
+  Tensor rowsum = at::empty({out}, weight.options().dtype(at::kFloat));
+  Tensor fbias = at::empty({out}, weight.options().dtype(at::kFloat));
+  if (out == 0) return {folded, rowsum, fbias};
+  const auto& k = table();
+  at::parallel_for(0, out, grain_for(K), [&](int64_t r0, int64_t r1) {
+    k.fold(st, weight.data_ptr(), weight.stride(0), gamma.data_ptr<float>(), beta.data_ptr<float>(),
+           b.data_ptr<float>(), folded.data_ptr(), rowsum.data_ptr<float>(), fbias.data_ptr<float>(), K, r0, r1);
+  });
+  return {folded, rowsum, fbias};
 }
 
 }  // namespace cpu

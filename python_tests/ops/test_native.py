@@ -426,3 +426,79 @@ def test_portable_kernels_and_row_blocked_gemms():
     env = dict(os.environ, SKIPDIT_CPU_CAPABILITY="default", SKIPDIT_CPU_GEMM_ROWS="32", OMP_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", _SUBPROCESS_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+# ---- weight folding and the fp32 GEMM library -----------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("out,hidden", [(768, 768), (37, 37), (1, 1)])
+def test_fold_skip_weights_kernel_matches_the_definition(dtype, out, hidden):
+    """The driver's one-pass folding against ops.folding.fold_skip_weights: the folded weight bit for
+    bit (one fp32 product rounded to the weight dtype), row sums and folded bias to fp32 rounding."""
+    g = gen(21)
+    nw, nb, w, b = skip_params(hidden, g, out=out, dtype=dtype)
+    got = SK.fold_skip_weights(nw, nb, w, b)
+    want = fold_skip_weights(nw, nb, w, b)
+    assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == torch.float32
+    assert torch.equal(got[0], want.weight)
+    scale = w.float().abs().sum(1).max().item()
+    assert (got[1] - want.rowsum).abs().max().item() <= 1e-6 * scale
+    assert (got[2] - want.bias).abs().max().item() <= 1e-6 * (scale + 1)
+
+
+def test_fold_skip_weights_kernel_layouts_and_errors():
+    g = gen(22)
+    nw, nb, w, b = skip_params(24, g, out=16)
+    want = fold_skip_weights(nw, nb, w, b)
+    wt = w.t().contiguous().t()  # non-unit stride along the input dimension
+    wide = torch.cat([w, w], dim=1)[:, : w.shape[1]]  # strided rows
+    for weight in (wt, wide):
+        got = SK.fold_skip_weights(nw, nb, weight, b)
+        assert torch.equal(got[0], want.weight) and torch.allclose(got[1], want.rowsum, atol=1e-6)
+    got = SK.fold_skip_weights(nw.bfloat16(), nb.bfloat16(), w.bfloat16(), b.bfloat16())  # any float params
+    ref = fold_skip_weights(nw.bfloat16(), nb.bfloat16(), w.bfloat16(), b.bfloat16())
+    assert torch.equal(got[0], ref.weight)
+    with pytest.raises(RuntimeError, match="norm_weight must be"):
+        SK.fold_skip_weights(nw[:-1], nb, w, b)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        SK.fold_skip_weights(nw, nb, w, b[:-1])
+    with pytest.raises(RuntimeError, match="weight must be"):
+        SK.fold_skip_weights(nw, nb, w[0], b)
+
+
+_GEMM_LIBRARY_CHECK = r"""
+import sys, torch
+from skipdit_kernels import ops
+from skipdit_kernels.ops import native
+assert native.cpu_fp32_gemm() == sys.argv[1], native.cpu_fp32_gemm()
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 70, 37, generator=g); y = torch.randn(2, 70, 37, generator=g)
+h = torch.randn(70, 2, 148, generator=g).transpose(0, 1)  # non-contiguous GEMM operand
+m = torch.randn(2, 6 * 37, generator=g).chunk(6, 1)
+w = torch.randn(37, 37, generator=g) / 6; b = torch.randn(37, generator=g); w4 = torch.randn(37, 148, generator=g) / 12
+nw, nb, ws, bs = torch.rand(74) + .5, torch.randn(74), torch.randn(37, 74) / 8, torch.randn(37)
+def chain():
+    return [ops.linear(x, w, b), ops.linear(x, w.t(), None), ops.linear_gelu(x, w, b),
+            ops.linear_gated_residual(x, h, w4, b, m[2]), ops.skip_fuse(x, y, nw, nb, ws, bs),
+            *ops.skip_fuse_adaln(x, y, nw, nb, ws, bs, m[0], m[1])]
+ref = chain()
+with ops.use_backend("native"), torch.no_grad():
+    got = chain()
+xg = x.clone().requires_grad_()
+with ops.use_backend("native"):  # inputs that require grad run the reference (no autograd in the driver)
+    ops.linear(xg, w, b).sum().backward()
+for a, r in zip(got, ref):
+    err = (a - r).abs().max().item() / r.abs().max().item()
+    assert err < 1e-5, err
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("library", ["onednn", "torch"])
+def test_fp32_gemm_libraries(library):
+    """Both fp32 GEMM paths of the driver (SKIPDIT_CPU_FP32_GEMM, chosen once per process) against the references."""
+    env = dict(os.environ, SKIPDIT_CPU_FP32_GEMM=library, OMP_NUM_THREADS="1")
+    if library == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    out = subprocess.run([sys.executable, "-c", _GEMM_LIBRARY_CHECK, library], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -71,10 +71,22 @@ SKIPDIT_HD V normalize(V x, V mean, V rstd) {
   return (x - mean) * rstd;
 }
 
-// adaLN modulation of a normalised value: xhat * (1 + scale) + shift.
+// adaLN modulation of a normalised value: xhat * (1 + scale) + shift. A driver that reuses one
+// sample's factor 1 + scale over many rows computes it once (modulation_factor) and calls
+// modulate_by_factor: the same values as modulate.
+template <typename V>
+SKIPDIT_HD V modulation_factor(V scale) {
+  return Math<V>::splat(1.f) + scale;
+}
+
+template <typename V>
+SKIPDIT_HD V modulate_by_factor(V xhat, V shift, V factor) {
+  return xhat * factor + shift;
+}
+
 template <typename V>
 SKIPDIT_HD V modulate(V xhat, V shift, V scale) {
-  return xhat * (Math<V>::splat(1.f) + scale) + shift;
+  return modulate_by_factor(xhat, shift, modulation_factor(scale));
 }
 
 // Gated residual: x + gate * y.

@@ -1,5 +1,6 @@
-// Host-side preparation shared by both drivers' folded skip fusion. ATen ops only, so the CPU and the
-// CUDA driver run this same code on their devices (and the CPU tests check what the GPU runs).
+// Host-side preparation of the CUDA driver's folded skip fusion (ATen ops). The CPU driver computes the
+// same operand and its row statistics in one pass of its shift_pair kernel (csrc/cpu/kernels_impl.h),
+// with the same formula; the reasoning below holds for both.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -39,6 +39,10 @@ std::string cpu_fp32_gemm();
 
 namespace cpu {
 SKIPDIT_DECLARE_OPS
+// The skip fusion's folded parameters (skipdit_kernels/ops/folding.py) in one pass over the weight;
+// CPU only (the CUDA path folds with ATen ops, ops.folding.fold_skip_weights).
+std::tuple<Tensor, Tensor, Tensor> fold_skip_weights(const Tensor& norm_weight, const Tensor& norm_bias,
+                                                     const Tensor& weight, const Tensor& bias);
 }
 namespace cuda {
 SKIPDIT_DECLARE_OPS

@@ -34,3 +34,8 @@ def register_fakes() -> None:
     @lib.register_fake("skipdit::skip_fuse_adaln")
     def _(x, skip, weight, rowsum, bias, shift, scale, eps):
         return x.new_empty(x.shape), x.new_empty(x.shape)
+
+    @lib.register_fake("skipdit::fold_skip_weights")
+    def _(norm_weight, norm_bias, weight, bias):
+        rows = weight.new_empty((weight.shape[0],), dtype=torch.float32)
+        return weight.new_empty(weight.shape), rows, rows.new_empty(rows.shape)
