@@ -111,16 +111,22 @@ bool fp32_gemm_on_onednn() {
   return wanted && at::globalContext().userEnabledMkldnn();
 }
 
+// a (M, K) @ w^T (+ bias) on oneDNN, when fp32_gemm_on_onednn() wants this GEMM; else nothing.
+std::optional<Tensor> onednn_linear(const Tensor& a, const Tensor& w, const Tensor& bias) {
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+  if (a.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || 2 * M * K * N < kOnednnMinFlops ||
+      (bias.defined() && bias.scalar_type() != at::kFloat) || !fp32_gemm_on_onednn())
+    return std::nullopt;
+  torch::jit::Stack stack{a.contiguous(), w.contiguous(), bias.defined() ? c10::IValue(bias.contiguous()) : c10::IValue(),
+                          c10::IValue(std::string("none")), c10::IValue(c10::List<std::optional<c10::Scalar>>()),
+                          c10::IValue()};
+  onednn_linear_op()->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 // a (M, K) @ w^T, w (N, K): into `out` (M, N) when torch's GEMM runs, else a new tensor.
 Tensor gemm_nt(const Tensor& a, const Tensor& w, const Tensor& out) {
-  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
-  if (a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && 2 * M * K * N >= kOnednnMinFlops &&
-      fp32_gemm_on_onednn()) {
-    torch::jit::Stack stack{a.contiguous(), w.contiguous(), c10::IValue(), c10::IValue(std::string("none")),
-                            c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()};
-    onednn_linear_op()->callBoxed(&stack);
-    return stack[0].toTensor();
-  }
+  if (auto y = onednn_linear(a, w, Tensor())) return *y;
   if (!out.defined()) return at::mm(a, w.t());
   at::mm_out(const_cast<Tensor&>(out), a, w.t());
   return out;
@@ -242,8 +248,11 @@ Tensor linear_act(const char* op, const Tensor& h_in, const Tensor& weight, cons
   const int64_t M = h.size(0);
   auto out_sizes = h_in.sizes().vec();
   out_sizes.back() = Nout;
-  Tensor out = at::empty({M, Nout}, h_in.options());
   const auto compute = weight.scalar_type();
+  if (!gelu && compute == h_in.scalar_type()) {  // nothing to fuse but the bias, which oneDNN adds itself
+    if (auto y = onednn_linear(h, weight, bias.has_value() ? *bias : Tensor())) return y->view(out_sizes);
+  }
+  Tensor out = at::empty({M, Nout}, h_in.options());
   const auto& k = table();
   const Storage st = storage_of(h_in), acc_st = storage_of(weight);
   const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
