@@ -34,6 +34,11 @@ of L-1-i, L/2-1 and L/2 neither) are the stack's skip partners. ControlNet resid
 adds to the popped skip of layer i (residual L-1-i), are added for the layers that run on a cached
 step and left out with the layers that don't; the caller's list is read, never popped.
 
+``apply_skip_cache(..., fast_blocks=True)`` (the default) runs plain DiT and HunyuanDiT blocks
+through skipdit_kernels' ops (``_dit_block_fast``, ``_hunyuan_block_fast``) on the blocks' own live
+parameters; a block that is not plain at the moment of the call (``_dit_block_is_plain``,
+``_hunyuan_block_is_plain``: hooks, another processor, train mode, ...) runs diffusers' forward.
+
 CPU offload (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``, accelerate's hooks on
 the transformer) works in either order with ``apply_skip_cache``: the transformer's own accelerate
 hook runs once around every step, cached ones included (``_bypassed_offload_hook``).
@@ -779,11 +784,11 @@ def apply_skip_cache(
     ``remove_skip_cache``; a rising timestep or new shapes start a fresh trajectory). ``cache``: the
     schedule (default: ``default_cache(transformer)``); ``forecast`` overrides ``cache.forecast``
     (0..3 or ``"auto"``; ``"auto"`` needs a pipeline, whose scheduler decides at each call).
-    ``fast_blocks``: run the blocks of a ``DiTTransformer2DModel`` through skipdit_kernels' fused
-    ops while a request runs (the block's own parameters; equal to diffusers' block within fp32
-    rounding, 1.2-2x faster per block on CPU; blocks with hooks, other attention processors or other
-    configurations run diffusers' forward); False runs diffusers' own block forward (bit-identical
-    to the uncached model on full steps). Outside a request the transformer is diffusers' own.
+    ``fast_blocks``: run the blocks of a ``DiTTransformer2DModel`` or ``HunyuanDiT2DModel`` through
+    skipdit_kernels' fused ops while a request runs (the block's own parameters; equal to diffusers'
+    block within fp32 rounding, 1.2-2x faster per block on CPU; blocks with hooks, other attention
+    processors or other configurations run diffusers' forward, checked at every call); False runs
+    diffusers' own block forward (bit-identical to the uncached model on full steps). Outside a request the transformer is diffusers' own.
     Applying again replaces the schedule. Returns the pipeline (or the session).
     TypeError naming the supported classes for anything else; ValueError for a schedule that does
     not fit the transformer (checked now, for the shallow depth and the skips)."""
