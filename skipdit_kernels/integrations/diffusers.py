@@ -34,6 +34,11 @@ of L-1-i, L/2-1 and L/2 neither) are the stack's skip partners. ControlNet resid
 adds to the popped skip of layer i (residual L-1-i), are added for the layers that run on a cached
 step and left out with the layers that don't; the caller's list is read, never popped.
 
+``apply_skip_cache(..., fast_blocks=True)`` (the default) runs plain DiT and HunyuanDiT blocks
+through skipdit_kernels' ops (``_dit_block_fast``, ``_hunyuan_block_fast``) on the blocks' own live
+parameters; a block that is not plain at the moment of the call (``_dit_block_is_plain``,
+``_hunyuan_block_is_plain``: hooks, another processor, train mode, ...) runs diffusers' forward.
+
 CPU offload (``enable_model_cpu_offload``, ``enable_sequential_cpu_offload``, accelerate's hooks on
 the transformer) works in either order with ``apply_skip_cache``: the transformer's own accelerate
 hook runs once around every step, cached ones included (``_bypassed_offload_hook``).
@@ -60,7 +65,10 @@ try:
     from diffusers import DiTTransformer2DModel, HunyuanDiT2DModel, LatteTransformer3DModel
     from diffusers.models.activations import GELU
     from diffusers.models.attention import BasicTransformerBlock
-    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0, HunyuanAttnProcessor2_0
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.normalization import FP32LayerNorm
+    from diffusers.models.transformers.hunyuan_transformer_2d import AdaLayerNormShift, HunyuanDiTBlock
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 except ImportError as exc:  # pragma: no cover - exercised only without diffusers
     raise ImportError(
@@ -225,6 +233,8 @@ class HunyuanDiTStack(_DiffusersStack):
         self.num_units = layers
         self.num_skips = layers // 2 - 1
         self.latent_shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+        #: run plain HunyuanDiT blocks through skipdit_kernels.ops (``_hunyuan_block_fast``); False: diffusers' own forward
+        self.fast_blocks = True
 
     @property
     def learn_sigma(self) -> bool:
@@ -302,9 +312,10 @@ class HunyuanDiTStack(_DiffusersStack):
             control = ctx["controls"].get(self.num_units - 1 - i)
             if control is not None:
                 skip = skip + control
-        return self.model.blocks[i](
-            h, temb=ctx["temb"], encoder_hidden_states=ctx["text"], image_rotary_emb=ctx["rotary"], skip=skip
-        )
+        block = self.model.blocks[i]
+        if self.fast_blocks and _hunyuan_block_is_plain(block) and _hunyuan_inputs_fit(block, h, ctx, skip):
+            return _hunyuan_block_fast(block, h, ctx["temb"], ctx["text"], ctx["rotary"], skip)
+        return block(h, temb=ctx["temb"], encoder_hidden_states=ctx["text"], image_rotary_emb=ctx["rotary"], skip=skip)
 
     def finish(self, h, ctx):
         m = self.model
@@ -314,6 +325,139 @@ class HunyuanDiTStack(_DiffusersStack):
         h = h.reshape(h.shape[0], height, width, p, p, m.out_channels)
         h = torch.einsum("nhwpqc->nchpwq", h)
         return h.reshape(h.shape[0], m.out_channels, height * p, width * p)
+
+
+def _no_hooks_eval(block) -> bool:
+    """No global hook, and no hook, instance forward (a wrapper, a patch), accelerate hook or train
+    mode on the block or any submodule: what the fast paths need to replace the block's forward."""
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return False
+    return not any(
+        m.training or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or hasattr(m, "_hf_hook")
+        for m in block.modules()
+    )
+
+
+def _plain_linears(*modules) -> bool:
+    return all(type(m) is torch.nn.Linear for m in modules)
+
+
+def _plain_gelu_mlp(net) -> bool:
+    """diffusers' FeedForward ``net`` as [tanh-GELU(Linear), Dropout, Linear] (+ a final Dropout);
+    the dropouts are identities in eval mode."""
+    return (
+        len(net) in (3, 4) and type(net[0]) is GELU and net[0].approximate == "tanh" and _plain_linears(net[0].proj, net[2])
+        and all(type(m) is torch.nn.Dropout for m in (net[1], *net[3:]))
+    )  # fmt: skip
+
+
+def _hunyuan_attention_is_plain(attn, cross: bool) -> bool:
+    """HunyuanAttnProcessor2_0's computation with nothing else: q/k LayerNorm or none, no group or
+    spatial norm, no cross-attention norm, no residual or rescaling, linear projections (k and v with biases)."""
+    return (
+        type(attn) is Attention and type(attn.processor) is HunyuanAttnProcessor2_0 and attn.is_cross_attention == cross
+        and attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross and not attn.residual_connection
+        and attn.rescale_output_factor == 1.0 and all(n is None or type(n) is torch.nn.LayerNorm for n in (attn.norm_q, attn.norm_k))
+        and _plain_linears(attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]) and len(attn.to_out) == 2
+        and attn.to_k.bias is not None and attn.to_v.bias is not None
+        and type(attn.to_out[1]) is torch.nn.Dropout
+    )  # fmt: skip
+
+
+def _hunyuan_block_is_plain(block) -> bool:
+    """Whether ``_hunyuan_block_fast`` computes exactly what this ``HunyuanDiTBlock`` does: the
+    optional long skip (FP32LayerNorm over [x|skip] with affine parameters, then a Linear), the
+    AdaLayerNormShift self-attention and the FP32LayerNorm cross-attention with diffusers' Hunyuan
+    processor, the FP32LayerNorm tanh-GELU MLP, in eval mode with no hook, instance forward or
+    replaced submodule. Checked on every call: a processor or hook set later is seen.
+    (``set_chunk_feed_forward`` does not apply: HunyuanDiTBlock.forward never chunks.)"""
+    if type(block) is not HunyuanDiTBlock or not _no_hooks_eval(block):
+        return False
+    if block.skip_linear is not None and not (
+        type(block.skip_norm) is FP32LayerNorm and block.skip_norm.weight is not None and block.skip_norm.bias is not None
+        and _plain_linears(block.skip_linear)
+    ):  # fmt: skip
+        return False
+    return (
+        type(block.norm1) is AdaLayerNormShift and type(block.norm1.norm) is FP32LayerNorm and _plain_linears(block.norm1.linear)
+        and type(block.norm1.silu) is torch.nn.SiLU and type(block.norm2) is FP32LayerNorm and type(block.norm3) is FP32LayerNorm
+        and _hunyuan_attention_is_plain(block.attn1, cross=False) and _hunyuan_attention_is_plain(block.attn2, cross=True)
+        and _plain_gelu_mlp(block.ff.net)
+    )  # fmt: skip
+
+
+def _hunyuan_inputs_fit(block, h, ctx, skip) -> bool:
+    """The fused ops take one dtype and device for activations and weights; anything else (mixed
+    dtypes, where diffusers' modules would cast or raise) runs the block's forward."""
+    weight = block.norm1.linear.weight
+    tensors = [h, ctx["temb"], ctx["text"], *(() if skip is None else (skip,))]
+    rotary = ctx["rotary"] or ()  # applied in fp32 whatever its dtype (the pipeline's tables are fp32)
+    return all(x.dtype == weight.dtype for x in tensors) and all(x.device == weight.device for x in (*tensors, *rotary))
+
+
+def _fp32_layer_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' FP32LayerNorm: LayerNorm in fp32, cast back to x's dtype."""
+    weight = None if norm.weight is None else norm.weight.float()
+    bias = None if norm.bias is None else norm.bias.float()
+    return torch.nn.functional.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+
+
+def _hunyuan_attention(attn, x: torch.Tensor, context: torch.Tensor | None, rotary) -> torch.Tensor:
+    """HunyuanAttnProcessor2_0 (checked by ``_hunyuan_attention_is_plain``) without its output
+    projection: (N, T, heads * head_dim). ``context`` None: self-attention. The q/k LayerNorms and
+    the rotary embedding run on the projections' own (N, T, heads, head_dim) layout (the same
+    arithmetic as on diffusers' transposed one, without its copies)."""
+    batch, tokens, _ = x.shape
+
+    def heads(y, norm):
+        y = y.view(batch, y.shape[1], attn.heads, -1)
+        return y if norm is None else torch.nn.functional.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    q = heads(ops.linear(x, attn.to_q.weight, attn.to_q.bias), attn.norm_q)
+    if context is None:  # one GEMM for k|v (weights concatenated per call): measured faster for small widths
+        kv = ops.linear(x, torch.cat([attn.to_k.weight, attn.to_v.weight]), torch.cat([attn.to_k.bias, attn.to_v.bias]))
+        k, v = kv.chunk(2, dim=-1)
+    else:
+        k, v = ops.linear(context, attn.to_k.weight, attn.to_k.bias), ops.linear(context, attn.to_v.weight, attn.to_v.bias)
+    k, v = heads(k, attn.norm_k), heads(v, None)
+    if rotary is not None:
+        q = apply_rotary_emb(q, rotary, sequence_dim=1)
+        if context is None:
+            k = apply_rotary_emb(k, rotary, sequence_dim=1)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.shape == k.shape:
+        out = ops.attention(q, k, v)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(batch, tokens, -1)
+
+
+def _residual_linear(h: torch.Tensor, x: torch.Tensor, linear) -> torch.Tensor:
+    """h + linear(x), the addition in place on the projection's fresh output."""
+    out = ops.linear(x, linear.weight, linear.bias)
+    return out.add_(h)
+
+
+def _hunyuan_block_fast(block, h, temb, text, rotary, skip) -> torch.Tensor:
+    """diffusers' ``HunyuanDiTBlock`` (checked by ``_hunyuan_block_is_plain``) through the fused ops,
+    reading the block's own parameters (nothing copied or cached): the long skip's LayerNorm over
+    [h|skip] folded into its Linear (``skip_fuse``), the projections (``linear``), self-attention
+    (``attention``), the MLP's first linear with its tanh-GELU (``linear_gelu``); norms, rotary
+    embedding and cross-attention (keys of another length) in torch. h (N, T, D), temb (N, D),
+    text (N, S, D_cross), rotary None or diffusers' (cos, sin) tables (T, head_dim), skip (N, T, D)
+    for a block with a long skip. Equal to the block within rounding (the same operations, other kernels)."""
+    if block.skip_linear is not None:
+        norm, linear = block.skip_norm, block.skip_linear
+        h = ops.skip_fuse(h, skip, norm.weight, norm.bias, linear.weight, linear.bias, norm.eps)
+    norm1 = block.norm1
+    shift = ops.linear(torch.nn.functional.silu(temb.float()).to(temb.dtype), norm1.linear.weight, norm1.linear.bias)
+    x = _fp32_layer_norm(norm1.norm, h) + shift.unsqueeze(1)
+    h = _residual_linear(h, _hunyuan_attention(block.attn1, x, None, rotary), block.attn1.to_out[0])
+    x = _hunyuan_attention(block.attn2, _fp32_layer_norm(block.norm2, h), text, rotary)
+    h = _residual_linear(h, x, block.attn2.to_out[0])
+    net = block.ff.net
+    x = ops.linear_gelu(_fp32_layer_norm(block.norm3, h), net[0].proj.weight, net[0].proj.bias)
+    return _residual_linear(h, x, net[2])
 
 
 class DiTTransformerStack(_DiffusersStack):
@@ -396,19 +540,14 @@ def _dit_block_is_plain(block) -> bool:
         return False
     if block.norm1.emb is None or block.norm1.norm.weight is not None or block.norm3.weight is not None:
         return False
-    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+    if not _no_hooks_eval(block):
         return False
-    for m in block.modules():
-        if m.training or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ or hasattr(m, "_hf_hook"):
-            return False
     attn, net = block.attn1, block.ff.net
     return (
         type(block.norm1.linear) is torch.nn.Linear and type(attn.processor) is AttnProcessor2_0 and attn.norm_q is None and attn.norm_k is None
         and attn.group_norm is None and attn.spatial_norm is None and not attn.residual_connection
         and attn.rescale_output_factor == 1.0 and not attn.is_cross_attention
-        and all(type(lin) is torch.nn.Linear for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]))
-        and len(net) == 3 and type(net[0]) is GELU and net[0].approximate == "tanh"
-        and type(net[0].proj) is torch.nn.Linear and type(net[1]) is torch.nn.Dropout and type(net[2]) is torch.nn.Linear
+        and _plain_linears(attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]) and len(net) == 3 and _plain_gelu_mlp(net)
     )  # fmt: skip
 
 
@@ -645,11 +784,11 @@ def apply_skip_cache(
     ``remove_skip_cache``; a rising timestep or new shapes start a fresh trajectory). ``cache``: the
     schedule (default: ``default_cache(transformer)``); ``forecast`` overrides ``cache.forecast``
     (0..3 or ``"auto"``; ``"auto"`` needs a pipeline, whose scheduler decides at each call).
-    ``fast_blocks``: run the blocks of a ``DiTTransformer2DModel`` through skipdit_kernels' fused
-    ops while a request runs (the block's own parameters; equal to diffusers' block within fp32
-    rounding, 1.2-2x faster per block on CPU; blocks with hooks, other attention processors or other
-    configurations run diffusers' forward); False runs diffusers' own block forward (bit-identical
-    to the uncached model on full steps). Outside a request the transformer is diffusers' own.
+    ``fast_blocks``: run the blocks of a ``DiTTransformer2DModel`` or ``HunyuanDiT2DModel`` through
+    skipdit_kernels' fused ops while a request runs (the block's own parameters; equal to diffusers'
+    block within fp32 rounding, 1.2-2x faster per block on CPU; blocks with hooks, other attention
+    processors or other configurations run diffusers' forward, checked at every call); False runs
+    diffusers' own block forward (bit-identical to the uncached model on full steps). Outside a request the transformer is diffusers' own.
     Applying again replaces the schedule. Returns the pipeline (or the session).
     TypeError naming the supported classes for anything else; ValueError for a schedule that does
     not fit the transformer (checked now, for the shallow depth and the skips)."""
