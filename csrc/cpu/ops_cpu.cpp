@@ -252,12 +252,22 @@ Tensor linear_act(const char* op, const Tensor& h_in, const Tensor& weight, cons
   if (!gelu && compute == h_in.scalar_type()) {  // nothing to fuse but the bias, which oneDNN adds itself
     if (auto y = onednn_linear(h, weight, bias.has_value() ? *bias : Tensor())) return y->view(out_sizes);
   }
-  Tensor out = at::empty({M, Nout}, h_in.options());
   const auto& k = table();
   const Storage st = storage_of(h_in), acc_st = storage_of(weight);
-  const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
+  if (compute == h_in.scalar_type() && gemm_block_rows() <= 0) {
+    // One GEMM whose result (a new tensor on either GEMM path) becomes the output, the epilogue
+    // rewriting it in place: no separate output to allocate and fault in.
+    const Tensor out = gemm_nt(as_compute(h, compute), weight, Tensor());
+    if (gelu || b != nullptr)
+      at::parallel_for(0, M, grain_for(Nout), [&](int64_t r0, int64_t r1) {
+        k.bias_act(st, acc_st, rows2(out, 0), b, rows2(out, 0), Nout, gelu, r0, r1);
+      });
+    return out.view(out_sizes);
+  }
+  Tensor out = at::empty({M, Nout}, h_in.options());
+  const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
   gemm_rows(
       M, Nout, direct,
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
@@ -283,14 +293,23 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
   const Tensor x = unit_last(x_in), gate = unit_last(gate_in);
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), K = h_in.size(2);
   const Tensor h = h_in.reshape({B * N, K});
-  Tensor out = at::empty({B, N, D}, x.options());
   const auto compute = weight.scalar_type();
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
-  Tensor out2 = out.view({B * N, D});
-  const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
+  if (compute == x.scalar_type() && gemm_block_rows() <= 0) {
+    // As in linear_act: the GEMM's result becomes the output, rewritten in place.
+    const Tensor out2 = gemm_nt(as_compute(h, compute), weight, Tensor());
+    const Tensor out = out2.view({B, N, D});
+    at::parallel_for(0, B * N, grain_for(D), [&](int64_t r0, int64_t r1) {
+      k.gated(st, rows3(x), bvec(gate), acc_st, rows2(out2, 0), b, rows3(out), N, D, r0, r1);
+    });
+    return out;
+  }
+  Tensor out = at::empty({B, N, D}, x.options());
+  Tensor out2 = out.view({B * N, D});
+  const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
   gemm_rows(
       B * N, D, direct,
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
