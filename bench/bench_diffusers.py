@@ -123,11 +123,12 @@ def trained_dit_pipe(scheduler):
     transformer = sd.dit_to_diffusers(load_bundled("dit"))
     null = transformer.config.num_embeds_ada_norm
     for block in transformer.transformer_blocks:
-        # DiTPipeline passes ImageNet's null class 1000 whatever the label table's size: map it to this
-        # model's null row (index num_classes), as the pipeline means.
-        block.norm1.emb.class_embedder.register_forward_pre_hook(
-            lambda module, args: (torch.where(args[0] >= null, null, args[0]), *args[1:])
-        )
+        # DiTPipeline passes ImageNet's null class 1000 whatever the label table's size: give the table
+        # rows up to 1000, each past the classes a copy of this model's null row, as the pipeline means
+        # (a table, not a hook: a hook on a block's submodule sends the fast blocks to diffusers' forward).
+        table = block.norm1.emb.class_embedder.embedding_table
+        rows = torch.cat([table.weight.data[:null], table.weight.data[null:null + 1].expand(1001 - null, -1)])
+        block.norm1.emb.class_embedder.embedding_table = torch.nn.Embedding.from_pretrained(rows, freeze=True).eval()
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(
         in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
