@@ -38,10 +38,10 @@ bool cpu_has(const char* feature) {
   return false;
 }
 
-bool cpu_is_intel() {
+bool x86_not_made_by_intel() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
-  return __builtin_cpu_is("intel");
+  return !__builtin_cpu_is("intel");
 #else
   return false;
 #endif
@@ -82,11 +82,12 @@ const KernelTable& table() {
 }
 
 // fp32 GEMMs. torch's at::mm runs MKL's sgemm, which on x86 CPUs not made by Intel takes a code path
-// about half as fast as oneDNN's JIT kernels (AMD EPYC with AVX-512: 2-4x at DiT shapes, both at one
-// thread; bench/results/gemm-*.md). So fp32 GEMMs of at least kOnednnMinFlops go to oneDNN through
-// torch's own mkldnn::_linear_pointwise op where torch was built with it, on CPUs not made by Intel
-// (unmeasured on Intel: MKL is its vendor's library there). SKIPDIT_CPU_FP32_GEMM=onednn|torch
-// overrides; torch.backends.mkldnn.enabled = False is respected.
+// about half as fast as oneDNN's JIT kernels (AMD EPYC with AVX-512: oneDNN 1.8-2.3x at the demo's,
+// DiT-B/2's and DiT-XL/2's shapes, both at one thread; bench/results/gemm-*.md). So fp32 GEMMs of at
+// least kOnednnMinFlops go to oneDNN through torch's own mkldnn::_linear_pointwise op where torch was
+// built with it, on x86 CPUs not made by Intel (unmeasured on Intel, where MKL is its vendor's own
+// library, and on other architectures). SKIPDIT_CPU_FP32_GEMM=onednn|torch overrides;
+// torch.backends.mkldnn.enabled = False is respected.
 constexpr int64_t kOnednnMinFlops = int64_t{1} << 21;  // below, oneDNN's per-call setup costs more
 
 const c10::OperatorHandle* onednn_linear_op() {
@@ -106,7 +107,7 @@ bool fp32_gemm_on_onednn() {
     const std::string s = lowercase_env("SKIPDIT_CPU_FP32_GEMM");
     if (s == "torch") return false;
     if (onednn_linear_op() == nullptr) return false;
-    return s == "onednn" || !cpu_is_intel();
+    return s == "onednn" || x86_not_made_by_intel();
   }();
   return wanted && at::globalContext().userEnabledMkldnn();
 }
