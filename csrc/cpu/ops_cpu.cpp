@@ -172,29 +172,37 @@ void check_cpu(const char* op, const Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), op, ": expected CPU tensors, got ", t.device());
 }
 
-// Row-blocked GEMM + epilogue. gemm(out, r0, n) returns rows [r0, r0 + n) of the GEMM, written into
-// `out` when it can (see gemm_nt); epi(r0, r1, acc_rows, in_place) consumes them, in_place telling
-// whether they already are the output. `direct` (defined when the output's dtype is the GEMM's) is
-// the output, offered to the GEMM so that the epilogue can rewrite it in place.
+// GEMM + epilogue, returning the (M, width) output (options `out_opts`). gemm(target, r0, n) returns
+// rows [r0, r0 + n) of the GEMM, written into `target` when one is given and it can (see gemm_nt);
+// epi(r0, r1, acc_rows, out_rows, in_place) turns them into the output's rows, in_place telling
+// whether they already are the output. By default one GEMM runs over all rows and, when its dtype is
+// the output's, its result (a new tensor on either GEMM path) becomes the output, rewritten in place
+// by a parallel epilogue: no separate output to allocate and fault in. With SKIPDIT_CPU_GEMM_ROWS=n,
+// blocks of n rows run over the threads, each block's epilogue applied while it is still in cache.
 template <typename Gemm, typename Epi>
-void gemm_rows(int64_t M, int64_t width, const Tensor& direct, Gemm gemm, Epi epi) {
-  if (M == 0 || width == 0) return;
+Tensor gemm_rows(int64_t M, int64_t width, at::ScalarType compute, const at::TensorOptions& out_opts, Gemm gemm, Epi epi) {
+  const bool same_dtype = compute == out_opts.dtype().toScalarType();
+  if (M == 0 || width == 0) return at::empty({M, width}, out_opts);
   const int64_t block = gemm_block_rows();
   if (block <= 0 || block >= M) {
-    const Tensor acc = gemm(direct, 0, M);
-    const bool in_place = direct.defined() && acc.data_ptr() == direct.data_ptr();
-    at::parallel_for(0, M, grain_for(width), [&](int64_t r0, int64_t r1) { epi(r0, r1, rows2(acc, 0), in_place); });
-    return;
+    const Tensor acc = gemm(Tensor(), 0, M);
+    const Tensor out = same_dtype ? acc : at::empty({M, width}, out_opts);
+    at::parallel_for(0, M, grain_for(width), [&](int64_t r0, int64_t r1) {
+      epi(r0, r1, rows2(acc, 0), rows2(out, 0), same_dtype);
+    });
+    return out;
   }
+  const Tensor out = at::empty({M, width}, out_opts);
   const int64_t nblocks = (M + block - 1) / block;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * block, n = std::min(block, M - r0);
-      const Tensor target = direct.defined() ? direct.narrow(0, r0, n) : Tensor();
+      const Tensor target = same_dtype ? out.narrow(0, r0, n) : Tensor();
       const Tensor acc = gemm(target, r0, n);
-      epi(r0, r0 + n, rows2(acc, r0), target.defined() && acc.data_ptr() == target.data_ptr());
+      epi(r0, r0 + n, rows2(acc, r0), rows2(out, 0), target.defined() && acc.data_ptr() == target.data_ptr());
     }
   });
+  return out;
 }
 
 Tensor as_compute(const Tensor& a, at::ScalarType compute) { return a.scalar_type() == compute ? a : a.to(compute); }
@@ -257,23 +265,11 @@ Tensor linear_act(const char* op, const Tensor& h_in, const Tensor& weight, cons
   const Storage st = storage_of(h_in), acc_st = storage_of(weight);
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
-  if (compute == h_in.scalar_type() && gemm_block_rows() <= 0) {
-    // One GEMM whose result (a new tensor on either GEMM path) becomes the output, the epilogue
-    // rewriting it in place: no separate output to allocate and fault in.
-    const Tensor out = gemm_nt(as_compute(h, compute), weight, Tensor());
-    if (gelu || b != nullptr)
-      at::parallel_for(0, M, grain_for(Nout), [&](int64_t r0, int64_t r1) {
-        k.bias_act(st, acc_st, rows2(out, 0), b, rows2(out, 0), Nout, gelu, r0, r1);
-      });
-    return out.view(out_sizes);
-  }
-  Tensor out = at::empty({M, Nout}, h_in.options());
-  const Tensor direct = compute == h_in.scalar_type() ? out : Tensor();
-  gemm_rows(
-      M, Nout, direct,
+  const Tensor out = gemm_rows(
+      M, Nout, compute, h_in.options(),
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
-      [&](int64_t r0, int64_t r1, Rows acc, bool in_place) {
-        if (gelu || b != nullptr || !in_place) k.bias_act(st, acc_st, acc, b, rows2(out, 0), Nout, gelu, r0, r1);
+      [&](int64_t r0, int64_t r1, Rows acc, Rows out_rows, bool in_place) {
+        if (gelu || b != nullptr || !in_place) k.bias_act(st, acc_st, acc, b, out_rows, Nout, gelu, r0, r1);
       });
   return out.view(out_sizes);
 }
@@ -299,25 +295,13 @@ Tensor linear_gated_residual(const Tensor& x_in, const Tensor& h_in, const Tenso
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   Tensor bias_keep;
   const void* b = bias_ptr(bias, bias_keep);
-  if (compute == x.scalar_type() && gemm_block_rows() <= 0) {
-    // As in linear_act: the GEMM's result becomes the output, rewritten in place.
-    const Tensor out2 = gemm_nt(as_compute(h, compute), weight, Tensor());
-    const Tensor out = out2.view({B, N, D});
-    at::parallel_for(0, B * N, grain_for(D), [&](int64_t r0, int64_t r1) {
-      k.gated(st, rows3(x), bvec(gate), acc_st, rows2(out2, 0), b, rows3(out), N, D, r0, r1);
-    });
-    return out;
-  }
-  Tensor out = at::empty({B, N, D}, x.options());
-  Tensor out2 = out.view({B * N, D});
-  const Tensor direct = compute == x.scalar_type() ? out2 : Tensor();
-  gemm_rows(
-      B * N, D, direct,
+  const Tensor out = gemm_rows(
+      B * N, D, compute, x.options(),
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(as_compute(h.narrow(0, r0, n), compute), weight, target); },
-      [&](int64_t r0, int64_t r1, Rows acc, bool) {
-        k.gated(st, rows3(x), bvec(gate), acc_st, acc, b, rows3(out), N, D, r0, r1);
+      [&](int64_t r0, int64_t r1, Rows acc, Rows out_rows, bool) {
+        k.gated(st, rows3(x), bvec(gate), acc_st, acc, b, out_rows, N, D, r0, r1);
       });
-  return out;
+  return out.view({B, N, D});
 }
 
 namespace {
@@ -369,24 +353,14 @@ Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& w
     vscale = bvec(scale);
     rmod = rows3(*mod);
   }
-  const auto epilogue = [&](Rows acc, const Tensor& h2, int64_t r0, int64_t r1) {
-    k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), rows2(h2, 0), Dout,
-             mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
-  };
-  if (compute == x.scalar_type() && gemm_block_rows() <= 0) {
-    // One GEMM whose result (a new tensor on either GEMM path) becomes h, the epilogue rewriting it in
-    // place: no separate output to allocate and fault in.
-    const Tensor h2 = gemm_nt(zs, weight, Tensor());
-    at::parallel_for(0, M, grain_for(Dout), [&](int64_t r0, int64_t r1) { epilogue(rows2(h2, 0), h2, r0, r1); });
-    return h2.view({B, N, Dout});
-  }
-  Tensor h = at::empty({B, N, Dout}, x.options());
-  const Tensor h2 = h.view({M, Dout});
-  gemm_rows(
-      M, Dout, compute == x.scalar_type() ? h2 : Tensor(),
+  const Tensor h = gemm_rows(
+      M, Dout, compute, x.options(),
       [&](const Tensor& target, int64_t r0, int64_t n) { return gemm_nt(zs.narrow(0, r0, n), weight, target); },
-      [&](int64_t r0, int64_t r1, Rows acc, bool) { epilogue(acc, h2, r0, r1); });
-  return h;
+      [&](int64_t r0, int64_t r1, Rows acc, Rows out_rows, bool) {
+        k.folded(st, acc_st, acc, mean, rstd, 0, rowsum.data_ptr<float>(), bias.data_ptr<float>(), out_rows, Dout,
+                 mod ? &vshift : nullptr, mod ? &vscale : nullptr, mod ? &rmod : nullptr, N, feps, r0, r1);
+      });
+  return h.view({B, N, Dout});
 }
 
 }  // namespace
