@@ -65,6 +65,17 @@ def _assert_fp32_close(got, expected):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
 
 
+def _assert_bf16_within_twice_eager(fast, eager, reference):
+    """flash-attn's rule (at most twice the eager error against an fp32 reference) with an atol of 1%
+    of the output's scale (2.5 bf16 units in the last place there); the typical (RMS) error no worse
+    than 1.5x."""
+    assert fast.dtype == torch.bfloat16
+    eager_err, fast_err = eager.float() - reference, fast.float() - reference
+    atol = 1e-2 * reference.abs().max()
+    assert fast_err.abs().max() <= 2 * eager_err.abs().max() + atol, (fast_err.abs().max(), eager_err.abs().max())
+    assert fast_err.pow(2).mean().sqrt() <= 1.5 * eager_err.pow(2).mean().sqrt()
+
+
 def test_fast_block_bf16_error_is_within_twice_the_blocks_own():
     block = _dit_transformer(torch.bfloat16).transformer_blocks[0]
     ref_block = copy.deepcopy(block).float()  # the same (bf16-rounded) weights in fp32
@@ -73,13 +84,7 @@ def test_fast_block_bf16_error_is_within_twice_the_blocks_own():
         reference = ref_block(h.float(), timestep=t, class_labels=y)
         eager = block(h, timestep=t, class_labels=y)
         fast = sd._dit_block_fast(block, h, t, y)
-    assert fast.dtype == torch.bfloat16
-    # flash-attn's rule (at most twice the eager error) with an atol of 1% of the output's scale
-    # (2.5 bf16 units in the last place there); and the typical (RMS) error no worse than 1.5x
-    eager_err, fast_err = eager.float() - reference, fast.float() - reference
-    atol = 1e-2 * reference.abs().max()
-    assert fast_err.abs().max() <= 2 * eager_err.abs().max() + atol, (fast_err.abs().max(), eager_err.abs().max())
-    assert fast_err.pow(2).mean().sqrt() <= 1.5 * eager_err.pow(2).mean().sqrt()
+    _assert_bf16_within_twice_eager(fast, eager, reference)
 
 
 def test_fast_block_reads_the_live_parameters():

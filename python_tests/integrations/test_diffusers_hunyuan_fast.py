@@ -27,7 +27,7 @@ from .test_diffusers import (  # noqa: E402
     hunyuan_call,
     hunyuan_pipeline,
 )
-from .test_diffusers_fast import _assert_fp32_close  # noqa: E402
+from .test_diffusers_fast import _assert_bf16_within_twice_eager, _assert_fp32_close  # noqa: E402
 
 HIDDEN, HEAD_DIM, CROSS = 40, 20, 12  # 2 heads; the rotary tables need head_dim % 4 == 0
 
@@ -83,13 +83,7 @@ def test_fast_block_bf16_error_is_within_twice_the_blocks_own(skip):
         reference = ref_block(h.float(), encoder_hidden_states=text.float(), temb=temb.float(), image_rotary_emb=rotary,
                               skip=None if long_skip is None else long_skip.float())  # fmt: skip
     fast, eager = _both(block, h, temb, text, rotary, long_skip)
-    assert fast.dtype == torch.bfloat16
-    # as for the DiT blocks (test_diffusers_fast.py): flash-attn's rule (at most twice the eager
-    # error) with an atol of 1% of the output's scale; the RMS error no worse than 1.5x
-    eager_err, fast_err = eager.float() - reference, fast.float() - reference
-    atol = 1e-2 * reference.abs().max()
-    assert fast_err.abs().max() <= 2 * eager_err.abs().max() + atol, (fast_err.abs().max(), eager_err.abs().max())
-    assert fast_err.pow(2).mean().sqrt() <= 1.5 * eager_err.pow(2).mean().sqrt()
+    _assert_bf16_within_twice_eager(fast, eager, reference)
 
 
 def test_fast_block_reads_the_live_parameters():
