@@ -58,6 +58,21 @@ else:
     CACHE_DIT_ERROR = None
 
 
+def _hunyuan_pipeline(transformer, scheduler, latent_channels: int):
+    """A HunyuanDiTPipeline around ``transformer`` with a tiny random VAE (only its scale factor, 8,
+    matters: the calls return latents) and no text encoders (the calls pass prompt embeddings)."""
+    vae = diffusers.AutoencoderKL(
+        latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    pipe = diffusers.HunyuanDiTPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, transformer=transformer.eval(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False, text_encoder_2=None, tokenizer_2=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def hunyuan_pipe(scheduler, layers: int, hidden: int, sample: int):
     torch.manual_seed(0)
     heads = 4
@@ -66,15 +81,7 @@ def hunyuan_pipe(scheduler, layers: int, hidden: int, sample: int):
         hidden_size=hidden, num_layers=layers, cross_attention_dim=64, cross_attention_dim_t5=64,
         pooled_projection_dim=64, text_len=77, text_len_t5=256,
     )  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )  # fmt: skip
-    pipe = diffusers.HunyuanDiTPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, transformer=transformer.eval(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False, text_encoder_2=None, tokenizer_2=None,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _hunyuan_pipeline(transformer, scheduler, latent_channels=4)
     g = torch.Generator().manual_seed(1)
     embeds = dict(
         prompt_embeds=torch.randn(1, 77, 64, generator=g), negative_prompt_embeds=torch.randn(1, 77, 64, generator=g),
@@ -167,15 +174,7 @@ def trained_hunyuan_pipe(scheduler):
     transformer = diffusers.HunyuanDiT2DModel(**config)
     transformer.load_state_dict(state, strict=True)
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(  # only its scale factor (8) matters: the calls return latents
-        latent_channels=1, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )  # fmt: skip
-    pipe = diffusers.HunyuanDiTPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, transformer=transformer.eval(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False, text_encoder_2=None, tokenizer_2=None,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _hunyuan_pipeline(transformer, scheduler, latent_channels=1)
     labels, null = torch.tensor(TRAINED_LABELS), torch.full((len(TRAINED_LABELS),), 10)
     e1, e2 = prompts["prompt_embeds"], prompts["prompt_embeds_2"]
     ones1, ones2 = torch.ones(len(labels), e1.shape[1], dtype=torch.long), torch.ones(len(labels), e2.shape[1], dtype=torch.long)
