@@ -45,7 +45,8 @@ from official_dit import OfficialSkipDiT  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels import ops  # noqa: E402
-from skipdit_kernels.cache import SkipStackExecutor  # noqa: E402
+from skipdit_kernels.cache import Condition  # noqa: E402
+from skipdit_kernels.sampling import SkipStackExecutor  # noqa: E402
 from skipdit_kernels.sampling import GaussianDiffusion  # noqa: E402
 from skipdit_kernels.sampling.trajectory import NUM_COEF, SamplerTrajectory, sampler_coefficients  # noqa: E402
 
@@ -153,12 +154,12 @@ class ExecutorSteps:
         self.x0 = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(device)
         y = torch.randint(0, model.num_classes, (batch,), generator=g)
         self.y = torch.cat([y, torch.full_like(y, model.num_classes)]).to(device)
-        cond = {"y": self.y}
+        cond = Condition({"y": self.y})
         self.sig = self.ex.signature(self.x0, cond, dtype, True)
         self.trajectory = SamplerTrajectory(diffusion, CFG_SCALE, guided=model.guided_channels(False))
         with ops.use_backend(backend):
             self.program = self.ex.program(sk.SkipCache(interval=2, shallow_blocks=SHALLOW), self.trajectory)
-        self.b = self.ex.acquire(self.sig, self.program, NUM_COEF)
+        self.b = self.ex.acquire(self.sig, self.program, NUM_COEF, cond)
         self.b.copy_outputs = graphs
         mid = diffusion.num_steps // 2
         self.b.coef.copy_(torch.from_numpy(sampler_coefficients(diffusion, CFG_SCALE)[mid]).float())

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.cache import SkipStackExecutor
-from skipdit_kernels.cache import executor as executor_module
+from skipdit_kernels.sampling import SkipStackExecutor
+from skipdit_kernels.sampling import executor as executor_module
 from skipdit_kernels.sampling import GaussianDiffusion
 
 from ..models.conftest import TINY, randomize

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.cache import executor_for
+from skipdit_kernels.sampling import executor_for
 
 from ..models.conftest import TINY, randomize
 

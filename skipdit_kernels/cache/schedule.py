@@ -156,8 +156,10 @@ class SkipCache:
 
 
 class ScheduleCursor:
-    """The schedule of one trajectory, a step at a time: ``advance(t)`` decides the step at
-    timestep ``t`` and moves on. A new trajectory needs a new cursor."""
+    """The schedule of one trajectory, a step at a time: ``peek(t)`` decides the step at timestep
+    ``t`` without moving; ``commit(step, t)`` moves past it once it completed; ``advance(t)`` does
+    both. A step that raised is simply never committed: the next ``peek`` decides it again. A new
+    trajectory needs a new cursor."""
 
     def __init__(self, cache: SkipCache):
         self.cache = cache
@@ -173,7 +175,8 @@ class ScheduleCursor:
     def have_cache(self) -> bool:
         return bool(self._entries)
 
-    def advance(self, t: float) -> PlannedStep:
+    def peek(self, t: float) -> PlannedStep:
+        """The step at timestep ``t`` (full or cached, its slot and blend weights); moves nothing."""
         t = float(t)
         c = self.cache
         full = self.counter % c.interval == 0 or not self._entries or t >= c.start_t
@@ -181,16 +184,28 @@ class ScheduleCursor:
         slot = -1
         if full:
             slot = self._next_slot
-            if len(self._entries) == self.slots:
-                self._entries.pop(0)  # the oldest entry holds this slot: the ring overwrites it
-            self._entries.append((self.counter, slot))
-            self._next_slot = (slot + 1) % self.slots
         else:
             nodes = [s for s, _ in self._entries]
             for (_, s), w in zip(self._entries, lagrange_weights(nodes, self.counter)):
                 weights[s] = w
-        step = PlannedStep(full, self.counter, slot, tuple(weights))
+        return PlannedStep(full, self.counter, slot, tuple(weights))
+
+    def commit(self, step: PlannedStep, t: float) -> None:
+        """Move past ``step`` (``peek(t)``'s, at this position) after it completed. ValueError for
+        a step decided at another position."""
+        if step.counter != self.counter:
+            raise ValueError(f"step {step.counter} was decided at another position of the schedule (now at {self.counter})")
+        if step.full:
+            if len(self._entries) == self.slots:
+                self._entries.pop(0)  # the oldest entry holds this slot: the ring overwrites it
+            self._entries.append((self.counter, step.slot))
+            self._next_slot = (step.slot + 1) % self.slots
         self.counter += 1
-        if t <= c.stop_t:
+        if float(t) <= self.cache.stop_t:
             self._reset()
+
+    def advance(self, t: float) -> PlannedStep:
+        """``peek(t)`` and ``commit`` it."""
+        step = self.peek(t)
+        self.commit(step, t)
         return step

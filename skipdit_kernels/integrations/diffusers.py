@@ -76,7 +76,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
     ) from exc
 
 from .. import ops
-from ..cache import SkipCache, as_skip_stack, disable_skip_cache, enable_skip_cache, register_skip_stack, skip_partners
+from ..cache import Condition, SkipCache, as_skip_stack, disable_skip_cache, enable_skip_cache, register_skip_stack, skip_partners
 from ..cache.forecast import AUTO_DETERMINISTIC_ORDER, check_forecast, resolve_forecast
 
 __all__ = [
@@ -196,16 +196,19 @@ class _DiffusersStack:
             want = f"{dims}-d with " if dims is not None else ""
             raise ValueError(f"{name} must be {want}batch {n} (the batch of hidden_states), got shape {tuple(value.shape)}")
 
-    def condition(self, conditioning: Any) -> dict:
+    def latent_shape_for(self, image_size: int) -> tuple[int, ...]:
+        raise ValueError(f"image_size is not supported for {type(self).__name__}; its latents are {tuple(self.latent_shape)}")
+
+    def condition(self, conditioning: Any) -> Condition:
         """A dict of the forward's conditioning tensors (the names of its keyword arguments)."""
         if not isinstance(conditioning, dict) or not all(isinstance(v, torch.Tensor) for v in conditioning.values()):
             raise TypeError(
                 f"{type(self.model).__name__} takes its conditioning as a dict of tensors named like its "
                 f"forward's arguments, got {type(conditioning).__name__}"
             )
-        return dict(conditioning)
+        return Condition(conditioning)
 
-    def null_condition(self, cond: dict) -> dict:
+    def null_condition(self, cond: Condition) -> Condition:
         raise ValueError(
             f"{type(self.model).__name__}'s unconditional branch is the pipeline's negative prompt embedding; "
             "run classifier-free guidance through the pipeline"
@@ -217,9 +220,9 @@ class HunyuanDiTStack(_DiffusersStack):
 
     Condition keys: ``encoder_hidden_states`` (N, S, D_clip), ``text_embedding_mask`` (N, S),
     ``encoder_hidden_states_t5`` (N, S5, D_t5), ``text_embedding_mask_t5`` (N, S5), optionally
-    ``image_meta_size`` (N, 6), ``style`` (N,), ``image_rotary_cos``/``image_rotary_sin`` (the
-    pipeline's (tokens, head_dim) rotary tables, carried as batch-expanded views) and
-    ``controlnet_<j>`` (the ControlNet residual added to the skip that unit L-1-j fuses).
+    ``image_meta_size`` (N, 6), ``style`` (N,) and ``controlnet_<j>`` (the ControlNet residual
+    added to the skip that unit L-1-j fuses); static: ``image_rotary_emb``, the pipeline's (cos, sin)
+    (tokens, head_dim) rotary tables, shared by every sample.
     """
 
     def __init__(self, model: HunyuanDiT2DModel):
@@ -251,10 +254,9 @@ class HunyuanDiTStack(_DiffusersStack):
             if a[k] is not None
         }  # fmt: skip
         x = a["hidden_states"]
+        static = {}
         if a["image_rotary_emb"] is not None:
-            cos, sin = a["image_rotary_emb"]
-            cond["image_rotary_cos"] = cos.expand(x.shape[0], *cos.shape)
-            cond["image_rotary_sin"] = sin.expand(x.shape[0], *sin.shape)
+            static["image_rotary_emb"] = tuple(a["image_rotary_emb"])
         controls = a["controlnet_block_samples"]
         if controls is not None:
             if len(controls) != self.num_skips:
@@ -263,7 +265,7 @@ class HunyuanDiTStack(_DiffusersStack):
                     "connections (the number of controls must equal the number of skip connections)"
                 )
             cond.update((f"controlnet_{j}", c) for j, c in enumerate(controls))
-        return x, a["timestep"], cond
+        return x, a["timestep"], Condition(cond, static)
 
     def check_inputs(self, x, t, cond):
         self._check_latent(x, 4, "(N, C, H, W)")
@@ -280,11 +282,9 @@ class HunyuanDiTStack(_DiffusersStack):
         if cfg.use_style_cond_and_image_meta_size and not ("image_meta_size" in cond and "style" in cond):
             raise ValueError("this HunyuanDiT2DModel (use_style_cond_and_image_meta_size) needs image_meta_size and style")
         tokens = (x.shape[-2] // cfg.patch_size) * (x.shape[-1] // cfg.patch_size)
-        if "image_rotary_cos" in cond and cond["image_rotary_cos"].shape[1] != tokens:
-            raise ValueError(
-                f"image_rotary_emb covers {cond['image_rotary_cos'].shape[1]} tokens; hidden_states {tuple(x.shape)} "
-                f"has {tokens}"
-            )
+        rotary = cond.static.get("image_rotary_emb")
+        if rotary is not None and rotary[0].shape[0] != tokens:
+            raise ValueError(f"image_rotary_emb covers {rotary[0].shape[0]} tokens; hidden_states {tuple(x.shape)} has {tokens}")
         for j in range(self.num_skips):
             if f"controlnet_{j}" in cond:
                 c = cond[f"controlnet_{j}"]
@@ -303,7 +303,7 @@ class HunyuanDiTStack(_DiffusersStack):
         text = torch.cat([cond["encoder_hidden_states"], t5], dim=1)
         mask = torch.cat([cond["text_embedding_mask"], cond["text_embedding_mask_t5"]], dim=-1).unsqueeze(2).bool()
         text = torch.where(mask, text, m.text_embedding_padding)
-        rotary = (cond["image_rotary_cos"][0], cond["image_rotary_sin"][0]) if "image_rotary_cos" in cond else None
+        rotary = cond.static.get("image_rotary_emb")
         controls = {j: cond[f"controlnet_{j}"] for j in range(self.num_skips) if f"controlnet_{j}" in cond}
         return h, dict(temb=temb, text=text, rotary=rotary, controls=controls, height=height, width=width)
 
@@ -475,20 +475,21 @@ class DiTTransformerStack(_DiffusersStack):
     def _split(self, a: dict):
         if a["cross_attention_kwargs"]:
             raise ValueError("DiTTransformer2DModel under Skip-Cache takes no cross_attention_kwargs")
-        return a["hidden_states"], a["timestep"], {"class_labels": a["class_labels"]}
+        x = a["hidden_states"]
+        return x, a["timestep"], Condition({"class_labels": a["class_labels"]})
 
-    def condition(self, class_labels) -> dict:
+    def condition(self, class_labels) -> Condition:
         labels = torch.as_tensor(class_labels).reshape(-1)
         if labels.numel() == 0 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise ValueError(f"class labels must be integers in 0..{self.num_classes - 1}, got {labels.tolist()[:8]}")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise ValueError(f"class labels must be in 0..{self.num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}")
-        return {"class_labels": labels.long()}
+        return Condition({"class_labels": labels.long()})
 
-    def null_condition(self, cond: dict) -> dict:
+    def null_condition(self, cond: Condition) -> Condition:
         if not self.model.transformer_blocks[0].norm1.emb.class_embedder.dropout_prob > 0:
             raise ValueError("classifier-free guidance needs a model with a null class (class dropout > 0)")
-        return {"class_labels": torch.full_like(cond["class_labels"], self.num_classes)}
+        return Condition({"class_labels": torch.full_like(cond["class_labels"], self.num_classes)})
 
     def check_inputs(self, x, t, cond):
         self._check_latent(x, 4, "(N, C, H, W)")
@@ -500,7 +501,7 @@ class DiTTransformerStack(_DiffusersStack):
         self._check_batch("class_labels", y, x.shape[0], 1)
         if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"class_labels must be integers, got {y.dtype}")
-        return t, {"class_labels": y}
+        return t, Condition({"class_labels": y})
 
     def embed(self, x, t, cond):
         return self.model.pos_embed(x), (t, cond["class_labels"])
@@ -579,9 +580,8 @@ class LatteStack(_DiffusersStack):
     """``LatteTransformer3DModel`` as a skip stack without long skips (residual cache); unit = the
     (spatial, temporal) block pair i. The hidden state between units is in the spatial layout
     (N*F, T, D); the temporal block sees (N*T, F, D). Condition: ``encoder_hidden_states`` (N, S, D),
-    optionally ``encoder_attention_mask``, and ``spatial_only`` (an (N, 0) tensor, whose presence
-    means ``enable_temporal_attentions=False``: a flag carried by the condition's keys, read on the
-    host only)."""
+    optionally ``encoder_attention_mask``; static: ``temporal`` (the forward's
+    ``enable_temporal_attentions``, a host flag; True when absent)."""
 
     def __init__(self, model: LatteTransformer3DModel):
         super().__init__(model)
@@ -594,9 +594,8 @@ class LatteStack(_DiffusersStack):
         cond = {"encoder_hidden_states": a["encoder_hidden_states"]}
         if a["encoder_attention_mask"] is not None:
             cond["encoder_attention_mask"] = a["encoder_attention_mask"]
-        if not a["enable_temporal_attentions"]:
-            cond["spatial_only"] = x.new_empty(x.shape[0], 0)
-        return x, a["timestep"], cond
+        static = {} if a["enable_temporal_attentions"] else {"temporal": False}
+        return x, a["timestep"], Condition(cond, static)
 
     def check_inputs(self, x, t, cond):
         self._check_latent(x, 5, "(N, C, F, H, W)")
@@ -605,7 +604,7 @@ class LatteStack(_DiffusersStack):
             raise ValueError("LatteTransformer3DModel needs encoder_hidden_states")
         self._check_batch("encoder_hidden_states", cond["encoder_hidden_states"], x.shape[0], 3)
         frames = x.shape[2]
-        if frames > 1 and "spatial_only" not in cond and frames > self.model.temp_pos_embed.shape[1]:
+        if frames > 1 and cond.static.get("temporal", True) and frames > self.model.temp_pos_embed.shape[1]:
             raise ValueError(f"hidden_states has {frames} frames; the model's temporal positions cover {self.model.temp_pos_embed.shape[1]}")
         return t, cond
 
@@ -627,7 +626,7 @@ class LatteStack(_DiffusersStack):
         )
         ctx = dict(
             batch=batch, frames=frames, grid=(grid_h, grid_w), text=text_spatial, mask=cond.get("encoder_attention_mask"),
-            t_spatial=t_spatial, t_temp=t_temp, embedded_timestep=embedded_timestep, temporal="spatial_only" not in cond,
+            t_spatial=t_spatial, t_temp=t_temp, embedded_timestep=embedded_timestep, temporal=cond.static.get("temporal", True),
         )  # fmt: skip
         return h, ctx
 

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ..cache import SkipCache, as_skip_stack
-from ..cache.executor import executor_for
+from ..sampling.executor import executor_for
 from ..images import load_vae, decode_latents, to_uint8
 from ..sampling.sample import prepare_request, resolve_device, sample
 from ..sampling.trajectory import SamplerTrajectory
@@ -365,7 +365,7 @@ def sample_ddp(
 
 
 class CFGParallelTrajectory:
-    """A ``cache.executor.Trajectory`` for one rank of a CFG-parallel pair: the executor runs this
+    """A ``sampling.executor.Trajectory`` for one rank of a CFG-parallel pair: the executor runs this
     rank's half (model batch N, ``cfg`` False to it); ``model_output`` all-gathers both halves
     (conditional from rank 0 of ``group``, unconditional from rank 1) and applies ``inner``'s
     guidance to the joined 2N batch; the rest is ``inner``'s (a ``SamplerTrajectory`` with CFG).
@@ -439,7 +439,7 @@ def sample_cfg_parallel(
         cond = request.stack.null_condition(cond)
     device = resolve_device(info.device)
     x, inner = request.start(model, seed, device)  # as sample(): x_T first, then the noise
-    cond = {k: v.to(device) for k, v in cond.items()}
+    cond = cond.to(device)
     trajectory = CFGParallelTrajectory(inner, info)
     bar = None
     if progress and info.rank == 0:

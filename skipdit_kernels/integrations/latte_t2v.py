@@ -11,9 +11,10 @@ i >= P/2 first replaces its input by ``skip_linears[j](skip_norms[j](cat([h, ski
 j = i - P/2 (the official code hard-codes 14 of 28). State dict keys are the official ones, so
 ``LatteT2VSkip.from_pretrained(folder, subfolder="transformer")`` loads a released checkpoint.
 
-The class implements the skip-stack contract (``skipdit_kernels.cache.protocol``) itself, so
-``sample()`` and ``enable_skip_cache`` run it with the pair as the unit. Its conditioning is a dict
-of text embeddings (no text encoder is bundled):
+The class implements the skip-stack contract (``skipdit_kernels.cache.protocol``) itself: its
+forward is the one traversal ``run_units`` over the pairs, which ``sample()`` and
+``enable_skip_cache`` also run with the pair as the unit. Its conditioning is a dict of text
+embeddings (no text encoder is bundled):
 
     {"encoder_hidden_states": (N, L, caption_channels),      # e.g. T5 embeddings of the prompts
      "encoder_attention_mask": (N, L) 1 = keep, 0 = drop,    # optional
@@ -37,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .. import ops
 from ..models.conditioning import check_timesteps
 from ..models.layers import SkipProjection, unpatchify
+from ..models.stack import Condition, run_units, skip_partners
 
 _TEXT = "encoder_hidden_states"
 _MASK = "encoder_attention_mask"
@@ -128,12 +130,7 @@ class LatteT2VSkip(LatteTransformer3DModel):
         x, t, cond = self.split_call(args, {"return_dict": return_dict})
         t, cond = self.check_inputs(x, t, cond)
         h, ctx = self.embed(x, t, cond)
-        half = self.num_units // 2
-        skips = []
-        for i in range(self.num_units):
-            h = self.run_block(i, h, ctx, skips.pop() if i >= half else None)
-            if i < half:
-                skips.append(h)
+        h = run_units(self, skip_partners(self), h, ctx)
         return self.wrap_output(self.finish(h, ctx), (), {"return_dict": return_dict})
 
     # -- the skip-stack contract (cache.protocol.SkipStack) -------------------------------------
@@ -160,7 +157,12 @@ class LatteT2VSkip(LatteTransformer3DModel):
         # Latte's pipeline guides every latent channel (and drops the variance for DDIM).
         return self.config.in_channels
 
-    def condition(self, conditioning) -> dict:
+    def latent_shape_for(self, image_size: int) -> tuple[int, int, int, int]:
+        c = self.config
+        raise ValueError(f"image_size is not supported for LatteT2VSkip; its latents are {self.latent_shape} "
+                         f"(sample_size {c.sample_size})")  # fmt: skip
+
+    def condition(self, conditioning) -> Condition:
         """Text embeddings (a tensor (N, L, caption_channels), or the dict of the module docstring)
         as a checked condition dict. ValueError naming the shapes."""
         if isinstance(conditioning, torch.Tensor):
@@ -185,9 +187,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
             if _MASK in cond:
                 neg_mask = self._check_mask(conditioning[_NEG_MASK], None, length, _NEG_MASK)
                 cond[_NEG_MASK] = neg_mask.expand(n, -1).contiguous()
-        return cond
+        return Condition(cond)
 
-    def null_condition(self, cond: dict) -> dict:
+    def null_condition(self, cond: Condition) -> Condition:
         if _NEG_TEXT not in cond:
             raise ValueError(
                 f"classifier-free guidance with LatteT2VSkip needs {_NEG_TEXT!r} (the text encoder's embedding of "
@@ -196,7 +198,7 @@ class LatteT2VSkip(LatteTransformer3DModel):
         null = {_TEXT: cond[_NEG_TEXT], _NEG_TEXT: cond[_NEG_TEXT]}
         if _MASK in cond:
             null.update({_MASK: cond[_NEG_MASK], _NEG_MASK: cond[_NEG_MASK]})
-        return null
+        return Condition(null)
 
     def split_call(self, args: tuple, kwargs: dict):
         names = ("hidden_states", "timestep", _TEXT, _MASK, "enable_temporal_attentions", "return_dict")
@@ -208,13 +210,13 @@ class LatteT2VSkip(LatteTransformer3DModel):
         cond = {_TEXT: values.get(_TEXT)}
         if values.get(_MASK) is not None:
             cond[_MASK] = values[_MASK]
-        return values["hidden_states"], values.get("timestep"), cond
+        return values["hidden_states"], values.get("timestep"), Condition(cond)
 
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict):
         return_dict = kwargs.get("return_dict", args[5] if len(args) > 5 else True)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
-    def check_inputs(self, x: torch.Tensor, t, cond: dict) -> tuple[torch.Tensor, dict]:
+    def check_inputs(self, x: torch.Tensor, t, cond: Condition) -> tuple[torch.Tensor, Condition]:
         c = self.config
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
             raise ValueError(f"hidden_states must be a (N, C, F, H, W) video tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -239,7 +241,7 @@ class LatteT2VSkip(LatteTransformer3DModel):
         checked[_TEXT] = text
         if cond.get(_MASK) is not None:
             checked[_MASK] = self._check_mask(torch.as_tensor(cond[_MASK], device=x.device), n, text.shape[1], _MASK)
-        return t, checked
+        return t, Condition(checked)
 
     def _check_text(self, text, n: int | None, name: str) -> torch.Tensor:
         channels = self.config.caption_channels
@@ -256,7 +258,7 @@ class LatteT2VSkip(LatteTransformer3DModel):
             raise ValueError(f"{name} must be ({'N' if n is None else n}, {length}) (1 keeps a text token), got {tuple(mask.shape)}")
         return mask
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, T2VContext]:
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, T2VContext]:
         """Patch tokens of every frame with positions (N*F, T, hidden), and the context."""
         n, channels, frames, height, width = x.shape
         h = self.pos_embed(x.permute(0, 2, 1, 3, 4).reshape(n * frames, channels, height, width))

@@ -6,9 +6,10 @@ i >= depth/2 first replaces its input x by
 
     skip_linears[j](LayerNorm_fp32(cat([x, skips.pop()], -1))),   j = i - depth/2
 
-Both are skip stacks (the contract in ``skipdit_kernels.cache.protocol``: ``embed``, ``run_block``,
-``finish``, ``skip_partner``, ...), so Skip-Cache and the executor run them from outside
-(``skipdit_kernels.enable_skip_cache``, ``sample``); the models themselves know nothing of caching.
+Both are skip stacks (``skipdit_kernels.models.stack``; the whole contract is described in
+``skipdit_kernels.cache.protocol``): their forward is the one traversal ``run_units`` over
+``run_block``, which Skip-Cache and the executor also run (``skipdit_kernels.enable_skip_cache``,
+``sample``); the models themselves know nothing of caching.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .. import ops
 from .conditioning import check_image_size, check_label_batch, check_timesteps, class_labels
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, SkipProjection, TimestepEmbedder, sincos_pos_embed_2d
 from .presets import preset_config
+from .stack import Condition, run_units, skip_partners
 
 
 class DiT(nn.Module):
@@ -95,11 +97,9 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents, t: (N,) original-scale timesteps, y: (N,) integer class labels.
         Returns (N, out_channels, H, W). ValueError naming the offending input."""
-        t, cond = self.check_inputs(x, t, {"y": y})
+        t, cond = self.check_inputs(x, t, Condition({"y": y}))
         h, c = self._embed(x, t, cond["y"], self.training)
-        for block in self.blocks:
-            h = block(h, c)
-        return self.finish(h, c)
+        return self.finish(run_units(self, skip_partners(self), h, c), c)
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_all_channels: bool = False
@@ -149,17 +149,17 @@ class DiT(nn.Module):
     def guided_channels(self, guide_all_channels: bool) -> int:
         return self.in_channels if guide_all_channels else min(3, self.in_channels)
 
-    def condition(self, labels) -> dict:
+    def condition(self, labels) -> Condition:
         """Class labels (a sequence or tensor of integers in 0..num_classes-1) as ``{"y": (N,)}``."""
-        return {"y": class_labels(labels, self.num_classes)}
+        return Condition({"y": class_labels(labels, self.num_classes)})
 
-    def null_condition(self, cond: dict) -> dict:
+    def null_condition(self, cond: Condition) -> Condition:
         if not self.y_embedder.has_null_class:
             raise ValueError(
                 "classifier-free guidance needs a model trained with class dropout (a null class); "
                 "this model has class_dropout_prob 0"
             )
-        return {"y": torch.full_like(cond["y"], self.num_classes)}
+        return Condition({"y": torch.full_like(cond["y"], self.num_classes)})
 
     def split_call(self, args: tuple, kwargs: dict):
         names = ("x", "t", "y")
@@ -167,12 +167,12 @@ class DiT(nn.Module):
         missing = [n for n in names if n not in values]
         if missing or len(values) != 3:
             raise TypeError(f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}")
-        return values["x"], values["t"], {"y": values["y"]}
+        return values["x"], values["t"], Condition({"y": values["y"]})
 
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         return out
 
-    def check_inputs(self, x: torch.Tensor, t, cond: dict) -> tuple[torch.Tensor, dict]:
+    def check_inputs(self, x: torch.Tensor, t, cond: Condition) -> tuple[torch.Tensor, Condition]:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         n, channels, height, width = x.shape
@@ -189,9 +189,9 @@ class DiT(nn.Module):
         t = check_timesteps(t, n, x.device, shape)
         top = self.num_classes if self.y_embedder.has_null_class else self.num_classes - 1
         y = check_label_batch(cond["y"], n, top, x.device, shape)
-        return t, {"y": y}
+        return t, Condition({"y": y})
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens plus positions, and the adaLN conditioning c = t_emb + y_emb (no label dropout)."""
         return self._embed(x, t, cond["y"], train=False)
 
@@ -218,18 +218,6 @@ class SkipDiT(DiT):
             nn.LayerNorm(2 * self.hidden_size, elementwise_affine=True, eps=1e-6) for _ in range(self.depth // 2)
         )
         self.skip_linears = nn.ModuleList(SkipProjection(self.hidden_size) for _ in range(self.depth // 2))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t, cond = self.check_inputs(x, t, {"y": y})
-        h, c = self._embed(x, t, cond["y"], self.training)
-        half = self.depth // 2
-        skips = []
-        for block in self.blocks[:half]:
-            h = block(h, c)
-            skips.append(h)
-        for j, block in enumerate(self.blocks[half:]):
-            h = block(h, c, fusion=(skips.pop(), self.skip_norms[j], self.skip_linears[j].linear))
-        return self.finish(h, c)
 
     def skip_partner(self, i: int) -> int | None:
         return self.depth - 1 - i if i >= self.depth // 2 else None

@@ -12,8 +12,9 @@ input h by
     skip_linears[j](LayerNorm_fp32(cat([h, skips.pop()], -1))),   j = k - P/2
 
 (the official code hard-codes j = (block index - 14) / 2, i.e. 14 pairs; this class takes any even
-number of pairs). The pair is the unit of the skip-stack contract (``skipdit_kernels.cache.protocol``),
-so Skip-Cache runs it with the layer pair as its shallow unit; the model knows nothing of caching.
+number of pairs). The pair is the unit of the skip stack (``skipdit_kernels.models.stack``): the
+forward is the one traversal ``run_units`` over the pairs, which Skip-Cache also runs with the pair
+as its shallow unit; the model knows nothing of caching.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from .layers import (
     sincos_pos_embed_2d,
     unpatchify,
 )
+from .stack import Condition, run_units, skip_partners
 
 _SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
 
@@ -190,13 +192,7 @@ class LatteSkip(nn.Module):
         ValueError naming the offending input."""
         t, cond = self.check_inputs(x, t, self._condition_of(x, y))
         h, ctx = self._embed(x, t, cond, self.training)
-        half = self.num_units // 2
-        skips = []
-        for i in range(self.num_units):
-            h = self.run_block(i, h, ctx, skips.pop() if i >= half else None)
-            if i < half:
-                skips.append(h)
-        return self.finish(h, ctx)
+        return self.finish(run_units(self, skip_partners(self), h, ctx), ctx)
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, guide_all_channels: bool = False
@@ -238,20 +234,19 @@ class LatteSkip(nn.Module):
     def guided_channels(self, guide_all_channels: bool) -> int:
         return self.in_channels if guide_all_channels else min(4, self.in_channels)
 
-    def condition(self, conditioning) -> dict:
+    def condition(self, conditioning) -> Condition:
         """Class labels (``extras=2``: integers in 0..num_classes-1) as ``{"y": (N,)}``; for an
-        unconditional model the number of videos N, as ``{"batch": (N, 0)}`` (an empty tensor that
-        carries only the batch size)."""
+        unconditional model the number of videos N (a condition of N samples without tensors)."""
         if self.extras == 2:
-            return {"y": class_labels(conditioning, self.num_classes)}
+            return Condition({"y": class_labels(conditioning, self.num_classes)})
         if isinstance(conditioning, bool) or not isinstance(conditioning, int) or conditioning < 1:
             raise ValueError(
                 f"an unconditional LatteSkip (extras=1) takes the number of videos as its conditioning, "
                 f"got {conditioning!r}"
             )
-        return {"batch": torch.zeros(conditioning, 0)}
+        return Condition(batch=conditioning)
 
-    def null_condition(self, cond: dict) -> dict:
+    def null_condition(self, cond: Condition) -> Condition:
         if self.extras != 2:
             raise ValueError("classifier-free guidance needs a class-conditional model; this LatteSkip is unconditional (extras=1)")
         if not self.y_embedder.has_null_class:
@@ -259,7 +254,7 @@ class LatteSkip(nn.Module):
                 "classifier-free guidance needs a model trained with class dropout (a null class); "
                 "this model has class_dropout_prob 0"
             )
-        return {"y": torch.full_like(cond["y"], self.num_classes)}
+        return Condition({"y": torch.full_like(cond["y"], self.num_classes)})
 
     def split_call(self, args: tuple, kwargs: dict):
         names = ("x", "t", "y")
@@ -271,17 +266,16 @@ class LatteSkip(nn.Module):
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         return out
 
-    def _condition_of(self, x, y) -> dict:
+    def _condition_of(self, x, y) -> Condition:
         if self.extras == 2:
             if y is None:
                 raise ValueError("this LatteSkip is class-conditional (extras=2): y (class labels) is required")
-            return {"y": y}
+            return Condition({"y": y})
         if y is not None:
             raise ValueError("this LatteSkip is unconditional (extras=1): y must be None")
-        n = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
-        return {"batch": torch.zeros(n, 0, device=x.device if isinstance(x, torch.Tensor) else None)}
+        return Condition(batch=x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else 0)
 
-    def check_inputs(self, x: torch.Tensor, t, cond: dict) -> tuple[torch.Tensor, dict]:
+    def check_inputs(self, x: torch.Tensor, t, cond: Condition) -> tuple[torch.Tensor, Condition]:
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
             raise ValueError(f"x must be a (N, F, C, H, W) video tensor, got {getattr(x, 'shape', type(x).__name__)}")
         n, frames, channels, height, width = x.shape
@@ -302,17 +296,15 @@ class LatteSkip(nn.Module):
             )
         t = check_timesteps(t, n, x.device, shape)
         if self.extras == 2:
-            if set(cond) != {"y"}:
-                raise ValueError(f"a class-conditional LatteSkip takes the condition {{'y'}}, got {sorted(cond)}")
+            if set(cond.keys()) != {"y"} or cond.static:
+                raise ValueError(f"a class-conditional LatteSkip takes the condition {{'y'}}, got {cond}")
             top = self.num_classes if self.y_embedder.has_null_class else self.num_classes - 1
-            return t, {"y": check_label_batch(cond["y"], n, top, x.device, shape)}
-        batch = cond.get("batch") if set(cond) == {"batch"} else None
-        if not isinstance(batch, torch.Tensor) or batch.shape != (n, 0):
-            got = {k: tuple(getattr(v, "shape", ())) for k, v in cond.items()}
-            raise ValueError(f"an unconditional LatteSkip takes the condition {{'batch': ({n}, 0)}} for {shape}, got {got}")
+            return t, Condition({"y": check_label_batch(cond["y"], n, top, x.device, shape)})
+        if cond.tensors or cond.static or cond.batch != n:
+            raise ValueError(f"an unconditional LatteSkip takes a condition of {n} samples without tensors for {shape}, got {cond}")
         return t, cond
 
-    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, LatteContext]:
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, LatteContext]:
         """Patch tokens of every frame plus positions, (N*F, T, hidden), and the adaLN conditioning
         c = t_emb (+ y_emb), (N, hidden), without label dropout."""
         return self._embed(x, t, cond, train=False)

@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from ..cache import SkipCache, as_skip_stack
-from ..cache.executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
+from ..cache import Condition, SkipCache, as_skip_stack
+from .executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
 from .diffusion import GaussianDiffusion
 from .trajectory import SamplerTrajectory
 
@@ -103,7 +103,7 @@ def sample(
 
     The trajectory runs through the cache-aware executor: eagerly, or with ``cuda_graphs`` as
     captured CUDA graphs (``"auto"``: on a CUDA device; ``True`` insists; ``False``: never), kept
-    for later calls until ``cache.executor_for(model).release()``. ``executor``: a
+    for later calls until ``sampling.executor_for(model).release()``. ``executor``: a
     ``SkipStackExecutor`` of this model to run through instead of the model's shared one.
     ValueError/TypeError naming the problem, before any work, for bad arguments.
     """
@@ -115,10 +115,9 @@ def sample(
         raise ValueError("executor belongs to another model")
     cond = request.cond
     if request.cfg_scale > 1:
-        uncond = request.stack.null_condition(cond)
-        cond = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
+        cond = cond.cat(request.stack.null_condition(cond))
     x, trajectory = request.start(model, seed, device)
-    cond = {k: v.to(device) for k, v in cond.items()}
+    cond = cond.to(device)
     diffusion, cache, dtype = request.diffusion, request.cache, request.dtype
     executor = executor if executor is not None else executor_for(model)
 
@@ -158,7 +157,7 @@ class SamplingRequest:
     sample, the diffusion, the Skip-Cache resolved for the sampler, the dtype, the guidance."""
 
     stack: object
-    cond: dict
+    cond: Condition
     latent: tuple[int, ...]
     diffusion: GaussianDiffusion
     cache: SkipCache | None
@@ -168,7 +167,7 @@ class SamplingRequest:
 
     @property
     def num_samples(self) -> int:
-        return next(iter(self.cond.values())).shape[0]
+        return self.cond.batch
 
     def start(self, model, seed: int, device: torch.device) -> tuple[torch.Tensor, SamplerTrajectory]:
         """Move ``model`` to the device and dtype (in place, when they differ), and draw x_T from a CPU
@@ -195,7 +194,7 @@ def prepare_request(
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     cfg_scale = check_cfg_scale(cfg_scale)
     cond = stack.condition(conditioning)
-    latent = tuple(stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size))
+    latent = tuple(stack.latent_shape if image_size is None else stack.latent_shape_for(image_size))
     diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=stack.learn_sigma, eta=eta)
     cache = resolve_cache(cache, stack.num_units)
     if cache is not None:
@@ -206,17 +205,8 @@ def prepare_request(
                            stack.guided_channels(guide_all_channels))  # fmt: skip
 
 
-def _latent_shape_for(stack, image_size: int) -> tuple[int, ...]:
-    shape_for = getattr(stack, "latent_shape_for", None)
-    if shape_for is None:
-        raise ValueError(
-            f"image_size is not supported for {type(stack).__name__}; its latents are {tuple(stack.latent_shape)}"
-        )
-    return tuple(shape_for(image_size))
-
-
 def latent_size_for(model, image_size: int | None) -> int:
     """The latent side for an image side (the model's own when None)."""
     stack = as_skip_stack(model)
-    shape = stack.latent_shape if image_size is None else _latent_shape_for(stack, image_size)
+    shape = stack.latent_shape if image_size is None else stack.latent_shape_for(image_size)
     return shape[-1]

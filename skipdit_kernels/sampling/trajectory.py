@@ -56,7 +56,7 @@ def sampler_coefficients(diffusion: GaussianDiffusion, cfg_scale: float = 1.0) -
 
 
 class SamplerTrajectory:
-    """One sampling run of ``diffusion`` for the executor (``cache.executor.Trajectory``).
+    """One sampling run of ``diffusion`` for the executor (``executor.Trajectory``).
 
     ``guided``: leading channels guidance mixes (the stack's ``guided_channels``); ``channel_dim``:
     where a batched latent keeps its channels; ``generator``: the CPU generator stochastic samplers

@@ -9,14 +9,17 @@ the deep history and the model output. A step writes into them in place, so the 
 timestep, the coefficient row, the noise and the cache's slot/weights, then runs the step (eagerly)
 or replays the graph of its kind. One step is
 
-    model_in <- x (twice under CFG) -> stack.embed -> cache.forward.run_units -> stack.finish
+    model_in <- x (twice under CFG) -> stack.embed -> run_units -> stack.finish
     -> trajectory.model_output (guidance) -> trajectory.update, written back to x
+    -> the full step's deep state committed to its history slot
 
-The sampler arithmetic (coefficients, guidance, the DDPM/DDIM update) is the ``Trajectory``'s, which
-``sampling/`` provides; the schedule is ``SkipCache.plan``. The executor knows no model family.
+The sampler arithmetic (coefficients, guidance, the DDPM/DDIM update) is the ``Trajectory``'s
+(``trajectory.SamplerTrajectory``); the schedule is ``SkipCache.plan``. The executor knows no model family.
 
 Requests: a run takes a free buffer set of its signature (or makes one) and gives it back at the
-end, so concurrent runs on one executor (threads) never share buffers; captured graphs belong to
+end, so concurrent runs on one executor (threads) never share buffers. A run that raises (an
+error in the model, an interrupt) gives its buffer set back to no one: the next run starts from
+fresh buffers, so nothing of an unfinished request is ever read again. Captured graphs belong to
 the buffer set they were captured on and to what they read: a change of the model's parameter
 storage, dtype or device (a swap, ``.to()``) re-captures them; in-place weight updates are read
 live by the replay.
@@ -31,9 +34,9 @@ from typing import Any, Callable, Hashable, NamedTuple, Protocol
 import torch
 
 from .. import ops
-from .forward import DeepCache, run_units
-from .protocol import SkipStack, as_skip_stack, skip_partners
-from .schedule import PlannedStep, SkipCache
+from ..cache.forward import DeepCache
+from ..cache.protocol import Condition, SkipStack, as_skip_stack, run_units, skip_partners
+from ..cache.schedule import PlannedStep, SkipCache
 
 
 class Trajectory(Protocol):
@@ -81,7 +84,7 @@ class Signature(NamedTuple):
     """What one set of buffers (and its graphs) is shaped for."""
 
     latent: tuple[int, ...]  # (N, ...) of x, before CFG doubles the model batch
-    condition: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]  # at the model batch
+    condition: tuple  # Condition.signature() at the model batch
     dtype: torch.dtype
     device: torch.device
     cfg: bool
@@ -108,13 +111,13 @@ class Program(NamedTuple):
 class StepBuffers:
     """The persistent tensors of one run at a time of one signature."""
 
-    def __init__(self, signature: Signature, num_coef: int, slots: int, residual: bool):
+    def __init__(self, signature: Signature, cond: Condition, num_coef: int, slots: int, residual: bool):
         s, dev = signature, signature.device
         self.signature = s
         self.x = torch.zeros(s.latent, device=dev)  # sampler state, fp32
         self.model_in = torch.zeros((s.model_batch, *s.latent[1:]), device=dev, dtype=s.dtype)
         self.t = torch.zeros(s.model_batch, dtype=torch.long, device=dev)
-        self.cond = {name: torch.zeros(shape, dtype=dtype, device=dev) for name, shape, dtype in s.condition}
+        self.cond = cond.to(dev).zeros_like()
         self.coef = torch.zeros(num_coef, device=dev)
         self.noise = torch.zeros(s.latent, device=dev)
         self.deep = DeepCache(slots, residual, dev)
@@ -144,6 +147,7 @@ class StepBuffers:
         fixed = dict(x=self.x, model_in=self.model_in, t=self.t, coef=self.coef, noise=self.noise,
                      slot=self.deep.slot, weights=self.deep.weights)
         fixed.update({f"cond.{k}": v for k, v in self.cond.items()})
+        fixed.update({f"cond.static.{k}": v for k, v in self.cond.static.items() if isinstance(v, torch.Tensor)})
         return {**fixed, **{"/".join(map(str, k[:2])): v for k, v in self.lazy.items()}}
 
     def nbytes(self) -> int:
@@ -199,9 +203,8 @@ class SkipStackExecutor:
     # -- signatures and buffers -----------------------------------------------------------------
 
     @staticmethod
-    def signature(x: torch.Tensor, cond: dict, dtype: torch.dtype, cfg: bool) -> Signature:
-        condition = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(cond.items()))
-        return Signature(tuple(x.shape), condition, dtype, torch.device(x.device), bool(cfg))
+    def signature(x: torch.Tensor, cond: Condition, dtype: torch.dtype, cfg: bool) -> Signature:
+        return Signature(tuple(x.shape), cond.signature(), dtype, torch.device(x.device), bool(cfg))
 
     def program(self, cache: SkipCache | None, trajectory: Trajectory) -> Program:
         stack = self.stack
@@ -216,14 +219,16 @@ class SkipStackExecutor:
             backend=ops.current_backend(),
         )
 
-    def acquire(self, signature: Signature, program: Program, num_coef: int) -> StepBuffers:
-        """A buffer set for one run: an idle one that fits, or a new one; ``give_back`` it after."""
+    def acquire(self, signature: Signature, program: Program, num_coef: int, cond: Condition) -> StepBuffers:
+        """A buffer set for one run (``cond``: a condition of ``signature``, the template of the
+        condition buffers): an idle one that fits, or a new one; ``give_back`` it after a run that
+        completed."""
         with self._lock:
             free = self._free.setdefault(signature, [])
             for k, b in enumerate(free):
                 if b.coef.numel() == num_coef and b.deep.slots == program.slots and b.deep.residual == program.residual:
                     return free.pop(k)
-        return StepBuffers(signature, num_coef, program.slots, program.residual)
+        return StepBuffers(signature, cond, num_coef, program.slots, program.residual)
 
     def give_back(self, b: StepBuffers) -> None:
         with self._lock:
@@ -253,7 +258,8 @@ class SkipStackExecutor:
     @torch.no_grad()
     def step(self, b: StepBuffers, program: Program, trajectory: Trajectory, full: bool) -> None:
         """One sampler step on ``b``: reads x, t, cond, coef, noise, slot, weights; writes x_{i-1}
-        into ``b.x``. This is the function captured as the full / cached graph."""
+        into ``b.x`` and, on a full step, the deep state into its history slot (last, once the
+        step's arithmetic is done). This is the function captured as the full / cached graph."""
         stack, sig = self.stack, b.signature
         n = sig.batch
         if sig.cfg:
@@ -263,10 +269,14 @@ class SkipStackExecutor:
             b.model_in.copy_(b.x)
         h, ctx = stack.embed(b.model_in, b.t, b.cond)
         deep = b.deep if program.shallow is not None else None
+        if deep is not None:
+            deep.discard()
         h = run_units(stack, skip_partners(stack), h, ctx, b, program.shallow, full, deep)
         out = b.hold("out", stack.finish(h, ctx))
         model_output = b.hold("model_output", trajectory.model_output(out, b.coef))
         b.x.copy_(trajectory.update(b.x, model_output, b.coef, b.noise))
+        if deep is not None:
+            deep.commit()
 
     # -- graphs ---------------------------------------------------------------------------------
 
@@ -319,15 +329,16 @@ class SkipStackExecutor:
         self,
         trajectory: Trajectory,
         x: torch.Tensor,
-        cond: dict,
+        cond: Condition,
         dtype: torch.dtype,
         cache: SkipCache | None = None,
         graphs: bool = False,
         callback: Callable[[int, PlannedStep | None], None] | None = None,
     ) -> tuple[torch.Tensor, list[PlannedStep] | None]:
-        """Sample from ``x`` (x_T, (N, *latent), on the target device) under ``cond`` (a condition
-        dict at the model batch: 2N under CFG, the unconditional half second). The inputs are
-        checked by the stack once (``check_inputs``). Returns (x_0 in float32, the plan)."""
+        """Sample from ``x`` (x_T, (N, *latent), on the target device) under ``cond`` (a
+        ``Condition`` at the model batch: 2N under CFG, the unconditional half second). The inputs
+        are checked by the stack once (``check_inputs``). Returns (x_0 in float32, the plan). A run
+        that raises keeps nothing: its buffer set is dropped, not given back."""
         stack = self.stack
         sig = self.signature(x, cond, dtype, trajectory.cfg)
         program = self.program(cache, trajectory)
@@ -349,37 +360,34 @@ class SkipStackExecutor:
         probe = torch.empty((sig.model_batch, *sig.latent[1:]), dtype=dtype, device=sig.device)
         stack.check_inputs(probe, t_table[0].to(sig.device), cond)
 
-        b = self.acquire(sig, program, coef_table.shape[1])
+        b = self.acquire(sig, program, coef_table.shape[1], cond)
         b.copy_outputs = graphs
-        try:
-            guard = torch.cuda.device(sig.device) if sig.device.type == "cuda" else contextlib.nullcontext()
-            with guard:
-                for name, value in cond.items():
-                    b.cond[name].copy_(value)
+        guard = torch.cuda.device(sig.device) if sig.device.type == "cuda" else contextlib.nullcontext()
+        with guard:
+            b.cond.copy_(cond)
+            if graphs:
+                b.t.copy_(t_table[0])
+                b.coef.copy_(coef_table[0])
+                captured = self.graphs(b, program, trajectory)
+            b.x.copy_(x)
+            b.begin_trajectory()
+            for k in range(steps):
+                b.t.copy_(t_table[k], non_blocking=True)
+                b.coef.copy_(coef_table[k], non_blocking=True)
+                if plan:
+                    b.deep.slot.copy_(slot_table[k], non_blocking=True)
+                    b.deep.weights.copy_(weight_table[k], non_blocking=True)
+                if noise_table is not None:
+                    b.noise.copy_(noise_table[k], non_blocking=True)
+                full = plan[k].full if plan else True
                 if graphs:
-                    b.t.copy_(t_table[0])
-                    b.coef.copy_(coef_table[0])
-                    captured = self.graphs(b, program, trajectory)
-                b.x.copy_(x)
-                b.begin_trajectory()
-                for k in range(steps):
-                    b.t.copy_(t_table[k], non_blocking=True)
-                    b.coef.copy_(coef_table[k], non_blocking=True)
-                    if plan:
-                        b.deep.slot.copy_(slot_table[k], non_blocking=True)
-                        b.deep.weights.copy_(weight_table[k], non_blocking=True)
-                    if noise_table is not None:
-                        b.noise.copy_(noise_table[k], non_blocking=True)
-                    full = plan[k].full if plan else True
-                    if graphs:
-                        (captured.full if full else captured.cached).replay()
-                    else:
-                        self.step(b, program, trajectory, full)
-                    if callback is not None:
-                        callback(k, plan[k] if plan else None)
-                result = b.x.clone()
-        finally:
-            self.give_back(b)
+                    (captured.full if full else captured.cached).replay()
+                else:
+                    self.step(b, program, trajectory, full)
+                if callback is not None:
+                    callback(k, plan[k] if plan else None)
+            result = b.x.clone()
+        self.give_back(b)
         return result, plan
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.cache import SkipStackExecutor, executor_for
-from skipdit_kernels.cache.executor import resolve_cuda_graphs, weights_token
+from skipdit_kernels.sampling import SkipStackExecutor, executor_for
+from skipdit_kernels.sampling.executor import resolve_cuda_graphs, weights_token
 from skipdit_kernels.sampling import GaussianDiffusion
 from skipdit_kernels.sampling.trajectory import SamplerTrajectory
 
@@ -257,9 +257,9 @@ def test_the_captured_step_is_device_pure(family, method, forecast):
     diffusion = GaussianDiffusion.create(10, method=method)
     trajectory = SamplerTrajectory(diffusion, 4.0, guided=3, generator=torch.Generator())
     program = ex.program(cache, trajectory)
-    sig = ex.signature(torch.zeros(2, 4, 8, 8, device="meta"), {"y": torch.zeros(4, dtype=torch.long, device="meta")},
-                       torch.float32, True)
-    b = ex.acquire(sig, program, 11)
+    cond = sk.cache.Condition({"y": torch.zeros(4, dtype=torch.long, device="meta")})
+    sig = ex.signature(torch.zeros(2, 4, 8, 8, device="meta"), cond, torch.float32, True)
+    b = ex.acquire(sig, program, 11, cond)
     ex.step(b, program, trajectory, True)
     ex.step(b, program, trajectory, False)
     assert all(t.device.type == "meta" for t in b.tensors().values())
