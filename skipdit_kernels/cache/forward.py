@@ -19,13 +19,12 @@ from typing import Protocol
 import torch
 
 from .. import ops
-from ..models import stack
-from ..models.stack import run_units
+from ..models.stack import Workspace as Holder, run_units
 
 __all__ = ["DeepCache", "EagerWorkspace", "Workspace", "run_units"]
 
 
-class Workspace(stack.Workspace, Protocol):
+class Workspace(Holder, Protocol):
     def zeros(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A tensor that persists across the steps of one trajectory, zero when first made."""
 
