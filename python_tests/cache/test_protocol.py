@@ -243,3 +243,38 @@ def test_models_do_not_import_cache():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith(("cache", "sampling")), f"{path.name} imports {node.module}"
+
+
+def test_an_adapter_lacking_a_member_is_refused_naming_it():
+    class Partial(nn.Module):
+        pass
+
+    class PartialStack:
+        def __init__(self, model):
+            inner = TextVideoStack()
+            for name in ("num_units", "skip_partner", "embed", "run_block", "finish", "latent_shape", "channel_dim",
+                         "learn_sigma", "guided_channels", "condition", "null_condition", "check_inputs"):
+                setattr(self, name, getattr(inner, name))
+
+    register_skip_stack(Partial, PartialStack)
+    with pytest.raises(TypeError, match=r"PartialStack of Partial lacks \['latent_shape_for', 'split_call', 'wrap_output'\]"):
+        as_skip_stack(Partial())
+
+
+def test_a_condition_carries_per_sample_tensors_and_a_static_part():
+    rotary = (torch.randn(4, 2), torch.randn(4, 2))
+    cond = Condition({"text": torch.randn(2, 3, 5), "mask": torch.ones(2, 3)}, {"rotary": rotary, "temporal": False})
+    assert cond.batch == 2 and set(cond) == {"text", "mask"} and "rotary" not in cond
+    assert Condition(batch=3).batch == 3 and not Condition(batch=3).tensors  # no fake (N, 0) tensor for a batch size
+    both = cond.cat(cond)
+    assert both.batch == 4 and both.static["rotary"] is rotary and torch.equal(both["text"][2:], cond["text"])
+    buffers = cond.zeros_like().copy_(cond)
+    assert buffers.signature() == cond.signature() and torch.equal(buffers.static["rotary"][1], rotary[1])
+    assert buffers.static["rotary"][1] is not rotary[1] and buffers.static["temporal"] is False
+    assert set(cond.named_tensors()) == {"text", "mask", "static.rotary.0", "static.rotary.1"}
+    other = Condition(cond.tensors, {"rotary": rotary, "temporal": True})
+    assert other.signature() != cond.signature()
+    with pytest.raises(ValueError, match="cannot join conditions of different kinds"):
+        cond.cat(other)
+    with pytest.raises(ValueError, match="cannot join"):
+        cond.cat(Condition(cond.tensors, {"rotary": (rotary[0], rotary[1] + 1), "temporal": False}))

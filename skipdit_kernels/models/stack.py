@@ -68,6 +68,21 @@ class Condition:
         static = {k: _map_static(fn, v) for k, v in self.static.items()}
         return Condition({k: fn(v) for k, v in self.tensors.items()}, static, self.batch)
 
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor, per-sample and static (``static.<name>[.<index>]``), by name."""
+        named = dict(self.tensors)
+
+        def walk(prefix, value):
+            if isinstance(value, torch.Tensor):
+                named[prefix] = value
+            elif isinstance(value, (tuple, list)):
+                for k, v in enumerate(value):
+                    walk(f"{prefix}.{k}", v)
+
+        for name, value in self.static.items():
+            walk(f"static.{name}", value)
+        return named
+
     def to(self, device) -> "Condition":
         """Every tensor (per-sample and static) on ``device``."""
         return self._map(lambda v: v.to(device))

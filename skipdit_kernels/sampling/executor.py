@@ -146,8 +146,7 @@ class StepBuffers:
     def tensors(self) -> dict[str, torch.Tensor]:
         fixed = dict(x=self.x, model_in=self.model_in, t=self.t, coef=self.coef, noise=self.noise,
                      slot=self.deep.slot, weights=self.deep.weights)
-        fixed.update({f"cond.{k}": v for k, v in self.cond.items()})
-        fixed.update({f"cond.static.{k}": v for k, v in self.cond.static.items() if isinstance(v, torch.Tensor)})
+        fixed.update({f"cond.{k}": v for k, v in self.cond.named_tensors().items()})
         return {**fixed, **{"/".join(map(str, k[:2])): v for k, v in self.lazy.items()}}
 
     def nbytes(self) -> int:
