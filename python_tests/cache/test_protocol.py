@@ -278,3 +278,36 @@ def test_a_condition_carries_per_sample_tensors_and_a_static_part():
         cond.cat(other)
     with pytest.raises(ValueError, match="cannot join"):
         cond.cat(Condition(cond.tensors, {"rotary": (rotary[0], rotary[1] + 1), "temporal": False}))
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+def test_a_static_host_flag_reaches_the_stack_and_keys_the_trajectory(temporal):
+    """diffusers' Latte with ``enable_temporal_attentions`` as given: a static flag of the condition
+    (no fake batch tensor); a session's full step equals the plain forward, and flipping the flag
+    starts a new trajectory."""
+    diffusers = pytest.importorskip("diffusers")
+    import skipdit_kernels.integrations.diffusers  # noqa: F401  (registers the adapters)
+
+    torch.manual_seed(0)
+    model = diffusers.LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=4, sample_size=8,
+        patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_single", cross_attention_dim=16,
+        caption_channels=8, video_length=3,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2)
+    x, text = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 5, 8)
+
+    def forward(t, flag):
+        with torch.no_grad():
+            return model(x, torch.tensor([t, t]), encoder_hidden_states=text, enable_temporal_attentions=flag).sample
+
+    plain = forward(500.0, temporal)
+    with sk.enable_skip_cache(model, sk.SkipCache(interval=2, shallow_blocks=1, start_t=1000)) as request:
+        assert torch.equal(forward(500.0, temporal), plain)
+        forward(400.0, temporal)
+        assert request.last_step_full is False
+        forward(300.0, not temporal)  # another static part: a fresh trajectory, full
+        assert request.last_step_full is True
+    assert not torch.equal(plain, forward(500.0, not temporal))
