@@ -155,7 +155,8 @@ class SkipCacheSession:
         deep.commit()
         trajectory.cursor.commit(planned, t_step)
         trajectory.last_t = t_step
-        self._trajectory = trajectory
+        if not self.closed:  # closed from another thread meanwhile: keep nothing
+            self._trajectory = trajectory
         self.last_step_full = planned.full
         if planned.full:
             self.full_steps += 1

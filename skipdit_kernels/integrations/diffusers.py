@@ -475,8 +475,7 @@ class DiTTransformerStack(_DiffusersStack):
     def _split(self, a: dict):
         if a["cross_attention_kwargs"]:
             raise ValueError("DiTTransformer2DModel under Skip-Cache takes no cross_attention_kwargs")
-        x = a["hidden_states"]
-        return x, a["timestep"], Condition({"class_labels": a["class_labels"]})
+        return a["hidden_states"], a["timestep"], Condition({"class_labels": a["class_labels"]})
 
     def condition(self, class_labels) -> Condition:
         labels = torch.as_tensor(class_labels).reshape(-1)
