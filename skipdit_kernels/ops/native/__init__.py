@@ -32,12 +32,13 @@ _state = {"loaded": False, "source": None, "error": "not loaded yet", "fakes": F
 KERNELS: dict = {}  # op name -> the native backend's kernel (the public op's signature)
 
 
-def _ops_present() -> bool:
+def _missing_ops() -> list[str]:
+    """The library ops the specs (and the driver helpers) need that torch.ops.skipdit lacks."""
+    wanted = [op.native for op in spec.with_backend("native")] + list(_HELPERS)
     try:
-        return all(hasattr(torch.ops.skipdit, op.native) for op in spec.with_backend("native")) and all(
-            hasattr(torch.ops.skipdit, name) for name in _HELPERS)
+        return [name for name in wanted if not hasattr(torch.ops.skipdit, name)]
     except Exception:
-        return False
+        return wanted
 
 
 def load(jit: bool | None = None, verbose: bool = False) -> bool:
@@ -75,8 +76,9 @@ def load(jit: bool | None = None, verbose: bool = False) -> bool:
                 errors.append(f"JIT build failed ({type(exc).__name__}: {exc})")
         else:
             errors.append("JIT build not requested (skipdit_kernels.ops.native.build_jit() or SKIPDIT_NATIVE_JIT=1)")
-    if _state["source"] is None or not _ops_present():
-        _state["error"] = "; ".join(errors) or "torch.ops.skipdit is incomplete"
+    missing = _missing_ops() if _state["source"] is not None else []
+    if _state["source"] is None or missing:
+        _state["error"] = "; ".join(errors) or f"torch.ops.skipdit lacks {', '.join(missing)} (rebuild the extension)"
         _state["source"] = None
         return False
     from . import _fake
