@@ -32,7 +32,13 @@ void expect_close(const char* what, const Tensor& got, const Tensor& want, doubl
   const double err = (got.to(at::kFloat) - want.to(at::kFloat)).abs().max().item<double>();
   const double ref = want.to(at::kFloat).abs().max().item<double>();
   const bool ok = err <= rel * std::max(ref, 1e-6);
-  std::printf("%-24s max error %.3e (max |ref| %.3e) %s\n", what, err, ref, ok ? "ok" : "FAIL");
+  std::printf("%-40s max error %.3e (max |ref| %.3e) %s\n", what, err, ref, ok ? "ok" : "FAIL");
+  failures += !ok;
+}
+
+void expect_le(const char* what, double value, double bound) {
+  const bool ok = value <= bound;
+  std::printf("%-40s %.3e <= %.3e %s\n", what, value, bound, ok ? "ok" : "FAIL");
   failures += !ok;
 }
 
@@ -89,7 +95,7 @@ int main() {
     const int64_t M = B * N;
     const Tensor xs = (at::randn({M, D}) + 300).contiguous(), ss = (at::randn({M, D}) * 0.5 + 300).contiguous();
     const Tensor want = skipdit::shifted_pair(xs, ss);
-    const auto [var, mean] = at::var_mean(want, {1}, /*correction=*/0);
+    const Tensor var = std::get<0>(at::var_mean(want, {1}, /*correction=*/0));
     using skipdit::cpu::Rows;
     std::vector<const skipdit::cpu::KernelTable*> tables{&skipdit::cpu::table_default()};
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
@@ -101,9 +107,15 @@ int main() {
       k->shift_pair(skipdit::cpu::Storage::f32, rx, rs, D, static_cast<float>(eps), z.data_ptr<float>(), 2 * D,
                     m.data_ptr<float>(), r.data_ptr<float>(), 0, M);
       const std::string name = std::string("shift_pair ") + k->name;
-      expect_close((name + " z").c_str(), z, want, 1e-5);
-      expect_close((name + " mean").c_str(), m, mean, 1e-4);
-      expect_close((name + " rstd").c_str(), r, (var + eps).rsqrt(), 1e-4);
+      // The same pivot up to its fp32 rounding (the two sum the row in different orders): z differs by
+      // one constant per row, of a few units in the last place of |p| = 300.
+      const Tensor d = z - want;
+      const double spread = (std::get<0>(d.max(1)) - std::get<0>(d.min(1))).abs().max().item<double>();
+      const double shift = d.abs().max().item<double>();
+      expect_le((name + " z - z', spread per row").c_str(), spread, 1e-6);
+      expect_le((name + " z - z', pivot rounding").c_str(), shift, 8 * 300 * 0x1p-24);
+      expect_le((name + " mean vs its z").c_str(), (m - z.mean({1})).abs().max().item<double>(), 1e-6);
+      expect_close((name + " rstd").c_str(), r, (var + eps).rsqrt(), 1e-5);
     }
   }
 
@@ -114,7 +126,7 @@ int main() {
   } catch (const c10::Error&) {
     threw = true;
   }
-  std::printf("%-24s %s\n", "bad shape rejected", threw ? "ok" : "FAIL");
+  std::printf("%-40s %s\n", "bad shape rejected", threw ? "ok" : "FAIL");
   failures += !threw;
 
   std::printf("%s\n", failures ? "FAILED" : "all ops agree");
