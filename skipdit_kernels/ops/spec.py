@@ -11,6 +11,11 @@ A spec's ``sample(draw, B, T, D, out, mean)`` returns the op's positional argume
 (batch, tokens, hidden) case; ``out`` is the width of the op's GEMM output (``width * D`` at DiT
 shapes, any width in tests). ``sample_args`` draws them in one dtype and memory layout.
 
+Adding an op: its module in ops/ (the op with its argument checks, its reference, ``SPEC``) and its
+export in ops/__init__.py; a kernel per backend it lists (``_ops.py`` for Triton under the op's name;
+csrc/: the schema line in register.cpp and the kernel with its ``m.impl`` line in each driver). The
+contract test, opcheck, the fakes, gpu_check and the op benchmarks pick it up from the spec.
+
 Tolerance (``check_close``): the error against the reference evaluated in float64 is at most twice
 the reference's own error in the same dtype, plus ``atol[dtype] * (1 + max|exact|)`` (flash-attn's
 criterion: a kernel may differ from eager by rounding, never by more than eager's own rounding).
