@@ -302,7 +302,7 @@ def test_controlnet_residuals_follow_the_units_that_run():
     controls = [torch.randn(2, 16, 16) for _ in range(t.config.num_layers // 2 - 1)]
     before = list(controls)
     kw = _hunyuan_inputs(t)
-    with sk.enable_skip_cache(t, cache):
+    with sd.enable_skip_cache(t, cache):
         t(torch.randn(2, 4, 8, 8), torch.tensor([999.0, 999.0]), controlnet_block_samples=controls, **kw)
     assert len(controls) == len(before) and all(a is b for a, b in zip(controls, before))
 
@@ -396,15 +396,20 @@ def test_forecast_auto_follows_the_scheduler():
 
 
 def test_unsupported_targets_name_the_supported_models():
-    with pytest.raises(TypeError, match="HunyuanDiT2DModel, DiTTransformer2DModel, LatteTransformer3DModel"):
-        sd.apply_skip_cache(torch.nn.Linear(2, 2))
+    for name in ("HunyuanDiT2DModel", "DiTTransformer2DModel", "LatteTransformer3DModel"):
+        with pytest.raises(TypeError, match=name):
+            sd.apply_skip_cache(torch.nn.Linear(2, 2))
+        with pytest.raises(TypeError, match=name):
+            sd.enable_skip_cache(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="supports"):
         sd.apply_skip_cache(object())
     with pytest.raises(ValueError, match="shallow_blocks"):
         sd.apply_skip_cache(dit_pipeline(), sk.SkipCache(shallow_blocks=4))  # 6 blocks
     transformer = dit_pipeline().transformer
     with pytest.raises(ValueError, match="explicit order"):
-        sd.apply_skip_cache(transformer, sk.SkipCache(shallow_blocks=2), forecast="auto")
+        sd.enable_skip_cache(transformer, sk.SkipCache(shallow_blocks=2), forecast="auto")
+    with pytest.raises(TypeError, match="enable_skip_cache"):
+        sd.apply_skip_cache(transformer)  # pipelines only; a transformer is a step-by-step request
 
 
 def test_bare_transformer_session():
@@ -413,12 +418,12 @@ def test_bare_transformer_session():
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         plain = t(x, torch.tensor([500.0, 500.0]), **kw)[0]
-    session = sd.apply_skip_cache(t, sk.SkipCache.preset("video"), fast_blocks=False)  # diffusers' own blocks
-    assert isinstance(session, sk.cache.SkipCacheSession)
+    session = sd.enable_skip_cache(t, sk.SkipCache.preset("video"), fast_blocks=False)  # diffusers' own blocks
+    assert isinstance(session, sd.SkipCacheRequest)
     assert torch.equal(t(x, torch.tensor([500.0, 500.0]), **kw)[0], plain)  # the first step is full
     t(x, torch.tensor([400.0, 400.0]), **kw)
     assert session.cached_steps == 1
-    sd.remove_skip_cache(t)
+    sd.disable_skip_cache(t)
     assert "forward" not in t.__dict__
 
 
