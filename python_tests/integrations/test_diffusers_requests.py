@@ -199,7 +199,7 @@ def test_diffusers_is_a_tested_version():
     )
 
 
-def test_the_caller_randomized_transformer_is_unchanged_by_a_request():
+def test_a_request_leaves_the_transformer_as_it_was():
     """The transformer's modules, state and forward are its own again after the last request."""
     t = _randomize(_hunyuan_transformer(), 5)
     before = {k: v.clone() for k, v in t.state_dict().items()}
