@@ -38,12 +38,20 @@ Fields, when the common pattern does not fit:
 - ``io``: how a block call carries the state (``BlockIO``): by default a block takes
   ``hidden_states`` and returns it; give ``BlockIO(inputs=("hidden_states", "encoder_hidden_states"),
   outputs=("encoder_hidden_states", "hidden_states"))`` for a block that takes and returns both,
-  or a mapping from list name to ``BlockIO`` when the lists differ.
+  or a mapping from list name to ``BlockIO`` when the lists differ (the units at ``shallow`` and at
+  the boundary must carry the same states: the residual is taken state by state).
 - ``fast_block``: a ``FastBlock`` that runs a block through skipdit_kernels' fused ops on its own
   live parameters when ``is_plain(block)`` holds at the moment of the call (equal to the block
   within rounding); ``apply_skip_cache(..., fast_blocks=False)`` turns it off per request.
 - ``consumed_arguments``: list arguments the transformer's forward pops (HunyuanDiT's ControlNet
   residuals): the request passes copies, so the caller's list is never modified.
+
+Testing a family: add a tiny random pipeline's builder and call to ``FAMILIES`` in
+python_tests/integrations/test_diffusers.py; the shared tests then check that a never-caching
+schedule is bit-identical to the plain pipeline and removal restores it, that cached calls equal an
+independent reference of the schedule (reuse and forecasts), that the middle units do not run on
+cached steps, CPU offload in both orders, and that two calls equal two fresh pipelines. A family
+with a fast block also tests it against the block (see test_diffusers_fast.py).
 
 Tested: every family's equality tests (the uncached path bit-identical to the pipeline, cached steps
 equal to an independent reference of the schedule) passed on the diffusers versions in
@@ -185,7 +193,8 @@ class Family:
 
     def table_row(self) -> str:
         c = self.default_cache
-        preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s (scaled with depth)"
+        preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s"
+        preset += " (scaled with depth)"
         preset += f", full while t >= {c.start_t:g}" if c.start_t < 1000 else ""
         preset += f", reset at t <= {c.stop_t:g}"
         if self.source:

@@ -79,7 +79,8 @@ class _Step:
         deep.weights.copy_(torch.tensor(self.planned.weights, dtype=torch.float32))
         base = self.shallow_out if traj.residual else state
         if base is None or len(base) != len(state):
-            raise RuntimeError(f"{self.request.family.name}: units {self.shallow} and {self.boundary} carry different states")
+            name = self.request.family.name
+            raise RuntimeError(f"{name}: units {self.shallow} and {self.boundary} carry different states")
         if self.full:
             for ws, h, b in zip(traj.spaces, state, base):
                 deep.store(ws, h.detach(), b.detach())
@@ -251,7 +252,7 @@ class SkipCacheRequest:
         bind = binder(type(module))
         t = bind.get(args, kwargs, "timestep")
         if t is None:
-            raise ValueError(f"{self.family.name} under Skip-Cache needs the timestep argument (it drives the schedule)")
+            raise ValueError(f"{self.family.name} under Skip-Cache needs its timestep argument (the schedule reads it)")
         t_step = float(torch.as_tensor(t).reshape(-1)[0])  # the first sample's, as the official code
         signature = _signature(bind, args, kwargs)
         traj = self._trajectory
@@ -305,7 +306,8 @@ class SkipCacheRequest:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"SkipCacheRequest({self.family.name}, {self.cache}, {state}, full={self.full_steps}, cached={self.cached_steps})"
+        counts = f"full={self.full_steps}, cached={self.cached_steps}"
+        return f"SkipCacheRequest({self.family.name}, {self.cache}, {state}, {counts})"
 
 
 def close_requests(transformer: torch.nn.Module) -> None:
