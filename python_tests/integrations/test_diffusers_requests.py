@@ -288,3 +288,39 @@ def test_a_declared_family_with_two_lists_and_two_states_follows_the_residual_sc
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
     assert not torch.equal(got[1], plain) and type(model.transformer_blocks) is torch.nn.ModuleList
+
+
+def test_denoising_calls_a_pipeline_names_are_trajectories_of_their_own():
+    """Pipelines that call the transformer once per branch announce each call with diffusers'
+    ``cache_context("cond"/"uncond")``: each branch follows its own schedule and deep state, equal
+    to a request that sees that branch alone."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    class _Named(_TwoListTransformer, CacheMixin):
+        pass
+
+    io = sd.BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+    family = sd.Family(transformer=_Named, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io)
+    model = _randomize(_Named(), 22)
+    x, texts = torch.randn(2, 5, 8), {"cond": torch.randn(2, 3, 8), "uncond": torch.randn(2, 3, 8)}
+    cache = sk.SkipCache(interval=2, shallow_blocks=2, start_t=1000)
+    timesteps = [torch.tensor([v, v]) for v in (900.0, 700.0, 500.0, 300.0)]
+    with torch.no_grad():
+        alone = {}
+        for name, text in texts.items():
+            with sd.SkipCacheRequest(model, family, cache, fast_blocks=False):
+                alone[name] = [model(x, text, t) for t in timesteps]
+        named, unnamed = {n: [] for n in texts}, {n: [] for n in texts}
+        with sd.SkipCacheRequest(model, family, cache, fast_blocks=False) as request:
+            for t in timesteps:
+                for name, text in texts.items():
+                    with model.cache_context(name):
+                        named[name].append(model(x, text, t))
+            assert (request.full_steps, request.cached_steps) == (4, 4)
+        with sd.SkipCacheRequest(model, family, cache, fast_blocks=False):
+            for t in timesteps:
+                for name, text in texts.items():
+                    unnamed[name].append(model(x, text, t))
+    for name in texts:
+        assert all(torch.equal(a, b) for a, b in zip(named[name], alone[name]))
+    assert not torch.equal(unnamed["uncond"][0], alone["uncond"][0])  # unnamed, each call is the next step

@@ -6,7 +6,9 @@ While a transformer has open requests it carries two things, removed when the la
   transformer one step of the request active in the calling context: it reads the timestep, asks
   the schedule whether the step is full or cached, and commits the step's changes (schedule cursor,
   trajectory, counters) when the forward returns; a step that raises commits nothing. Other hooks
-  on the transformer (diffusers' hooks, accelerate's offload) compose with it, in either order;
+  on the transformer (diffusers' hooks, accelerate's offload) compose with it, in either order. A
+  pipeline that calls the transformer once per guidance branch and names the calls with diffusers'
+  ``transformer.cache_context("cond")`` gets one trajectory per name;
 - its declared block lists iterate, during a step of a request in this context, to stand-ins: the
   outer ``shallow`` units run (through the family's fast block when the request asks for it and the
   block is plain), the middle ones return their input on a cached step without running, and the
@@ -23,9 +25,11 @@ import contextvars
 import copy
 import threading
 import weakref
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from ...cache import SkipCache
 from ...cache.forward import DeepCache, EagerWorkspace
@@ -37,11 +41,11 @@ _HOOK = "skipdit_skip_cache"
 
 class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
-    shapes start a new one)."""
+    shapes start a new one; ``name``: the pipeline's denoising call it follows, or None)."""
 
-    def __init__(self, cache: SkipCache, signature, residual: bool):
+    def __init__(self, cache: SkipCache, signature, name, residual: bool):
         self.cursor = cache.cursor()
-        self.signature = signature
+        self.signature, self.name = signature, name
         self.residual = residual
         self.slots = cache.slots
         self.last_t: float | None = None
@@ -119,18 +123,37 @@ class _BlockCall:
         return block(*args, **kwargs)
 
 
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
 class _RequestHook(ModelHook):
-    """The transformer-level hook: each call is one step of the request active in this context."""
+    """The transformer-level hook: each call is one step of the request active in this context.
+    Stateful only to hear the name of the denoising call a pipeline announces with diffusers'
+    ``transformer.cache_context("cond")`` (pipelines that call the transformer separately for the
+    conditional and unconditional branch): each name is a trajectory of its own. The request's
+    state is never kept here."""
+
+    _is_stateful = True
 
     def __init__(self, installation: "_Installation"):
         super().__init__()
         self.installation = installation
+        self.denoising_call = StateManager(_NoState)  # diffusers sets the pipeline's cache context on it
+
+    def call_name(self):
+        context = getattr(self.denoising_call, "_context", None)
+        return getattr(context, "name", context)
+
+    def reset_state(self, module):
+        return module
 
     def pre_forward(self, module, *args, **kwargs):
         request = self.installation.active.get()
         if request is None or request.closed:
             return args, kwargs
-        return request._begin(module, args, kwargs)
+        return request._begin(module, args, kwargs, self.call_name())
 
     def post_forward(self, module, output):
         request = self.installation.active.get()
@@ -233,7 +256,7 @@ class SkipCacheRequest:
         self.closed = False
         self.full_steps = self.cached_steps = 0
         self.last_step_full: bool | None = None
-        self._trajectory: _Trajectory | None = None
+        self._trajectories: dict[Any, _Trajectory] = {}  # by the pipeline's denoising call name (None: unnamed)
         self._step: _Step | None = None
         self._model = weakref.ref(transformer)
         with _LOCK:
@@ -246,18 +269,18 @@ class SkipCacheRequest:
 
     def reset(self) -> None:
         """Start a new trajectory: the next step is full and nothing cached is kept."""
-        self._trajectory = None
+        self._trajectories = {}
 
-    def _begin(self, module, args: tuple, kwargs: dict):
+    def _begin(self, module, args: tuple, kwargs: dict, call_name=None):
         bind = binder(type(module))
         t = bind.get(args, kwargs, "timestep")
         if t is None:
             raise ValueError(f"{self.family.name} under Skip-Cache needs its timestep argument (the schedule reads it)")
         t_step = float(torch.as_tensor(t).reshape(-1)[0])  # the first sample's, as the official code
         signature = _signature(bind, args, kwargs)
-        traj = self._trajectory
+        traj = self._trajectories.get(call_name)
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
-            traj = _Trajectory(self.cache, signature, residual=self.family.long_skips is None)
+            traj = _Trajectory(self.cache, signature, call_name, residual=self.family.long_skips is None)
         cursor = copy.deepcopy(traj.cursor)
         self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step)
         for name in self.family.consumed_arguments:
@@ -271,7 +294,7 @@ class SkipCacheRequest:
         if step is None:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
-        self._trajectory = step.trajectory
+        self._trajectories[step.trajectory.name] = step.trajectory
         self.last_step_full = step.full
         if step.full:
             self.full_steps += 1
@@ -283,7 +306,7 @@ class SkipCacheRequest:
         if self.closed:
             return
         self.closed = True
-        self._step = self._trajectory = None
+        self._step, self._trajectories = None, {}
         installation = self.installation
         if installation.active.get() is self:  # closed out of order: a later request stays active
             try:
