@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import inspect
 import threading
 import weakref
 from typing import Any
@@ -33,10 +34,47 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from ...cache import SkipCache
 from ...cache.forward import DeepCache, EagerWorkspace
-from .family import Family, binder
+from .family import Family
 from .offload import AddedHook
 
 _HOOK = "skipdit_skip_cache"
+
+
+class CallBinder:
+    """A forward's arguments by name from (args, kwargs), cheaply (no ``inspect.bind`` per call)."""
+
+    def __init__(self, function):
+        params = list(inspect.signature(function).parameters.values())[1:]  # without self
+        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    def get(self, args: tuple, kwargs: dict, name: str, default=None):
+        if name in kwargs:
+            return kwargs[name]
+        i = self.names.index(name) if name in self.names else len(args)
+        return args[i] if i < len(args) else self.defaults.get(name, default)
+
+    def set(self, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+        i = self.names.index(name) if name in self.names else len(args)
+        if i < len(args):
+            return (*args[:i], value, *args[i + 1 :]), kwargs
+        return args, {**kwargs, name: value}
+
+    def all(self, args: tuple, kwargs: dict) -> dict:
+        out = dict(self.defaults)
+        out.update(zip(self.names, args))
+        out.update(kwargs)
+        return out
+
+
+_BINDERS: dict[type, CallBinder] = {}
+
+
+def binder(module_class: type) -> CallBinder:
+    b = _BINDERS.get(module_class)
+    if b is None:
+        b = _BINDERS[module_class] = CallBinder(module_class.forward)
+    return b
 
 
 class _Trajectory:
