@@ -50,6 +50,10 @@ def _vae() -> diffusers.AutoencoderKL:
     return _randomize(vae, 1, 0.05)
 
 
+def _t5_encoder() -> T5EncoderModel:
+    return _randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4)
+
+
 def _hunyuan_transformer(layers: int = 8) -> diffusers.HunyuanDiT2DModel:
     model = diffusers.HunyuanDiT2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8, hidden_size=16,
@@ -71,7 +75,7 @@ def hunyuan_pipeline(scheduler=None, controlnet: bool = False):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-        text_encoder_2=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
+        text_encoder_2=_t5_encoder(),
         tokenizer_2=_tokenizer(),
     )  # fmt: skip
     if not controlnet:
@@ -116,11 +120,13 @@ def latte_pipeline(scheduler=None):
         patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_single", cross_attention_dim=16,
         caption_channels=8, video_length=3,
     )  # fmt: skip
-    return diffusers.LattePipeline(
-        tokenizer=_tokenizer(),
-        text_encoder=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
-        vae=_vae(), transformer=_randomize(transformer, 8), scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False),
-    )  # fmt: skip
+    return _t5_pipeline(diffusers.LattePipeline, _randomize(transformer, 8), scheduler)
+
+
+def _t5_pipeline(cls, transformer, scheduler):
+    """A pipeline of the (tokenizer, T5 text encoder, VAE, transformer, scheduler) kind: Latte, PixArt."""
+    return cls(tokenizer=_tokenizer(), text_encoder=_t5_encoder(), vae=_vae(), transformer=transformer,
+               scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False))  # fmt: skip
 
 
 def latte_call(pipe, seed=0, **kw):
@@ -129,15 +135,30 @@ def latte_call(pipe, seed=0, **kw):
                 clean_caption=False, **kw).frames  # fmt: skip
 
 
-FAMILIES = {"hunyuan": (hunyuan_pipeline, hunyuan_call), "dit": (dit_pipeline, dit_call), "latte": (latte_pipeline, latte_call)}
+def pixart_pipeline(scheduler=None):
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=6, cross_attention_dim=16,
+        caption_channels=8, sample_size=8, patch_size=2, use_additional_conditions=False,
+    )  # fmt: skip
+    return _t5_pipeline(diffusers.PixArtAlphaPipeline, _randomize(transformer, 9), scheduler)
+
+
+def pixart_call(pipe, seed=0, **kw):
+    return pipe(prompt="a cat on the moon", negative_prompt="red dog", height=64, width=64, num_inference_steps=STEPS,
+                guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                clean_caption=False, use_resolution_binning=False, **kw).images  # fmt: skip
+
+
+FAMILIES = {
+    "hunyuan": (hunyuan_pipeline, hunyuan_call), "dit": (dit_pipeline, dit_call), "latte": (latte_pipeline, latte_call),
+    "pixart": (pixart_pipeline, pixart_call),
+}  # fmt: skip
 
 
 def _units(transformer):
-    if isinstance(transformer, diffusers.LatteTransformer3DModel):
-        return list(transformer.transformer_blocks)
-    if isinstance(transformer, diffusers.DiTTransformer2DModel):
-        return list(transformer.transformer_blocks)
-    return list(transformer.blocks)
+    if isinstance(transformer, diffusers.HunyuanDiT2DModel):
+        return list(transformer.blocks)
+    return list(transformer.transformer_blocks)  # DiT, PixArt; Latte: the spatial block of each pair
 
 
 # -- an independent reference of the schedule -------------------------------------------------------
@@ -155,7 +176,8 @@ class ReferenceSkipCache:
     cached step hooks make units s..n-s-1 pass their input through (Latte's reshapes around an
     identity pair cancel) and replace the input of unit n-s by the deep state: HunyuanDiT the stored
     input of unit n-s, the others the input of unit s plus the stored residual (input of unit n-s
-    minus input of unit s). Forecast order 1 extrapolates linearly in the step counter."""
+    minus input of unit s). Forecast order k interpolates the last k + 1 stored states at their step
+    counters with Lagrange's polynomial, evaluated at the current counter."""
 
     def __init__(self, transformer, cache: sk.SkipCache):
         self.m, self.c = transformer, cache
@@ -168,11 +190,14 @@ class ReferenceSkipCache:
         del self.m.forward
 
     def _deep(self):
-        if self.c.forecast == 0 or len(self.store) == 1:
-            return self.store[-1][1]
-        (c0, d0), (c1, d1) = self.store[-2:]
-        c = self.counter
-        return d0 * ((c - c1) / (c0 - c1)) + d1 * ((c - c0) / (c1 - c0))
+        c, out = self.counter, 0
+        for k, (ck, dk) in enumerate(self.store):
+            weight = 1.0
+            for m, (cm, _) in enumerate(self.store):
+                if m != k:
+                    weight *= (c - cm) / (ck - cm)
+            out = out + dk * weight
+        return out
 
     def forward(self, *args, **kwargs):
         t = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).reshape(-1)[0])
@@ -236,7 +261,7 @@ def test_every_step_full_equals_the_original_and_removal_restores_it(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("forecast", [0, 1])
+@pytest.mark.parametrize("forecast", [0, 1, 2])
 def test_cached_pipeline_equals_the_reference_schedule(family, forecast):
     make, call = FAMILIES[family]
     pipe = make()
@@ -302,7 +327,7 @@ def test_controlnet_residuals_follow_the_units_that_run():
     controls = [torch.randn(2, 16, 16) for _ in range(t.config.num_layers // 2 - 1)]
     before = list(controls)
     kw = _hunyuan_inputs(t)
-    with sk.enable_skip_cache(t, cache):
+    with sd.enable_skip_cache(t, cache):
         t(torch.randn(2, 4, 8, 8), torch.tensor([999.0, 999.0]), controlnet_block_samples=controls, **kw)
     assert len(controls) == len(before) and all(a is b for a, b in zip(controls, before))
 
@@ -396,15 +421,20 @@ def test_forecast_auto_follows_the_scheduler():
 
 
 def test_unsupported_targets_name_the_supported_models():
-    with pytest.raises(TypeError, match="HunyuanDiT2DModel, DiTTransformer2DModel, LatteTransformer3DModel"):
-        sd.apply_skip_cache(torch.nn.Linear(2, 2))
+    for name in ("HunyuanDiT2DModel", "DiTTransformer2DModel", "LatteTransformer3DModel"):
+        with pytest.raises(TypeError, match=name):
+            sd.apply_skip_cache(torch.nn.Linear(2, 2))
+        with pytest.raises(TypeError, match=name):
+            sd.enable_skip_cache(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="supports"):
         sd.apply_skip_cache(object())
     with pytest.raises(ValueError, match="shallow_blocks"):
         sd.apply_skip_cache(dit_pipeline(), sk.SkipCache(shallow_blocks=4))  # 6 blocks
     transformer = dit_pipeline().transformer
     with pytest.raises(ValueError, match="explicit order"):
-        sd.apply_skip_cache(transformer, sk.SkipCache(shallow_blocks=2), forecast="auto")
+        sd.enable_skip_cache(transformer, sk.SkipCache(shallow_blocks=2), forecast="auto")
+    with pytest.raises(TypeError, match="enable_skip_cache"):
+        sd.apply_skip_cache(transformer)  # pipelines only; a transformer is a step-by-step request
 
 
 def test_bare_transformer_session():
@@ -413,12 +443,12 @@ def test_bare_transformer_session():
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         plain = t(x, torch.tensor([500.0, 500.0]), **kw)[0]
-    session = sd.apply_skip_cache(t, sk.SkipCache.preset("video"), fast_blocks=False)  # diffusers' own blocks
-    assert isinstance(session, sk.cache.SkipCacheSession)
+    session = sd.enable_skip_cache(t, sk.SkipCache.preset("video"), fast_blocks=False)  # diffusers' own blocks
+    assert isinstance(session, sd.SkipCacheRequest)
     assert torch.equal(t(x, torch.tensor([500.0, 500.0]), **kw)[0], plain)  # the first step is full
     t(x, torch.tensor([400.0, 400.0]), **kw)
     assert session.cached_steps == 1
-    sd.remove_skip_cache(t)
+    sd.disable_skip_cache(t)
     assert "forward" not in t.__dict__
 
 

@@ -16,6 +16,7 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
+from skipdit_kernels.integrations.diffusers.families import dit as dit_family  # noqa: E402
 
 from .test_diffusers import STEPS, _cache_for, _randomize, dit_call, dit_pipeline  # noqa: E402
 
@@ -38,13 +39,13 @@ def _inputs(batch, dtype, contiguous=True):
 
 
 def _counting_fast(monkeypatch) -> list[int]:
-    calls, fast = [0], sd._dit_block_fast
+    calls, fast = [0], dit_family._dit_block_fast
 
     def counted(*args):
         calls[0] += 1
         return fast(*args)
 
-    monkeypatch.setattr(sd, "_dit_block_fast", counted)
+    monkeypatch.setattr(dit_family, "_dit_block_fast", counted)
     return calls
 
 
@@ -52,11 +53,11 @@ def _counting_fast(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("norm_eps", [1e-5, 1e-6])
 def test_fast_block_equals_the_block_fp32(batch, contiguous, norm_eps):
     block = _dit_transformer(norm_eps=norm_eps).transformer_blocks[0]
-    assert sd._dit_block_is_plain(block)
+    assert dit_family._dit_block_is_plain(block)
     h, t, y = _inputs(batch, torch.float32, contiguous)
     with torch.no_grad():
         expected = block(h, timestep=t, class_labels=y)
-        got = sd._dit_block_fast(block, h, t, y)
+        got = dit_family._dit_block_fast(block, h, t, y)
     _assert_fp32_close(got, expected)
 
 
@@ -83,7 +84,7 @@ def test_fast_block_bf16_error_is_within_twice_the_blocks_own():
     with torch.no_grad():
         reference = ref_block(h.float(), timestep=t, class_labels=y)
         eager = block(h, timestep=t, class_labels=y)
-        fast = sd._dit_block_fast(block, h, t, y)
+        fast = dit_family._dit_block_fast(block, h, t, y)
     _assert_bf16_within_twice_eager(fast, eager, reference)
 
 
@@ -91,11 +92,11 @@ def test_fast_block_reads_the_live_parameters():
     block = _dit_transformer().transformer_blocks[0]
     h, t, y = _inputs(3, torch.float32)
     with torch.no_grad():
-        before = sd._dit_block_fast(block, h, t, y)
+        before = dit_family._dit_block_fast(block, h, t, y)
         block.attn1.to_k.weight.data.mul_(1.5)  # through .data: no version counter sees it
         block.ff.net[2].weight.data.mul_(0.5)
         expected = block(h, timestep=t, class_labels=y)
-        got = sd._dit_block_fast(block, h, t, y)
+        got = dit_family._dit_block_fast(block, h, t, y)
     assert not torch.allclose(got, before)
     _assert_fp32_close(got, expected)
 
@@ -106,31 +107,31 @@ def test_blocks_the_fast_path_does_not_cover_run_diffusers_forward():
 
     block = fresh()
     block.attn1.set_processor(AttnProcessor())
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.register_forward_pre_hook(lambda *a: None)
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.ff.net[2].register_forward_hook(lambda *a: None)
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.train()
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.attn1.to_q.forward = block.attn1.to_q.forward  # an instance forward (a wrapper, a patch)
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.set_chunk_feed_forward(8)
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     block = fresh()
     block.attn1.norm_q = torch.nn.LayerNorm(16)  # q/k norm
-    assert not sd._dit_block_is_plain(block)
+    assert not dit_family._dit_block_is_plain(block)
     gelu = diffusers.models.attention.BasicTransformerBlock(
         32, 2, 16, norm_type="ada_norm_zero", num_embeds_ada_norm=1000, activation_fn="gelu",
         attention_bias=True, norm_elementwise_affine=False,
     )  # fmt: skip
-    assert not sd._dit_block_is_plain(gelu.eval())  # exact GELU, not tanh
-    assert sd._dit_block_is_plain(fresh())
+    assert not dit_family._dit_block_is_plain(gelu.eval())  # exact GELU, not tanh
+    assert dit_family._dit_block_is_plain(fresh())
 
 
 def test_pipeline_with_fast_blocks(monkeypatch):

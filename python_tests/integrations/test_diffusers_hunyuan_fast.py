@@ -18,6 +18,7 @@ from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
+from skipdit_kernels.integrations.diffusers.families import hunyuan_dit as hunyuan_family  # noqa: E402
 
 from .test_diffusers import (  # noqa: E402
     STEPS,
@@ -55,7 +56,7 @@ def _inputs(batch, dtype=torch.float32, skip=True, rotary=True, contiguous=True)
 def _both(block, h, temb, text, rotary, skip):
     with torch.no_grad():
         expected = block(h, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary, skip=skip)
-        got = sd._hunyuan_block_fast(block, h, temb, text, rotary, skip)
+        got = hunyuan_family._hunyuan_block_fast(block, h, temb, text, rotary, skip)
     return got, expected
 
 
@@ -63,14 +64,14 @@ def _both(block, h, temb, text, rotary, skip):
 @pytest.mark.parametrize("batch, contiguous, rotary", [(1, True, True), (3, False, True), (2, True, False)])
 def test_fast_block_equals_the_block_fp32(skip, batch, contiguous, rotary):
     block = _block(skip)
-    assert sd._hunyuan_block_is_plain(block)
+    assert hunyuan_family._hunyuan_block_is_plain(block)
     got, expected = _both(block, *_inputs(batch, skip=skip, rotary=rotary, contiguous=contiguous))
     _assert_fp32_close(got, expected)
 
 
 def test_fast_block_without_qk_norm_equals_the_block():
     block = _block(True, qk_norm=False)
-    assert sd._hunyuan_block_is_plain(block)
+    assert hunyuan_family._hunyuan_block_is_plain(block)
     _assert_fp32_close(*_both(block, *_inputs(2)))
 
 
@@ -140,42 +141,42 @@ def _fallbacks():
 @pytest.mark.parametrize("change", sorted(_fallbacks()))
 def test_blocks_the_fast_path_does_not_cover_run_diffusers_forward(change):
     block = _block(True)
-    assert sd._hunyuan_block_is_plain(block)
+    assert hunyuan_family._hunyuan_block_is_plain(block)
     _fallbacks()[change](block)
-    assert not sd._hunyuan_block_is_plain(block)
+    assert not hunyuan_family._hunyuan_block_is_plain(block)
 
 
 def test_a_global_hook_falls_back():
     block = _block(True)
     handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
     try:
-        assert not sd._hunyuan_block_is_plain(block)
+        assert not hunyuan_family._hunyuan_block_is_plain(block)
     finally:
         handle.remove()
-    assert sd._hunyuan_block_is_plain(block)
+    assert hunyuan_family._hunyuan_block_is_plain(block)
 
 
 def test_inputs_of_another_dtype_fall_back():
     block = _block(True)
     h, temb, text, rotary, skip = _inputs(2)
     ctx = dict(temb=temb, text=text, rotary=rotary)
-    assert sd._hunyuan_inputs_fit(block, h, ctx, skip)
-    assert sd._hunyuan_inputs_fit(block, h, {**ctx, "rotary": None}, skip)
-    assert sd._hunyuan_inputs_fit(block, h, {**ctx, "rotary": tuple(r.double() for r in rotary)}, skip)  # applied in fp32
-    assert not sd._hunyuan_inputs_fit(block, h.double(), ctx, skip)
-    assert not sd._hunyuan_inputs_fit(block, h, {**ctx, "temb": temb.bfloat16()}, skip)
-    assert not sd._hunyuan_inputs_fit(block, h, {**ctx, "text": text.bfloat16()}, skip)
-    assert not sd._hunyuan_inputs_fit(block, h, ctx, skip.bfloat16())
+    assert hunyuan_family._hunyuan_inputs_fit(block, h, ctx, skip)
+    assert hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "rotary": None}, skip)
+    assert hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "rotary": tuple(r.double() for r in rotary)}, skip)  # applied in fp32
+    assert not hunyuan_family._hunyuan_inputs_fit(block, h.double(), ctx, skip)
+    assert not hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "temb": temb.bfloat16()}, skip)
+    assert not hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "text": text.bfloat16()}, skip)
+    assert not hunyuan_family._hunyuan_inputs_fit(block, h, ctx, skip.bfloat16())
 
 
 def _counting_fast(monkeypatch) -> list[int]:
-    calls, fast = [0], sd._hunyuan_block_fast
+    calls, fast = [0], hunyuan_family._hunyuan_block_fast
 
     def counted(*args):
         calls[0] += 1
         return fast(*args)
 
-    monkeypatch.setattr(sd, "_hunyuan_block_fast", counted)
+    monkeypatch.setattr(hunyuan_family, "_hunyuan_block_fast", counted)
     return calls
 
 

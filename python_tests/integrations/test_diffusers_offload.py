@@ -100,18 +100,18 @@ def test_bare_transformer_session_under_a_hook(order):
 
     with torch.no_grad():
         plain = run()
-        with sd.apply_skip_cache(t, cache):
+        with sd.enable_skip_cache(t, cache):
             expected = run()
         if order == "session_then_hook":
-            session = sd.apply_skip_cache(t, cache)
+            session = sd.enable_skip_cache(t, cache)
             accelerate.cpu_offload_with_hook(t, CPU)
         else:
             accelerate.cpu_offload_with_hook(t, CPU)
-            session = sd.apply_skip_cache(t, cache)
+            session = sd.enable_skip_cache(t, cache)
         counts = _count_hook(t)
         got = run()
         assert session.cached_steps > 0
-        sd.remove_skip_cache(t)
+        sd.disable_skip_cache(t)
         after = run()
         remove_hook_from_module(t)
         unhooked = run()

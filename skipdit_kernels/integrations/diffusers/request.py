@@ -1,0 +1,380 @@
+"""One Skip-Cache request on a diffusers transformer, run by the transformer's own forward.
+
+While a transformer has open requests it carries two things, removed when the last one closes:
+
+- a diffusers ``HookRegistry`` hook (``pre_forward``/``post_forward``) that makes each call of the
+  transformer one step of the request active in the calling context: it reads the timestep, asks
+  the schedule whether the step is full or cached, and commits the step's changes (schedule cursor,
+  trajectory, counters) when the forward returns; a step that raises commits nothing. Other hooks
+  on the transformer (diffusers' hooks, accelerate's offload) compose with it, in either order. A
+  pipeline that calls the transformer once per guidance branch and names the calls with diffusers'
+  ``transformer.cache_context("cond")`` gets one trajectory per name;
+- its declared block lists iterate, during a step of a request in this context, to stand-ins: the
+  outer ``shallow`` units run (through the family's fast block when the request asks for it and the
+  block is plain), the middle ones return their input on a cached step without running, and the
+  first block of unit ``num_units - shallow`` stores (full step) or restores (cached step) what the
+  family keeps. Outside a request, and in other contexts, the lists iterate to the blocks.
+
+The request's state lives in the request (a context variable names the active one), never on the
+transformer, so two requests on one transformer (two pipelines sharing it, two threads) never see
+each other's features or options.
+"""
+from __future__ import annotations
+
+import contextvars
+import copy
+import inspect
+import threading
+import weakref
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from ...cache import SkipCache
+from ...cache.forward import DeepCache, EagerWorkspace
+from .family import Family
+from .offload import AddedHook
+
+_HOOK = "skipdit_skip_cache"
+
+
+class CallBinder:
+    """A forward's arguments by name from (args, kwargs), cheaply (no ``inspect.bind`` per call)."""
+
+    def __init__(self, function):
+        params = list(inspect.signature(function).parameters.values())[1:]  # without self
+        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    def get(self, args: tuple, kwargs: dict, name: str, default=None):
+        if name in kwargs:
+            return kwargs[name]
+        i = self.names.index(name) if name in self.names else len(args)
+        return args[i] if i < len(args) else self.defaults.get(name, default)
+
+    def set(self, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+        i = self.names.index(name) if name in self.names else len(args)
+        if i < len(args):
+            return (*args[:i], value, *args[i + 1 :]), kwargs
+        return args, {**kwargs, name: value}
+
+    def all(self, args: tuple, kwargs: dict) -> dict:
+        out = dict(self.defaults)
+        out.update(zip(self.names, args))
+        out.update(kwargs)
+        return out
+
+
+_BINDERS: dict[type, CallBinder] = {}
+
+
+def binder(module_class: type) -> CallBinder:
+    b = _BINDERS.get(module_class)
+    if b is None:
+        b = _BINDERS[module_class] = CallBinder(module_class.forward)
+    return b
+
+
+class _Trajectory:
+    """The schedule position and deep history of one trajectory (a rising timestep or new input
+    shapes start a new one; ``name``: the pipeline's denoising call it follows, or None)."""
+
+    def __init__(self, cache: SkipCache, signature, name, residual: bool):
+        self.cursor = cache.cursor()
+        self.signature, self.name = signature, name
+        self.residual = residual
+        self.slots = cache.slots
+        self.last_t: float | None = None
+        self.deep: DeepCache | None = None
+        self.spaces: list[EagerWorkspace] = []
+
+    def deep_for(self, state: tuple[torch.Tensor, ...]) -> DeepCache:
+        if self.deep is None:
+            self.deep = DeepCache(self.slots, self.residual, state[0].device)
+            self.spaces = [EagerWorkspace() for _ in state]
+        return self.deep
+
+
+class _Step:
+    """One call of the transformer in a request: the plan and what the block stand-ins share."""
+
+    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float):
+        self.request, self.trajectory, self.cursor, self.planned, self.t = request, trajectory, cursor, planned, t
+        self.full = planned.full
+        self.shallow = request.cache.shallow_blocks
+        self.boundary = request.num_units - self.shallow
+        self.shallow_out: tuple[torch.Tensor, ...] | None = None
+        self.calls = request.installation.step_calls(self)
+
+    def at_entry(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Entering ``unit`` with ``state``: keep the state after the shallow units; at the boundary
+        store it (full) or return the restored one (cached)."""
+        traj = self.trajectory
+        if traj.residual and unit == self.shallow:
+            self.shallow_out = state
+        if unit != self.boundary:
+            return state
+        deep = traj.deep_for(state)
+        deep.slot.fill_(max(self.planned.slot, 0))
+        deep.weights.copy_(torch.tensor(self.planned.weights, dtype=torch.float32))
+        base = self.shallow_out if traj.residual else state
+        if base is None or len(base) != len(state):
+            name = self.request.family.name
+            raise RuntimeError(f"{name}: units {self.shallow} and {self.boundary} carry different states")
+        if self.full:
+            for ws, h, b in zip(traj.spaces, state, base):
+                deep.store(ws, h.detach(), b.detach())
+            return state
+        return tuple(deep.restore(ws, b) for ws, b in zip(traj.spaces, base))
+
+
+class _BlockCall:
+    """A block as the lists yield it during a step (attributes read through to the block)."""
+
+    def __init__(self, step: _Step, unit: int, block: torch.nn.Module, io, entry: bool, skipped: bool, fast):
+        self._step, self._unit, self._block, self._io = step, unit, block, io
+        self._entry, self._skipped, self._fast = entry, skipped, fast
+
+    def __getattr__(self, name):
+        return getattr(self._block, name)
+
+    def __call__(self, *args, **kwargs):
+        block, io = self._block, self._io
+        bind = binder(type(block))
+        if self._entry or self._skipped:
+            state = tuple(bind.get(args, kwargs, name) for name in io.inputs)
+            if self._entry:
+                new = self._step.at_entry(self._unit, state)
+                if new is not state:
+                    for name, value in zip(io.inputs, new):
+                        args, kwargs = bind.set(args, kwargs, name, value)
+                    state = new
+            if self._skipped:
+                return state[0] if io.outputs is None else tuple(state[io.inputs.index(n)] for n in io.outputs)
+        fast = self._fast
+        if fast is not None and fast.is_plain(block):
+            out = fast.run(block, bind.all(args, kwargs))
+            if out is not None:
+                return out
+        return block(*args, **kwargs)
+
+
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class _RequestHook(ModelHook):
+    """The transformer-level hook: each call is one step of the request active in this context.
+    Stateful only to hear the name of the denoising call a pipeline announces with diffusers'
+    ``transformer.cache_context("cond")`` (pipelines that call the transformer separately for the
+    conditional and unconditional branch): each name is a trajectory of its own. The request's
+    state is never kept here."""
+
+    _is_stateful = True
+
+    def __init__(self, installation: "_Installation"):
+        super().__init__()
+        self.installation = installation
+        self.denoising_call = StateManager(_NoState)  # diffusers sets the pipeline's cache context on it
+
+    def call_name(self):
+        context = getattr(self.denoising_call, "_context", None)
+        return getattr(context, "name", context)
+
+    def reset_state(self, module):
+        return module
+
+    def pre_forward(self, module, *args, **kwargs):
+        request = self.installation.active.get()
+        if request is None or request.closed:
+            return args, kwargs
+        return request._begin(module, args, kwargs, self.call_name())
+
+    def post_forward(self, module, output):
+        request = self.installation.active.get()
+        if request is not None and not request.closed:
+            request._commit()
+        return output
+
+
+_LIST_OWNERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[_Installation, str]]" = weakref.WeakKeyDictionary()
+_LIST_CLASSES: dict[type, type] = {}
+
+
+def _iterating_class(cls: type) -> type:
+    """``cls`` (a ModuleList class) whose iteration yields the step's stand-ins during a step."""
+    made = _LIST_CLASSES.get(cls)
+    if made is None:
+
+        def __iter__(self):
+            owner = _LIST_OWNERS.get(self)
+            calls = owner[0].calls_now(owner[1]) if owner is not None else None
+            return iter(calls) if calls is not None else cls.__iter__(self)
+
+        made = _LIST_CLASSES[cls] = type(cls.__name__, (cls,), {"__iter__": __iter__, "__module__": cls.__module__,
+                                                                "__qualname__": cls.__qualname__})  # fmt: skip
+    return made
+
+
+class _Installation:
+    """Skip-Cache's hooks on one transformer while it has open requests."""
+
+    def __init__(self, transformer: torch.nn.Module, family: Family):
+        self.family = family
+        self.active: contextvars.ContextVar = contextvars.ContextVar(f"skip_cache_{id(transformer)}", default=None)
+        self.requests: "weakref.WeakSet[SkipCacheRequest]" = weakref.WeakSet()
+        self.units = family.units(transformer)
+        self.lists = {name: getattr(transformer, name) for name in family.blocks}
+        self.hook = AddedHook(transformer, _RequestHook(self), _HOOK)
+        self.list_classes = {}
+        for name, blocks in self.lists.items():
+            self.list_classes[name] = type(blocks)
+            _LIST_OWNERS[blocks] = (self, name)
+            blocks.__class__ = _iterating_class(type(blocks))
+
+    def remove(self, transformer: torch.nn.Module) -> None:
+        self.hook.remove(transformer)
+        for name, blocks in self.lists.items():
+            blocks.__class__ = self.list_classes[name]
+            _LIST_OWNERS.pop(blocks, None)
+
+    def calls_now(self, list_name: str):
+        request = self.active.get()
+        step = None if request is None or request.closed else request._step
+        return None if step is None else step.calls[list_name]
+
+    def step_calls(self, step: _Step) -> dict[str, list]:
+        request, family = step.request, self.family
+        fast = family.fast_block if request.fast_blocks else None
+        calls: dict[str, list] = {name: [] for name in family.blocks}
+        for unit, members in enumerate(self.units):
+            for pos, (name, block) in enumerate(members):
+                entry = pos == 0 and (unit == step.boundary or (step.trajectory.residual and unit == step.shallow))
+                skipped = not step.full and step.shallow <= unit < step.boundary
+                if entry or skipped or fast is not None:
+                    calls[name].append(_BlockCall(step, unit, block, family.io_of(name), entry, skipped, fast))
+                else:
+                    calls[name].append(block)
+        return calls
+
+
+_INSTALLATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, _Installation]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _signature(bind, args: tuple, kwargs: dict):
+    """What must stay the same within a trajectory: every tensor argument's shape, dtype and device
+    (also inside lists and tuples) and the flags (booleans, integers, strings); not the timestep."""
+
+    def key(v):
+        if isinstance(v, torch.Tensor):
+            return (tuple(v.shape), v.dtype, v.device)
+        if isinstance(v, (list, tuple)):
+            return tuple(key(x) for x in v)
+        return v if isinstance(v, (bool, int, str, type(None))) else type(v).__name__
+
+    return tuple((name, key(v)) for name, v in sorted(bind.all(args, kwargs).items()) if name != "timestep")
+
+
+class SkipCacheRequest:
+    """One Skip-Cache request on a diffusers transformer (see the module docstring): every call of
+    the transformer in the context that opened it is one step, until ``close()``. ``cache``: the
+    schedule (explicit forecast order); ``fast_blocks``: this request's choice. Counters:
+    ``full_steps``, ``cached_steps``, ``last_step_full``. A context manager."""
+
+    def __init__(self, transformer: torch.nn.Module, family: Family, cache: SkipCache, fast_blocks: bool):
+        self.family = family
+        self.num_units = len(family.units(transformer))
+        cache.check_units(self.num_units, family.partners(self.num_units))
+        cache.slots  # ValueError for forecast="auto"
+        self.cache, self.fast_blocks = cache, bool(fast_blocks)
+        self.closed = False
+        self.full_steps = self.cached_steps = 0
+        self.last_step_full: bool | None = None
+        self._trajectories: dict[Any, _Trajectory] = {}  # by the pipeline's denoising call name (None: unnamed)
+        self._step: _Step | None = None
+        self._model = weakref.ref(transformer)
+        with _LOCK:
+            installation = _INSTALLATIONS.get(transformer)
+            if installation is None:
+                installation = _INSTALLATIONS[transformer] = _Installation(transformer, family)
+            installation.requests.add(self)
+        self.installation = installation
+        self._token = installation.active.set(self)
+
+    def reset(self) -> None:
+        """Start a new trajectory: the next step is full and nothing cached is kept."""
+        self._trajectories = {}
+
+    def _begin(self, module, args: tuple, kwargs: dict, call_name=None):
+        bind = binder(type(module))
+        t = bind.get(args, kwargs, "timestep")
+        if t is None:
+            raise ValueError(f"{self.family.name} under Skip-Cache needs its timestep argument (the schedule reads it)")
+        t_step = float(torch.as_tensor(t).reshape(-1)[0])  # the first sample's, as the official code
+        signature = _signature(bind, args, kwargs)
+        traj = self._trajectories.get(call_name)
+        if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
+            traj = _Trajectory(self.cache, signature, call_name, residual=self.family.long_skips is None)
+        cursor = copy.deepcopy(traj.cursor)
+        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step)
+        for name in self.family.consumed_arguments:
+            value = bind.get(args, kwargs, name)
+            if isinstance(value, list):
+                args, kwargs = bind.set(args, kwargs, name, list(value))
+        return args, kwargs
+
+    def _commit(self) -> None:
+        step, self._step = self._step, None
+        if step is None:
+            return
+        step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
+        self._trajectories[step.trajectory.name] = step.trajectory
+        self.last_step_full = step.full
+        if step.full:
+            self.full_steps += 1
+        else:
+            self.cached_steps += 1
+
+    def close(self) -> None:
+        """End the request; the transformer loses Skip-Cache's hooks once its last request closes."""
+        if self.closed:
+            return
+        self.closed = True
+        self._step, self._trajectories = None, {}
+        installation = self.installation
+        if installation.active.get() is self:  # closed out of order: a later request stays active
+            try:
+                installation.active.reset(self._token)
+            except ValueError:  # closed from another context
+                pass
+        model = self._model()
+        with _LOCK:
+            installation.requests.discard(self)
+            if not any(not r.closed for r in installation.requests):
+                if model is not None and _INSTALLATIONS.get(model) is installation:
+                    installation.remove(model)
+                    del _INSTALLATIONS[model]
+
+    def __enter__(self) -> "SkipCacheRequest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        counts = f"full={self.full_steps}, cached={self.cached_steps}"
+        return f"SkipCacheRequest({self.family.name}, {self.cache}, {state}, {counts})"
+
+
+def close_requests(transformer: torch.nn.Module) -> None:
+    """Close every request on ``transformer`` (in any context)."""
+    with _LOCK:
+        installation = _INSTALLATIONS.get(transformer)
+        requests = list(installation.requests) if installation is not None else []
+    for request in requests:
+        request.close()
