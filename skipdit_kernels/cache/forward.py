@@ -50,14 +50,14 @@ class DeepCache:
     """The deep state of one trajectory: ``slots`` history tensors, the slot a full step writes
     (``slot``, a long tensor) and the blend weights of a cached step (``weights``), both filled by
     the owner from the schedule before each step (on the device, so a graph can read them). A full
-    step's state waits in ``pending`` until ``commit()``; ``discard()`` drops it."""
+    step's state (one tensor per stream it carries) waits until ``commit()``; ``discard()`` drops it."""
 
     def __init__(self, slots: int, residual: bool, device: torch.device):
         self.slots = slots
         self.residual = residual
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.weights = torch.zeros(slots, dtype=torch.float32, device=device)
-        self._pending: tuple[Workspace, torch.Tensor] | None = None
+        self._pending: list[tuple[Workspace, torch.Tensor]] = []
 
     def history(self, ws: Workspace, like: torch.Tensor) -> torch.Tensor:
         return ws.zeros("history", (self.slots, *like.shape), like.dtype, like.device)
@@ -65,18 +65,17 @@ class DeepCache:
     def store(self, ws: Workspace, h: torch.Tensor, shallow_out: torch.Tensor) -> None:
         """Stage the state a full step reached the boundary with (written by ``commit``)."""
         deep = h - shallow_out if self.residual else h
-        self._pending = (ws, ws.hold("deep", deep))
+        self._pending.append((ws, ws.hold(f"deep{len(self._pending)}", deep)))
 
     def commit(self) -> None:
         """Write the staged state into its history slot (after the step completed); a no-op after
         a cached step."""
-        if self._pending is not None:
-            ws, deep = self._pending
-            self._pending = None
+        pending, self._pending = self._pending, []
+        for ws, deep in pending:
             self.history(ws, deep).index_copy_(0, self.slot, deep.unsqueeze(0))
 
     def discard(self) -> None:
-        self._pending = None
+        self._pending = []
 
     def restore(self, ws: Workspace, shallow_out: torch.Tensor) -> torch.Tensor:
         history = self.history(ws, shallow_out)

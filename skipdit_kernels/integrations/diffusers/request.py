@@ -319,6 +319,8 @@ class SkipCacheRequest:
         traj = self._trajectories.get(call_name)
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
             traj = _Trajectory(self.cache, signature, call_name, residual=self.family.long_skips is None)
+        if traj.deep is not None:
+            traj.deep.discard()  # what a step that raised had staged
         cursor = copy.deepcopy(traj.cursor)
         self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step)
         for name in self.family.consumed_arguments:
@@ -332,6 +334,8 @@ class SkipCacheRequest:
         if step is None:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
+        if step.trajectory.deep is not None:
+            step.trajectory.deep.commit()
         self._trajectories[step.trajectory.name] = step.trajectory
         self.last_step_full = step.full
         if step.full:
