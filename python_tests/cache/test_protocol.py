@@ -280,34 +280,45 @@ def test_a_condition_carries_per_sample_tensors_and_a_static_part():
         cond.cat(Condition(cond.tensors, {"rotary": (rotary[0], rotary[1] + 1), "temporal": False}))
 
 
-@pytest.mark.parametrize("temporal", [True, False])
-def test_a_static_host_flag_reaches_the_stack_and_keys_the_trajectory(temporal):
-    """diffusers' Latte with ``enable_temporal_attentions`` as given: a static flag of the condition
-    (no fake batch tensor); a session's full step equals the plain forward, and flipping the flag
-    starts a new trajectory."""
-    diffusers = pytest.importorskip("diffusers")
-    import skipdit_kernels.integrations.diffusers  # noqa: F401  (registers the adapters)
+class FlaggedStack(TextVideoStack):
+    """The test family with a host flag in its forward (``mixing``: whether the units read the
+    text context), carried as a static part of the condition."""
 
-    torch.manual_seed(0)
-    model = diffusers.LatteTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=4, sample_size=8,
-        patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_single", cross_attention_dim=16,
-        caption_channels=8, video_length=3,
-    ).eval()  # fmt: skip
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape) * 0.2)
-    x, text = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 5, 8)
+    def split_call(self, args, kwargs):
+        x, t, cond = args
+        return x, t, Condition(cond, {"mixing": kwargs.get("mixing", True)})
+
+    def embed(self, x, t, cond):
+        h, ctx = super().embed(x, t, cond)
+        return h, ctx if cond.static.get("mixing", True) else torch.zeros_like(ctx)
+
+    def forward(self, x, t, cond, mixing=True):
+        t, cond = self.check_inputs(x, t, Condition(cond, {"mixing": mixing}))
+        h, ctx = self.embed(x, t, cond)
+        outputs = []
+        for i in range(self.num_units):
+            j = self.skip_partner(i)
+            h = self.run_block(i, h, ctx, None if j is None else outputs[j])
+            outputs.append(h)
+        return {"sample": self.finish(h, ctx)}
+
+
+@pytest.mark.parametrize("mixing", [True, False])
+def test_a_static_host_flag_reaches_the_stack_and_keys_the_trajectory(mixing):
+    """A static flag of the condition (no fake batch tensor) reaches the stack; a session's full
+    step equals the plain forward, and flipping the flag starts a new trajectory."""
+    model = FlaggedStack().eval()
+    x, conditioning = torch.randn(2, *model.latent_shape), text_conditioning(2)
 
     def forward(t, flag):
         with torch.no_grad():
-            return model(x, torch.tensor([t, t]), encoder_hidden_states=text, enable_temporal_attentions=flag).sample
+            return model(x, torch.tensor([t, t]), conditioning, mixing=flag)["sample"]
 
-    plain = forward(500.0, temporal)
+    plain = forward(500.0, mixing)
     with sk.enable_skip_cache(model, sk.SkipCache(interval=2, shallow_blocks=1, start_t=1000)) as request:
-        assert torch.equal(forward(500.0, temporal), plain)
-        forward(400.0, temporal)
+        assert torch.equal(forward(500.0, mixing), plain)
+        forward(400.0, mixing)
         assert request.last_step_full is False
-        forward(300.0, not temporal)  # another static part: a fresh trajectory, full
+        forward(300.0, not mixing)  # another static part: a fresh trajectory, full
         assert request.last_step_full is True
-    assert not torch.equal(plain, forward(500.0, not temporal))
+    assert not torch.equal(plain, forward(500.0, not mixing))

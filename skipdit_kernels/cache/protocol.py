@@ -136,5 +136,5 @@ def as_skip_stack(model):
     raise TypeError(
         f"{type(model).__name__} is not a skip stack Skip-Cache can run"
         + (f" (it lacks {lacks})" if lacks else "")
-        + f"; supported: {', '.join(supported)} (diffusers models after `import skipdit_kernels.integrations.diffusers`)"
+        + f"; supported: {', '.join(supported)} (diffusers transformers: skipdit_kernels.integrations.diffusers.apply_skip_cache / enable_skip_cache)"
     )
