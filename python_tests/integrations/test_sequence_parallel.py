@@ -180,3 +180,20 @@ def test_heads_that_do_not_divide_are_refused(tmp_path):
 def run_three_heads(info):
     model = SkipDiT(**{**TINY, "hidden_size": 48, "num_heads": 3})
     return sample_sequence_parallel(model, [1], steps=2, progress=False, info=info)
+
+
+def test_cli_sequence_parallel_under_torchrun(tmp_path):
+    import numpy as np
+
+    from python_tests.integrations.test_distributed import torchrun
+    from skipdit_kernels.embedded import load_bundled
+    from skipdit_kernels.images import to_uint8
+
+    done = torchrun(tmp_path, "--sequence-parallel", "2", "--labels", "0", "7", "--seed", "2", "--out-dir", "one")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 samples, sequence-parallel over 2" in done.stdout
+    expected = sample(load_bundled("skipdit"), [0, 7], seed=2, steps=3, method="ddim", cfg_scale=3.0,
+                      cache=SkipCache(interval=2, shallow_blocks=1), progress=False)  # fmt: skip
+    with np.load(tmp_path / "one" / "samples.npz") as z:
+        assert z["arr_0"].shape == (2, 16, 16, 3)
+        assert np.abs(z["arr_0"][..., 0].astype(int) - to_uint8(expected)[..., 0]).max() <= 1
