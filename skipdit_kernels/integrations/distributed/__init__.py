@@ -252,8 +252,9 @@ def sample_ddp(
     again, on any world size; other settings are refused (ValueError) since they would mix samples.
 
     Every rank must be called with the same arguments (checked: DistributedSamplingError). Bad
-    arguments: ValueError/TypeError before any sampling; a failing rank: DistributedSamplingError
-    on every rank still alive.
+    arguments: ValueError/TypeError before any sampling in one process; over several ranks any
+    rank's error, bad arguments included, stops every rank within a sampling step with a
+    DistributedSamplingError naming the rank, the batch and the exception (``failures``).
     """
     info = info or init_distributed()
     failures = failures_of(info, "sample_ddp")

@@ -79,10 +79,13 @@ class SequenceShards:
     failures: RankFailures
     log: CommLog
     over_cpu: bool  # gloo: collectives on CPU copies
+    _sizes: list[int] | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def sizes(self) -> list[int]:
-        return [len(part) for part in torch.arange(self.tokens).tensor_split(self.world_size)]
+        if self._sizes is None:
+            self._sizes = [len(part) for part in torch.arange(self.tokens).tensor_split(self.world_size)]
+        return self._sizes
 
     @property
     def start(self) -> int:
@@ -208,7 +211,10 @@ class _UlyssesProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         shards = _ACTIVE.get()
         if shards is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+            if temb is not None:
+                kwargs["temb"] = temb
+            return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                 attention_mask=attention_mask, **kwargs)  # fmt: skip
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.dim() != 3:
             raise ValueError("sequence-parallel attention shards self-attention over (B, T, C) tokens without a mask")
         if attn.spatial_norm is not None or attn.group_norm is not None:
