@@ -79,6 +79,24 @@ def run_failures(info, out_dir: str) -> dict:
                                                 steps=40, method="ddim", cfg_scale=1.0))  # fmt: skip
     events["ddp"]["failed_at"] = failed_at
 
+    model, failed_at = tiny_model(), []
+    if rank == 1:  # the sampler update of the last step: after the last all_gather of the model output
+        from skipdit_kernels.sampling.trajectory import SamplerTrajectory
+
+        real_update = SamplerTrajectory.update
+        SamplerTrajectory.update = _fail_after(COMMON["steps"], real_update, failed_at)
+    try:
+        events["cfg-last-step"] = _attempt(lambda: sample_cfg_parallel(model, [1, 5], info=info, progress=False, **COMMON))
+    finally:
+        if rank == 1:
+            SamplerTrajectory.update = real_update
+    events["cfg-last-step"]["failed_at"] = failed_at
+
+    failed_at = [time.time()] if rank == 1 else []  # rank 1's labels are out of range: it fails before any collective
+    labels = [1, 99] if rank == 1 else [1, 5]
+    events["setup"] = _attempt(lambda: sample_sequence_parallel(tiny_model(), labels, info=info, progress=False, **COMMON))
+    events["setup"]["failed_at"] = failed_at
+
     events["after"] = _attempt(lambda: sample_cfg_parallel(tiny_model(), [1, 5], info=info, progress=False, seed=3, **COMMON))
     return events
 
@@ -90,18 +108,18 @@ def events(tmp_path_factory):
     return [ok(p) for p in payloads]
 
 
-@pytest.mark.parametrize("entry, what, where", [
-    ("cfg", "sample_cfg_parallel", ""),
-    ("sequence", "sample_sequence_parallel", ""),
-    ("ddp", "sample_ddp", " on batch 1"),
+@pytest.mark.parametrize("entry, message", [
+    ("cfg", "sample_cfg_parallel: rank 1 failed: RuntimeError: injected failure"),
+    ("sequence", "sample_sequence_parallel: rank 1 failed: RuntimeError: injected failure"),
+    ("ddp", "sample_ddp: rank 1 failed on batch 1: RuntimeError: injected failure"),
+    ("cfg-last-step", "sample_cfg_parallel: rank 1 failed: RuntimeError: injected failure"),
+    ("setup", "sample_sequence_parallel: rank 1 failed: ValueError: class labels must be in 0..9, got min 1 max 99"),
 ])  # fmt: skip
-def test_a_failing_rank_stops_its_peers_with_the_cause(events, entry, what, where):
+def test_a_failing_rank_stops_its_peers_with_the_cause(events, entry, message):
     failed_at = events[1][entry]["failed_at"]
     assert len(failed_at) == 1, "rank 1 did not fail"
     for rank in (0, 1):
-        assert events[rank][entry]["error"] == (
-            "DistributedSamplingError", f"{what}: rank 1 failed{where}: RuntimeError: injected failure"
-        ), rank
+        assert events[rank][entry]["error"] == ("DistributedSamplingError", message), rank
         delay = events[rank][entry]["at"] - failed_at[0]
         assert 0 <= delay < STOPS_WITHIN_S, f"rank {rank} stopped {delay:.1f} s after rank 1 failed"
 
