@@ -32,6 +32,7 @@ import collections
 import contextlib
 import contextvars
 import dataclasses
+import sys
 import threading
 from typing import Any, Callable, NamedTuple
 
@@ -260,17 +261,15 @@ def _family(model) -> Family:
         return Family([b.attn for b in model.blocks], model.num_heads, _same)
     if isinstance(model, LatteSkip):  # spatial blocks at even indices; temporal blocks stay local
         return Family([model.blocks[i].attn for i in range(0, model.depth, 2)], model.num_heads, _same)
-    if type(model).__name__ == "LatteT2VSkip":
-        from ..latte_t2v import LatteT2VSkip
+    t2v = sys.modules.get("skipdit_kernels.integrations.latte_t2v")  # loaded wherever such a model exists
+    if t2v is not None and isinstance(model, t2v.LatteT2VSkip):
 
-        if isinstance(model, LatteT2VSkip):
+        def shard_t2v(ctx, shards):  # t_temporal rows are (video, token)
+            rows = ctx.t_temporal.view(ctx.batch, shards.tokens, -1)
+            return ctx._replace(t_temporal=shards.local(rows).reshape(-1, rows.shape[-1]))
 
-            def shard_t2v(ctx, shards):  # t_temporal rows are (video, token)
-                rows = ctx.t_temporal.view(ctx.batch, shards.tokens, -1)
-                return ctx._replace(t_temporal=shards.local(rows).reshape(-1, rows.shape[-1]))
-
-            blocks = model.transformer_blocks
-            return Family([b.attn1 for b in blocks], blocks[0].attn1.heads, shard_t2v)
+        blocks = model.transformer_blocks
+        return Family([b.attn1 for b in blocks], blocks[0].attn1.heads, shard_t2v)
     raise TypeError(
         f"sequence parallelism supports DiT, SkipDiT, LatteSkip and LatteT2VSkip; got {type(model).__name__}"
     )
