@@ -81,6 +81,7 @@ class RankFailures:
         self._stopped = False  # an exchange already reported the failure
         self._broken = False  # a collective failed: the group cannot carry a status
         self._last_check = 0.0
+        self._message: str | None = None  # this rank's error, once it failed
         if world_size > 1:
             self._status = _status_group(group)
             self._store = dist.distributed_c10d._get_default_store()
@@ -148,10 +149,9 @@ class RankFailures:
     # -- the guarded call ---------------------------------------------------------------------
 
     def _combined_error(self) -> DistributedSamplingError:
-        mine = getattr(self, "_message", None)
         everyone: list = [None] * self.world_size
         self._call(f"{self.what}: exchanging errors",
-                   lambda: dist.all_gather_object(everyone, mine, group=self._status))  # fmt: skip
+                   lambda: dist.all_gather_object(everyone, self._message, group=self._status))  # fmt: skip
         failed = [m for m in everyone if m is not None]
         return DistributedSamplingError(f"{self.what}: " + "; ".join(failed or ["a rank stopped without a message"]))
 
