@@ -165,6 +165,7 @@ def sequence_parallel_main(args) -> None:
     """1 process vs 2 sequence-parallel processes (see the module docstring)."""
     rows, began = [], time.perf_counter()
     env = report.environment()
+    date = time.strftime("%Y-%m-%d", time.gmtime())
     for model in SP_MODELS:
         for cache in (False, True):
             job = dict(model=model, steps=args.steps, cache=cache, rounds=1)
@@ -191,6 +192,11 @@ def sequence_parallel_main(args) -> None:
                                  full_step_mib=None if full is None else full / 2**20,
                                  cached_step_mib=None if cached is None else cached / 2**20,
                                  status_exchanges=None if not stats else stats["status_exchanges"]))  # fmt: skip
+            stem = _write_sequence_parallel(args, rows, env, began, date)  # after every group: a stopped run keeps its rows
+    print(f"wrote {stem}.json and .md")
+
+
+def _write_sequence_parallel(args, rows, env, began, date) -> str:
     notes = [
         "CPU gloo timings: 2 processes over 127.0.0.1 on the same 2 cores of a shared machine. The point of this "
         "file is correctness (max |diff| from the 1-process latents) and the bytes sent; GPU speed (NCCL, one "
@@ -212,11 +218,10 @@ def sequence_parallel_main(args) -> None:
                ("min_s", "min s"), ("max_s", "max s"), ("speedup", "speedup vs 1x1"),
                ("max_abs_diff", "max abs diff vs 1x1"), ("latent_max", "max abs latent"),
                ("full_step_mib", "full step MiB sent"), ("cached_step_mib", "cached step MiB sent"),
-               ("status_exchanges", "status exchanges")]  # fmt: skip
-    date = time.strftime("%Y-%m-%d", time.gmtime())
+               ("status_exchanges", "status exchanges per call")]  # fmt: skip
     stem = report.write_results(f"sequence-parallel-cpu-gloo-{date}", rows, columns, meta=vars(args), notes=notes,
                                 env=env, out_dir=args.out, title="Sequence parallelism on CPU gloo, 1 vs 2 processes")  # fmt: skip
-    print(f"wrote {stem}.json and .md")
+    return stem
 
 
 def main() -> None:
