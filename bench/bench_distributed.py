@@ -6,6 +6,13 @@
 - data-parallel throughput: ``sample_ddp`` of a fixed set of samples on 1 rank vs 2 ranks.
 
     python bench/bench_distributed.py [--rounds 3] [--models bundled DiT-S/2]
+    python bench/bench_distributed.py --sequence-parallel [--rounds 3]
+
+``--sequence-parallel``: one guided request in 1 process (``sample()``) vs its tokens over 2
+processes (``sample_sequence_parallel``), SkipDiT DiT-S/2 and LatteSkip Latte-S/2, Skip-Cache off and
+interval 2 with forecast; besides the time, the largest difference from the 1-process latents and
+the bytes rank 0 sends per full and per cached step. Results:
+bench/results/sequence-parallel-cpu-gloo-<date>-<device tag>.{json,md}.
 
 Every setup runs in fresh spawned processes; "1x2" = 1 process with 2 threads (the whole of a
 2-core machine), "1x1" = 1 process with 1 thread, "2x1" = 2 processes with 1 thread each. Times
@@ -28,6 +35,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # python_tests (randomize)
 import report  # noqa: E402
 
 SETUPS = {"1x2": (1, 2), "1x1": (1, 1), "2x1": (2, 1)}  # processes, threads each
@@ -83,7 +91,56 @@ def _worker(rank: int, world: int, port: int, job: dict, out: str) -> None:
         dist.destroy_process_group()
 
 
-def run_job(job: dict, world: int) -> list[float]:
+SP_MODELS = {
+    # name: (description, shallow blocks for Skip-Cache)
+    "DiT-S/2": ("SkipDiT DiT-S/2 random weights, 256px (32x32 latents: 256 tokens, 6 heads, 12 blocks)", 2),
+    "Latte-S/2": ("LatteSkip Latte-S/2 random weights, 8 frames of 16x16 latents (64 tokens a frame, 6 heads, 6 pairs)", 1),
+}
+
+
+def build_sp(name: str):
+    from python_tests.models.conftest import randomize
+    from skipdit_kernels import LatteSkip, SkipDiT
+
+    torch.manual_seed(0)
+    if name == "DiT-S/2":
+        model = SkipDiT.from_preset(name, input_size=32, num_classes=1000)
+    else:
+        model = LatteSkip.from_preset(name, input_size=16, num_frames=8, extras=2, num_classes=101)
+    return randomize(model, seed=1, std=0.02).eval()  # the official init zeroes the adaLN: random weights
+
+
+def _sp_worker(rank: int, world: int, port: int, job: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from skipdit_kernels import SkipCache, sample
+    from skipdit_kernels.integrations.distributed import init_distributed, sample_sequence_parallel
+
+    model = build_sp(job["model"])
+    cache = SkipCache(interval=2, shallow_blocks=SP_MODELS[job["model"]][1], forecast=1) if job["cache"] else None
+    common = dict(steps=job["steps"], method="ddim", cfg_scale=4.0, cache=cache, seed=0, progress=False)
+    info = init_distributed("gloo", timeout_s=900) if world > 1 else None
+    times, result = [], None
+    for _ in range(1 + job["rounds"]):
+        if world > 1:
+            dist.barrier()
+        started = time.perf_counter()
+        if world > 1:
+            result = sample_sequence_parallel(model, [1], info=info, return_stats=True, **common)
+        else:
+            result = (sample(model, [1], **common), None)
+        times.append(time.perf_counter() - started)
+    if rank == 0:
+        stats = result[1]
+        torch.save(dict(times=times[1:], latents=result[0], stats=None if stats is None else vars(stats)), out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def run_job(job: dict, world: int, worker=None) -> list[float] | dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -91,15 +148,80 @@ def run_job(job: dict, world: int) -> list[float]:
         job = {**job, "dir": tmp}
         out = os.path.join(tmp, "times.json")
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(r, world, port, job, out)) for r in range(world)]
+        procs = [ctx.Process(target=worker or _worker, args=(r, world, port, job, out)) for r in range(world)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
         if any(p.exitcode for p in procs):
             raise RuntimeError(f"{job} on {world} process(es) failed: exit codes {[p.exitcode for p in procs]}")
+        if worker is not None:
+            return torch.load(out, weights_only=False)
         with open(out) as f:
             return json.load(f)
+
+
+def sequence_parallel_main(args) -> None:
+    """1 process vs 2 sequence-parallel processes (see the module docstring)."""
+    rows, began = [], time.perf_counter()
+    env = report.environment()
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    for model in SP_MODELS:
+        for cache in (False, True):
+            job = dict(model=model, steps=args.steps, cache=cache, rounds=1)
+            times, last = {"1x1": [], "2x1 sequence-parallel": []}, {}
+            for _ in range(args.rounds):
+                for setup, world in (("1x1", 1), ("2x1 sequence-parallel", 2)):
+                    last[setup] = run_job(job, world, worker=_sp_worker)
+                    times[setup] += last[setup]["times"]
+            timing = {setup: report.stats(t) for setup, t in times.items()}
+            reference = last["1x1"]["latents"]
+            for setup, t in timing.items():
+                stats = last[setup]["stats"]
+                full = cached = None
+                if stats:
+                    per_step = list(zip(stats["full_steps"], stats["bytes_per_step"]))
+                    full = max(b for f, b in per_step if f)
+                    cached = max((b for f, b in per_step if not f), default=None)
+                diff = (last[setup]["latents"] - reference).abs().max().item()
+                print(model, cache, setup, [round(s, 3) for s in t["samples_s"]], diff, full, cached, flush=True)
+                rows.append(dict(model=model, cache="interval 2, forecast 1" if cache else "off", setup=setup,
+                                 median_s=t["median_s"], min_s=t["min_s"], max_s=t["max_s"],
+                                 speedup=report.round_ratio(timing, setup, "1x1")["ratio"],
+                                 max_abs_diff=diff, latent_max=reference.abs().max().item(),
+                                 full_step_mib=None if full is None else full / 2**20,
+                                 cached_step_mib=None if cached is None else cached / 2**20,
+                                 status_exchanges=None if not stats else stats["status_exchanges"]))  # fmt: skip
+            stem = _write_sequence_parallel(args, rows, env, began, date)  # after every group: a stopped run keeps its rows
+    print(f"wrote {stem}.json and .md")
+
+
+def _write_sequence_parallel(args, rows, env, began, date) -> str:
+    notes = [
+        "CPU gloo timings: 2 processes over 127.0.0.1 on the same 2 cores of a shared machine. The point of this "
+        "file is correctness (max |diff| from the 1-process latents) and the bytes sent; GPU speed (NCCL, one "
+        "device per rank) is unmeasured.",
+        "setup: 1x1 = sample() in 1 process, 1 thread; 2x1 sequence-parallel = sample_sequence_parallel, tokens "
+        "over 2 processes (Ulysses attention all-to-alls), 1 thread each. speedup = median over rounds of the 1x1 "
+        "time / this row's.",
+        "full / cached step MiB: bytes rank 0 sends to the other rank in one step (attention all-to-alls of the "
+        "units the step runs, and the gather of the hidden state before the final layer); a cached step runs only "
+        "the shallow units, and no cached tensor crosses ranks. status exchanges: the 16-byte all-reduces of the "
+        "failure channel, one before each collective (not in the MiB).",
+        f"one guided request (1 sample, CFG scale 4, model batch 2), DDIM {args.steps} steps, fp32, eager; "
+        "Skip-Cache shallow blocks: " + ", ".join(f"{m} {SP_MODELS[m][1]}" for m in SP_MODELS) + ".",
+        "models: " + "; ".join(f"{m}: {SP_MODELS[m][0]}" for m in SP_MODELS) + ".",
+        f"median, min and max of {args.rounds} rounds, the setups interleaved round by round (each after one "
+        f"warm-up run in its processes), rank-0 wall time; whole benchmark {time.perf_counter() - began:.0f} s.",
+    ]
+    columns = [("model", "model"), ("cache", "Skip-Cache"), ("setup", "processes x threads"), ("median_s", "median s"),
+               ("min_s", "min s"), ("max_s", "max s"), ("speedup", "speedup vs 1x1"),
+               ("max_abs_diff", "max abs diff vs 1x1"), ("latent_max", "max abs latent"),
+               ("full_step_mib", "full step MiB sent"), ("cached_step_mib", "cached step MiB sent"),
+               ("status_exchanges", "status exchanges per call")]  # fmt: skip
+    stem = report.write_results(f"sequence-parallel-cpu-gloo-{date}", rows, columns, meta=vars(args), notes=notes,
+                                env=env, out_dir=args.out, title="Sequence parallelism on CPU gloo, 1 vs 2 processes")  # fmt: skip
+    return stem
 
 
 def main() -> None:
@@ -108,7 +230,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps")
     parser.add_argument("--out", default=report.RESULTS_DIR, help="results directory")
+    parser.add_argument("--sequence-parallel", action="store_true", help="the sequence-parallel comparison instead")
     args = parser.parse_args()
+    if args.sequence_parallel:
+        return sequence_parallel_main(args)
     rows, began = [], time.perf_counter()
     env = report.environment()
     for model in args.models:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import pickle
-import socket
-import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from python_tests.integrations.ranks import free_port, ok, run_ranks
 from python_tests.models.conftest import TINY, randomize
 from skipdit_kernels import SkipCache, SkipDiT, sample
 from skipdit_kernels.integrations.distributed import (
@@ -41,77 +37,32 @@ def tiny_model(**overrides) -> SkipDiT:
     return randomize(SkipDiT(**{**TINY, **overrides}), seed=1, std=0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _scenario(info, scenario: str, **kwargs):
+    """One rank of a 2-rank run (``ranks.run_ranks``)."""
+    model = tiny_model(**kwargs.pop("model", {}))
+    if info.rank == 1 and scenario in ("raise", "crash"):
+        real = model.run_block
 
+        def failing(i, *args, _calls=[0]):
+            _calls[0] += 1
+            if _calls[0] > 3:  # mid-trajectory
+                if scenario == "crash":
+                    os._exit(3)
+                raise RuntimeError("injected failure")
+            return real(i, *args)
 
-def _worker(rank: int, world: int, port: int, scenario: str, kwargs: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
-    try:
-        from skipdit_kernels.integrations.distributed import init_distributed
-
-        info = init_distributed(backend="gloo", timeout_s=TIMEOUT_S)
-        model = tiny_model(**kwargs.pop("model", {}))
-        if rank == 1 and scenario in ("raise", "crash"):
-            real = model.run_block
-
-            def failing(i, *args, _calls=[0]):
-                _calls[0] += 1
-                if _calls[0] > 3:  # mid-trajectory
-                    if scenario == "crash":
-                        os._exit(3)
-                    raise RuntimeError("injected failure")
-                return real(i, *args)
-
-            model.run_block = failing
-        if scenario == "mismatch" and rank == 1:
-            kwargs["seed"] = kwargs.get("seed", 0) + 1
-        if scenario == "cfg":
-            result = sample_cfg_parallel(model, info=info, progress=False, **kwargs)
-        else:
-            result = sample_ddp(model, info=info, progress=False, **kwargs)
-        payload = ("ok", result)
-    except BaseException as exc:  # noqa: BLE001 - reported to the test
-        payload = ("error", type(exc).__name__, str(exc), traceback.format_exc())
-    with open(os.path.join(out, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(payload, f)
-    if payload[0] == "ok":
-        torch.distributed.destroy_process_group()
+        model.run_block = failing
+    if scenario == "mismatch" and info.rank == 1:
+        kwargs["seed"] = kwargs.get("seed", 0) + 1
+    if scenario == "cfg":
+        return sample_cfg_parallel(model, info=info, progress=False, **kwargs)
+    return sample_ddp(model, info=info, progress=False, **kwargs)
 
 
 def run_two(tmp_path, scenario: str, **kwargs) -> tuple[list, float]:
-    """Run ``_worker`` on 2 spawned processes; (each rank's payload or None if it left none, seconds)."""
-    out = tmp_path / f"ranks-{scenario}"
-    out.mkdir()
-    port = _free_port()
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, scenario, dict(kwargs), str(out))) for r in range(2)]
-    started = time.perf_counter()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(max(1.0, DEADLINE_S - (time.perf_counter() - started)))
-    seconds = time.perf_counter() - started
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert not hung, f"ranks {hung} still running after {DEADLINE_S} s"
-    payloads = []
-    for r in range(2):
-        path = out / f"rank{r}.pkl"
-        payloads.append(pickle.loads(path.read_bytes()) if path.exists() else None)
-    return payloads, seconds
-
-
-def ok(payload):
-    assert payload is not None and payload[0] == "ok", payload[3] if payload else "rank left no result"
-    return payload[1]
+    """``_scenario`` on 2 spawned processes; (each rank's payload or None if it left none, seconds)."""
+    return run_ranks(tmp_path, 2, f"{__name__}:_scenario", deadline_s=DEADLINE_S, timeout_s=TIMEOUT_S,
+                     scenario=scenario, **kwargs)  # fmt: skip
 
 
 def single_process(tmp_path, name="single", **kwargs) -> str:
@@ -238,7 +189,7 @@ def torchrun(tmp_path, *args: str) -> "subprocess.CompletedProcess":
     import sys
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), "-m", "skipdit_kernels.cli", "sample-ddp", "--bundled", "skipdit",
+               "--master-port", str(free_port()), "-m", "skipdit_kernels.cli", "sample-ddp", "--bundled", "skipdit",
                "--steps", "3", "--method", "ddim", "--cfg", "3", "--cache", "2", "--shallow", "1", "--timeout", str(TIMEOUT_S),
                "--no-progress", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S, cwd=tmp_path,

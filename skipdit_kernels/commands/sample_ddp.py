@@ -1,13 +1,14 @@
 """``skipdit sample-ddp``: sampling on every rank of a ``torchrun`` launch (or one plain process):
-data parallel into one FID-ready .npz, resumable; or, with ``--cfg-parallel``, one guided request
-split over 2 ranks (conditional / unconditional half). See docs/distributed.md."""
+data parallel into one FID-ready .npz, resumable; or one request split over the ranks: with
+``--cfg-parallel`` its conditional and unconditional halves, with ``--sequence-parallel N`` its
+tokens over N ranks (both: 2 x N ranks). See docs/distributed.md."""
 from __future__ import annotations
 
 import os
 import sys
 import time
 
-from skipdit_kernels.commands._common import add_cache_options, cache_from_args, torch_dtype
+from skipdit_kernels.commands._common import add_cache_options, cache_from_args, positive_int, torch_dtype
 
 
 def configure(parser) -> None:
@@ -23,7 +24,9 @@ def configure(parser) -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=None,
                         help="class labels: --num-samples of them (default: uniform random, seeded), or the request's with --cfg-parallel")
     parser.add_argument("--cfg-parallel", action="store_true",
-                        help="one request for --labels on exactly 2 ranks: rank 0 the conditional, rank 1 the unconditional half")
+                        help="one request for --labels: the first half of the ranks runs the conditional, the second the unconditional half (2 ranks, or 2 x --sequence-parallel)")
+    parser.add_argument("--sequence-parallel", type=positive_int, default=None, metavar="N",
+                        help="one request for --labels with its tokens sharded over N ranks (Ulysses attention; N must divide the heads)")
     parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's)")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
@@ -58,10 +61,11 @@ def run(args) -> int:
 
     from skipdit_kernels.integrations import distributed as ddp
 
-    if args.cfg_parallel and not args.labels:
-        raise ValueError("--cfg-parallel samples one request: give its --labels")
-    if not args.cfg_parallel and args.num_samples is None:
-        raise ValueError("give --num-samples (or --cfg-parallel with --labels)")
+    one_request = args.cfg_parallel or args.sequence_parallel is not None
+    if one_request and not args.labels:
+        raise ValueError("--cfg-parallel and --sequence-parallel sample one request: give its --labels")
+    if not one_request and args.num_samples is None:
+        raise ValueError("give --num-samples (or --cfg-parallel / --sequence-parallel with --labels)")
     rank = os.environ.get("RANK", "0")
     try:
         info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
@@ -70,8 +74,11 @@ def run(args) -> int:
         common = dict(image_size=args.image_size, steps=args.steps, method=args.method, cfg_scale=args.cfg, cache=cache,
                       seed=args.seed, dtype=torch_dtype(args.dtype), progress=not args.no_progress, info=info)  # fmt: skip
         started = time.perf_counter()
-        if args.cfg_parallel:
-            latents = ddp.sample_cfg_parallel(model, args.labels, **common)
+        if one_request:
+            split = (args.sequence_parallel or 1) * (2 if args.cfg_parallel else 1)
+            if info.world_size != split:
+                raise ValueError(f"{_split_name(args)} runs on {split} ranks, this run has {info.world_size}")
+            latents = ddp.sample_sequence_parallel(model, args.labels, cfg_parallel=args.cfg_parallel, **common)
             path = None
             if info.rank == 0:
                 from skipdit_kernels.cache import as_skip_stack
@@ -89,7 +96,7 @@ def run(args) -> int:
                                   vae=args.vae, **common)  # fmt: skip
             count = args.num_samples
         if info.rank == 0:
-            mode = "CFG-parallel over 2 ranks" if args.cfg_parallel else f"data parallel over {info.world_size} rank(s)"
+            mode = _split_name(args) if one_request else f"data parallel over {info.world_size} rank(s)"
             print(f"{count} samples, {mode}, {time.perf_counter() - started:.1f} s; wrote {path}")
         return 0
     except ddp.DistributedSamplingError as exc:
@@ -98,3 +105,9 @@ def run(args) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _split_name(args) -> str:
+    parts = (["CFG-parallel"] if args.cfg_parallel else []) + (
+        [f"sequence-parallel over {args.sequence_parallel}"] if args.sequence_parallel is not None else [])
+    return " x ".join(parts)

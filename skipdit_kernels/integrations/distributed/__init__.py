@@ -14,13 +14,19 @@
   same steps); one ``all_gather`` of the model output per step joins them, and both ranks apply the
   identical guidance and sampler update, so they hold the same ``x`` throughout.
 
+- ``sample_sequence_parallel`` (``sequence.py``): one request's tokens sharded over the ranks
+  (DeepSpeed-Ulysses attention), optionally combined with CFG-parallel.
+
 The process group comes from the environment torchrun sets (``init_distributed``): NCCL when CUDA is
 available, gloo otherwise, with a timeout on every collective so that a rank that dies or stalls
 makes the others fail with ``DistributedSamplingError`` instead of waiting forever. A rank that
-raises while sampling a batch reports the error to all ranks, which then raise it too.
+raises stops every rank of the call within seconds, each raising a ``DistributedSamplingError`` that
+names the failing rank and its exception (``failures.RankFailures``, one mechanism for every entry
+point).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -33,19 +39,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..cache import SkipCache, as_skip_stack
-from ..sampling.executor import executor_for
-from ..images import load_vae, decode_latents, to_uint8
-from ..sampling.sample import prepare_request, resolve_device, sample
-from ..sampling.trajectory import SamplerTrajectory
+from ...cache import SkipCache, as_skip_stack
+from ...sampling.executor import SkipStackExecutor, executor_for
+from ...images import load_vae, decode_latents, to_uint8
+from ...sampling.sample import prepare_request, resolve_device, sample
+from ...sampling.trajectory import SamplerTrajectory
+from .failures import DistributedSamplingError, RankFailures
+from .sequence import CommLog, SequenceShards, ShardedStack, _family
 
 DEFAULT_TIMEOUT_S = 1800.0  # longest a rank waits in a collective: must exceed the slowest batch
 BATCH_DIR = "batches"
 MANIFEST = "run.json"
-
-
-class DistributedSamplingError(RuntimeError):
-    """A rank failed, crashed, timed out, or was started with other settings than rank 0."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,27 +96,22 @@ def init_distributed(backend: str | None = None, timeout_s: float = DEFAULT_TIME
     return RankInfo(dist.get_rank(), dist.get_world_size(), device, float(timeout_s))
 
 
-def _collective(info: RankInfo, what: str, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except RuntimeError as exc:  # torch.distributed.DistError and the backends' errors
-        raise DistributedSamplingError(
-            f"rank {info.rank}: {what} failed; another rank crashed, was stopped, or did not get there "
-            f"within the {info.timeout_s:g} s timeout ({type(exc).__name__}: {exc})"
-        ) from exc
+def failures_of(info: RankInfo, what: str) -> RankFailures:
+    """The failure channel of one call (``what``) on the ranks of ``info``."""
+    return RankFailures(info.rank, info.world_size, info.timeout_s, what, info.group)
 
 
-def _agree(info: RankInfo, settings: dict, what: str) -> None:
+def _agree(failures: RankFailures, settings: dict) -> None:
     """DistributedSamplingError on every rank unless all ranks were given the same ``settings``."""
-    if info.world_size == 1:
+    if failures.world_size == 1:
         return
-    everyone: list = [None] * info.world_size
-    _collective(info, f"{what}: comparing settings", lambda: dist.all_gather_object(everyone, settings, group=info.group))
+    everyone: list = [None] * failures.world_size
+    failures.collective("comparing settings", lambda: dist.all_gather_object(everyone, settings, group=failures.group))
     for r, other in enumerate(everyone):
         differ = [k for k in everyone[0] if other.get(k) != everyone[0][k]]
         if differ:
             shown = ", ".join(f"{k}={other[k]!r} (rank 0: {everyone[0][k]!r})" for k in differ[:4])
-            raise DistributedSamplingError(f"{what}: rank {r} was started with other settings than rank 0: {shown}")
+            raise failures.raised_everywhere(f"rank {r} was started with other settings than rank 0: {shown}")
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -253,10 +252,37 @@ def sample_ddp(
     again, on any world size; other settings are refused (ValueError) since they would mix samples.
 
     Every rank must be called with the same arguments (checked: DistributedSamplingError). Bad
-    arguments: ValueError/TypeError before any sampling; a failing rank: DistributedSamplingError
-    on every rank still alive.
+    arguments: ValueError/TypeError before any sampling in one process; over several ranks any
+    rank's error, bad arguments included, stops every rank within a sampling step with a
+    DistributedSamplingError naming the rank, the batch and the exception (``failures``).
     """
     info = info or init_distributed()
+    failures = failures_of(info, "sample_ddp")
+    with failures.guard():
+        return _sample_ddp(model, num_samples, out_dir, batch_size, labels, image_size, steps, method, cfg_scale, cache,
+                           seed, eta, guide_all_channels, vae, dtype, cuda_graphs, progress, npz_name, info, failures)
+
+
+class _CheckedExecutor(SkipStackExecutor):
+    """``model``'s executor for one data-parallel call: after every sampling step it reads whether
+    a peer failed (``RankFailures.check``), so a rank stops within a step of a peer's error instead
+    of at the end of its batch."""
+
+    def __init__(self, model, failures: RankFailures):
+        super().__init__(model, _weak=True)
+        self.failures = failures
+
+    def run(self, *args, callback=None, **kwargs):
+        def checked(k, planned):
+            if callback is not None:
+                callback(k, planned)
+            self.failures.check()
+
+        return super().run(*args, callback=checked, **kwargs)
+
+
+def _sample_ddp(model, num_samples, out_dir, batch_size, labels, image_size, steps, method, cfg_scale, cache, seed, eta,
+                guide_all_channels, vae, dtype, cuda_graphs, progress, npz_name, info, failures) -> str | None:  # fmt: skip
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -286,7 +312,7 @@ def sample_ddp(
         labels=None if labels is None else _digest(labels.to(torch.int64)),
         model=weights_fingerprint(model),
     )  # fmt: skip
-    _agree(info, manifest, "sample_ddp")
+    _agree(failures, manifest)
 
     out_dir = os.fspath(out_dir)
     npz_path = os.path.join(out_dir, npz_name)
@@ -297,11 +323,13 @@ def sample_ddp(
         except (OSError, ValueError) as exc:
             state[0] = exc
     if info.world_size > 1:
-        _collective(info, "sample_ddp: starting", lambda: dist.broadcast_object_list(state, src=0, group=info.group))
+        failures.collective("starting", lambda: dist.broadcast_object_list(state, src=0, group=info.group))
     if state[0] is not None:
-        raise state[0]  # the same ValueError/OSError on every rank
+        raise failures.raised_everywhere(state[0])  # the same ValueError/OSError on every rank
     done = set(state[1])
     todo = [b for b in range(num_batches) if b not in done]
+
+    executor = _CheckedExecutor(model, failures)
 
     def run_batch(b: int):
         start, stop = b * batch_size, min((b + 1) * batch_size, num_samples)
@@ -313,7 +341,7 @@ def sample_ddp(
         latents = sample(
             model, y, image_size=image_size, steps=steps, method=method, cfg_scale=cfg_scale, cache=resolved_cache,
             seed=noise_seed, device=info.device, dtype=dtype, progress=False, guide_all_channels=guide_all_channels,
-            eta=eta, cuda_graphs=cuda_graphs,
+            eta=eta, cuda_graphs=cuda_graphs, executor=executor,
         )  # fmt: skip
         return fid_array(latents, kind, vae_module), y.numpy()
 
@@ -326,35 +354,23 @@ def sample_ddp(
     try:
         for first in range(0, len(todo), info.world_size):
             mine = todo[first + info.rank] if first + info.rank < len(todo) else None
-            result: tuple = (mine, None, None)
+            result: tuple = (mine, None)
             if mine is not None:
-                try:
-                    result = (mine, run_batch(mine), None)
-                except Exception as exc:  # reported to every rank below
-                    result = (mine, None, f"{type(exc).__name__}: {exc}")
+                failures.where = f"batch {mine}"
+                result = (mine, run_batch(mine))  # an error here stops every rank (failures.guard)
+            failures.where = None
             gathered = [result]
             if info.world_size > 1:
                 gathered = [None] * info.world_size if info.rank == 0 else None
-                _collective(info, "sample_ddp: sending a batch to rank 0",
-                            lambda: dist.gather_object(result, gathered, dst=0, group=info.group))  # fmt: skip
-            status = [None]
+                failures.collective("sending a batch to rank 0",
+                                    lambda: dist.gather_object(result, gathered, dst=0, group=info.group))  # fmt: skip
             if info.rank == 0:
-                failed = [(r, b, err) for r, (b, _, err) in enumerate(gathered) if err is not None]
-                if failed:
-                    status[0] = "; ".join(f"rank {r} failed on batch {b}: {err}" for r, b, err in failed)
-                else:
-                    try:
-                        for b, (samples, y), _ in (g for g in gathered if g[0] is not None):
-                            _write_batch(out_dir, b, samples, y)
-                            if bar is not None:
-                                bar.update(len(y))
-                    except OSError as exc:
-                        status[0] = f"rank 0 could not write a batch to {out_dir!r}: {exc}"
-            if info.world_size > 1:
-                _collective(info, "sample_ddp: receiving rank 0's status",
-                            lambda: dist.broadcast_object_list(status, src=0, group=info.group))  # fmt: skip
-            if status[0] is not None:
-                raise DistributedSamplingError(status[0])
+                for b, (samples, y) in (g for g in gathered if g[0] is not None):
+                    failures.where = f"writing batch {b} to {out_dir!r}"
+                    _write_batch(out_dir, b, samples, y)
+                    if bar is not None:
+                        bar.update(len(y))
+                failures.where = None
     finally:
         if bar is not None:
             bar.close()
@@ -366,23 +382,26 @@ def sample_ddp(
 
 class CFGParallelTrajectory:
     """A ``sampling.executor.Trajectory`` for one rank of a CFG-parallel pair: the executor runs this
-    rank's half (model batch N, ``cfg`` False to it); ``model_output`` all-gathers both halves
-    (conditional from rank 0 of ``group``, unconditional from rank 1) and applies ``inner``'s
+    rank's half (model batch N, ``cfg`` False to it); ``model_output`` all-gathers both halves over
+    ``group`` (conditional from its rank 0, unconditional from its rank 1) and applies ``inner``'s
     guidance to the joined 2N batch; the rest is ``inner``'s (a ``SamplerTrajectory`` with CFG).
+    ``log``: a ``sequence.CommLog`` that counts the bytes sent.
 
     Eager only: the all_gather is a host call (gloo copies through CPU tensors); capturing NCCL
     collectives in a CUDA graph would need both ranks to capture and replay in lock step."""
 
     cfg = False
 
-    def __init__(self, inner: SamplerTrajectory, info: RankInfo):
+    def __init__(self, inner: SamplerTrajectory, failures: RankFailures, group=None, log: CommLog | None = None):
         if not inner.cfg:
             raise ValueError("CFG-parallel sampling needs cfg_scale > 1")
         self.inner = inner
-        self.info = info
+        self.failures = failures
+        self.group = group
+        self.log = log
         self.timesteps = inner.timesteps
         self.key = ("cfg-parallel", inner.key)
-        self._over_cpu = dist.get_backend(info.group) == "gloo"
+        self._over_cpu = dist.get_backend(group) == "gloo"
 
     def coefficients(self) -> torch.Tensor:
         return self.inner.coefficients()
@@ -393,12 +412,157 @@ class CFGParallelTrajectory:
     def model_output(self, out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         mine = out.detach().cpu() if self._over_cpu else out.contiguous()
         halves = [torch.empty_like(mine) for _ in range(2)]
-        _collective(self.info, "CFG-parallel: exchanging the model output",
-                    lambda: dist.all_gather(halves, mine, group=self.info.group))  # fmt: skip
+        what = "exchanging the CFG halves of the model output"
+        self.failures.collective(what, lambda: dist.all_gather(halves, mine, group=self.group))
+        if self.log is not None:
+            self.log.add(what, mine.numel() * mine.element_size())
         return self.inner.model_output(torch.cat(halves).to(out.device), coef)
 
     def update(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.inner.update(x, model_output, coef, noise)
+
+
+@dataclasses.dataclass
+class ParallelStats:
+    """What a CFG- / sequence-parallel call sent: bytes this rank sent to other ranks at each step
+    (``bytes_per_step``, with ``full_steps[k]`` whether step k ran every unit) and in all, by
+    collective (``bytes_by_collective``, ``calls_by_collective``); ``status_exchanges``: the 16-byte
+    status all-reduces of the failure channel (``failures.STATUS_BYTES``), not in the byte counts.
+    ``sequence_parallel`` / ``cfg_parallel``: the split this rank ran."""
+
+    sequence_parallel: int
+    cfg_parallel: bool
+    bytes_per_step: list[int]
+    full_steps: list[bool]
+    bytes_by_collective: dict[str, int]
+    calls_by_collective: dict[str, int]
+    status_exchanges: int
+
+
+_SPLIT_GROUPS: dict[tuple, tuple] = {}
+
+
+def _split_groups(info: RankInfo, cfg: int, sp: int) -> tuple:
+    """(this rank's sequence group, its CFG group) for ``cfg`` x ``sp`` ranks: sequence groups are
+    consecutive ranks, CFG pairs ranks ``sp`` apart (made once per layout; every rank must reach
+    this at the same call)."""
+    ranks = list(range(info.world_size)) if info.group is None else dist.get_process_group_ranks(info.group)
+    key = (tuple(ranks), cfg, sp)
+    if key not in _SPLIT_GROUPS:
+        if cfg == 1:
+            _SPLIT_GROUPS[key] = (info.group, None)
+        elif sp == 1:
+            _SPLIT_GROUPS[key] = (None, info.group)
+        else:
+            seq, _ = dist.new_subgroups_by_enumeration([ranks[i * sp:(i + 1) * sp] for i in range(cfg)])
+            pair, _ = dist.new_subgroups_by_enumeration([[ranks[j], ranks[sp + j]] for j in range(sp)])
+            _SPLIT_GROUPS[key] = (seq, pair)
+    return _SPLIT_GROUPS[key]
+
+
+@torch.no_grad()
+def sample_sequence_parallel(
+    model,
+    conditioning,
+    image_size: int | None = None,
+    steps: int = 250,
+    method: str = "ddpm",
+    cfg_scale: float = 4.0,
+    cache: SkipCache | int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    guide_all_channels: bool = False,
+    eta: float = 0.0,
+    cfg_parallel: bool = False,
+    info: RankInfo | None = None,
+    return_stats: bool = False,
+):
+    """``sample()`` for one request split over all ranks of the run (``init_distributed`` unless
+    ``info`` is given): with ``cfg_parallel`` (classifier-free guidance, an even world size) the
+    ranks form two halves, the first running the conditional and the second the unconditional model
+    batch, joined by one all_gather of the model output per step; within each half (all ranks
+    without ``cfg_parallel``) the tokens are sharded over the ranks (``sequence.py``: DeepSpeed-
+    Ulysses attention, the Skip-Cache state sharded with the tokens). ``conditioning`` is
+    ``sample()``'s (class labels, or a dict of text embeddings for LatteT2VSkip); the other
+    arguments are ``sample()``'s. Supported models: DiT, SkipDiT, LatteSkip, LatteT2VSkip (a
+    sequence split of 1 runs any skip stack).
+
+    Every rank must make the same call (checked). Returns the latents (N, *latent) float32, the
+    same on every rank and equal to ``sample()``'s within fp32 rounding, and with ``return_stats``
+    a ``ParallelStats`` of the bytes this rank sent. Eager (no CUDA graphs). ValueError for bad
+    arguments (heads not divisible by the sequence split, ``cfg_parallel`` without guidance or on an
+    odd world size); DistributedSamplingError on every rank when a rank fails (naming it and its
+    error) or the ranks disagree."""
+    info = info or init_distributed()
+    failures = failures_of(info, "sample_cfg_parallel" if cfg_parallel and info.world_size == 2 else "sample_sequence_parallel")
+    with failures.guard():
+        return _sample_split(model, conditioning, image_size, steps, method, cfg_scale, cache, seed, dtype, progress,
+                             guide_all_channels, eta, cfg_parallel, info, failures, return_stats)  # fmt: skip
+
+
+def _sample_split(model, conditioning, image_size, steps, method, cfg_scale, cache, seed, dtype, progress,
+                  guide_all_channels, eta, cfg_parallel, info, failures, return_stats):  # fmt: skip
+    cfg = 2 if cfg_parallel else 1
+    if info.world_size % cfg:
+        raise ValueError(f"CFG-parallel sampling needs an even number of ranks, this run has {info.world_size}")
+    sp = info.world_size // cfg
+    request = prepare_request(model, conditioning, image_size, steps, method, cfg_scale, cache, dtype,
+                              guide_all_channels, eta)  # fmt: skip
+    if cfg_parallel and request.cfg_scale <= 1:
+        raise ValueError(f"CFG-parallel sampling needs cfg_scale > 1 (there is no unconditional half), got {cfg_scale}")
+    family = _family(model) if sp > 1 else None
+    if family is not None and family.heads % sp:
+        raise ValueError(
+            f"sequence parallel (Ulysses) over {sp} ranks needs the attention heads divisible by {sp}; "
+            f"{type(model).__name__} has {family.heads} heads: use a sequence split that divides them"
+        )
+    cond, diffusion, cache, dtype = request.cond, request.diffusion, request.cache, request.dtype
+    _agree(failures, dict(cond={k: _digest(v) for k, v in cond.items()}, latent=request.latent, steps=steps,
+                          method=method, cfg_scale=request.cfg_scale, eta=float(eta), cache=repr(cache), seed=int(seed),
+                          dtype=str(dtype), guide_all_channels=bool(guide_all_channels), split=(cfg, sp),
+                          model=weights_fingerprint(model)))  # fmt: skip
+    seq_group, cfg_group = _split_groups(info, cfg, sp)
+    device = resolve_device(info.device)
+    unconditional = cfg_parallel and info.rank >= sp
+    if cfg_parallel and unconditional:
+        cond = request.stack.null_condition(cond)
+    elif not cfg_parallel and request.cfg_scale > 1:
+        uncond = request.stack.null_condition(cond)
+        cond = cond.cat(uncond)
+    x, trajectory = request.start(model, seed, device)  # as sample(): x_T first, then the noise
+    cond = cond.to(device)
+    log = CommLog()
+    if cfg_parallel:
+        trajectory = CFGParallelTrajectory(trajectory, failures, cfg_group, log)
+    stack, active = request.stack, contextlib.nullcontext()
+    if family is not None:
+        shards = SequenceShards(None, info.rank % sp, sp, seq_group, failures, log, dist.get_backend(seq_group) == "gloo")
+        stack, active = ShardedStack(stack, family, shards), shards.active(family.attention)
+    executor = SkipStackExecutor(stack) if family is not None else executor_for(model)
+    per_step, full_steps = [], []
+    bar = None
+    if progress and info.rank == 0:
+        from tqdm.auto import tqdm
+
+        split = " x ".join(filter(None, ["CFG over 2" if cfg_parallel else "", f"tokens over {sp}" if sp > 1 else ""]))
+        bar = tqdm(total=diffusion.num_steps, desc=f"{diffusion.method} sampling, {split or '1'} rank(s)", unit="step")
+
+    def advance(k, planned):
+        per_step.append(log.mark())
+        full_steps.append(planned is None or planned.full)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with active:
+            x, _ = executor.run(trajectory, x, cond, dtype, cache=cache, graphs=False, callback=advance)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not return_stats:
+        return x
+    return x, ParallelStats(sp, cfg_parallel, per_step, full_steps, dict(log.totals), dict(log.calls), failures.exchanges)
 
 
 @torch.no_grad()
@@ -420,36 +584,14 @@ def sample_cfg_parallel(
     """``sample()`` with classifier-free guidance for one request, split over the two ranks of the
     run (``init_distributed`` unless ``info`` is given): rank 0 runs the conditional and rank 1 the
     unconditional model batch of every step, each with its own Skip-Cache state; one all_gather of
-    the model output per step. Both ranks must make the same call (checked). Returns the latents
-    (N, *latent) float32 on both ranks, equal to ``sample()``'s within float rounding (the model
-    runs batches of N instead of 2N). Eager (no CUDA graphs). ValueError for bad arguments or a
-    world size other than 2; DistributedSamplingError when the other rank fails or disagrees."""
+    the model output per step (``sample_sequence_parallel`` with ``cfg_parallel`` on 2 ranks). Both
+    ranks must make the same call (checked). Returns the latents (N, *latent) float32 on both ranks,
+    equal to ``sample()``'s within float rounding (the model runs batches of N instead of 2N).
+    Eager (no CUDA graphs). ValueError for bad arguments or a world size other than 2;
+    DistributedSamplingError on both ranks when a rank fails (naming it and its error) or they
+    disagree."""
     info = info or init_distributed()
     if info.world_size != 2:
         raise ValueError(f"CFG-parallel sampling runs on exactly 2 ranks, this run has {info.world_size}")
-    request = prepare_request(model, class_labels, image_size, steps, method, cfg_scale, cache, dtype,
-                              guide_all_channels, eta)  # fmt: skip
-    if request.cfg_scale <= 1:
-        raise ValueError(f"CFG-parallel sampling needs cfg_scale > 1 (there is no unconditional half), got {cfg_scale}")
-    cond, diffusion, cache, dtype = request.cond, request.diffusion, request.cache, request.dtype
-    _agree(info, dict(cond={k: _digest(v) for k, v in cond.items()}, latent=request.latent, steps=steps, method=method,
-                      cfg_scale=request.cfg_scale, eta=float(eta), cache=repr(cache), seed=int(seed), dtype=str(dtype),
-                      guide_all_channels=bool(guide_all_channels)), "sample_cfg_parallel")  # fmt: skip
-    if info.rank == 1:
-        cond = request.stack.null_condition(cond)
-    device = resolve_device(info.device)
-    x, inner = request.start(model, seed, device)  # as sample(): x_T first, then the noise
-    cond = cond.to(device)
-    trajectory = CFGParallelTrajectory(inner, info)
-    bar = None
-    if progress and info.rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=diffusion.num_steps, desc=f"{diffusion.method} sampling, CFG over 2 ranks", unit="step")
-    try:
-        x, _ = executor_for(model).run(trajectory, x, cond, dtype, cache=cache, graphs=False,
-                                       callback=None if bar is None else lambda k, planned: bar.update(1))  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.close()
-    return x
+    return sample_sequence_parallel(model, class_labels, image_size, steps, method, cfg_scale, cache, seed, dtype, progress,
+                                    guide_all_channels, eta, cfg_parallel=True, info=info)  # fmt: skip
