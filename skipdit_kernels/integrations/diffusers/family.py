@@ -42,6 +42,10 @@ Fields, when the common pattern does not fit:
 - ``fast_block``: a ``FastBlock`` that runs a block through skipdit_kernels' fused ops on its own
   live parameters when ``is_plain(block)`` holds at the moment of the call (equal to the block
   within rounding); ``apply_skip_cache(..., fast_blocks=False)`` turns it off per request.
+- ``timestep``: a ``Timestep`` when the forward's diffusion time is not ``timestep`` on 0..1000 at
+  pure noise: its argument name (HiDream's ``timesteps``), its scale (1 where the pipeline passes
+  sigma, as FLUX's) or a rising convention (Lumina2's and Z-Image's 0 at pure noise), so that
+  ``start_t``/``stop_t`` read the same noise level on every family.
 - ``consumed_arguments``: list arguments the transformer's forward pops (HunyuanDiT's ControlNet
   residuals): the request passes copies, so the caller's list is never modified.
 
@@ -99,6 +103,23 @@ class BlockIO:
 
 
 @dataclasses.dataclass(frozen=True)
+class Timestep:
+    """How a transformer's forward takes the diffusion time, and the noise level on 0..1000 (1000:
+    pure noise) the schedule reads from it (``SkipCache.start_t``/``stop_t``; a rising level starts a
+    new trajectory). ``argument``: the forward's parameter; ``scale``: its value at pure noise (1000
+    for DDPM-style and most flow-matching pipelines, 1 where the pipeline passes sigma = t / 1000);
+    ``rising``: the pipeline passes ``scale - t`` (0 at pure noise: Lumina2, Z-Image)."""
+
+    argument: str = "timestep"
+    scale: float = 1000.0
+    rising: bool = False
+
+    def noise_level(self, t: float) -> float:
+        level = t * (1000.0 / self.scale)
+        return 1000.0 - level if self.rising else level
+
+
+@dataclasses.dataclass(frozen=True)
 class FastBlock:
     """A block computed by skipdit_kernels' ops. ``is_plain(block)``: whether ``run`` computes
     exactly what the block does (checked at every call: a hook, another processor, train mode set
@@ -120,7 +141,8 @@ class Family:
     residual) or ``partner(unit, num_units) -> earlier unit | None`` (it keeps the state entering
     the boundary). ``default_cache``: the schedule for a transformer of ``reference_depth`` units;
     its ``shallow_blocks`` scales with the depth (``default_cache_for``). ``fast_block``: optional
-    ``FastBlock``. ``consumed_arguments``: forward arguments (lists) passed as copies. ``unit``:
+    ``FastBlock``. ``consumed_arguments``: forward arguments (lists) passed as copies. ``timestep``:
+    where the forward takes the diffusion time and how it maps to the 0..1000 noise level. ``unit``:
     what a unit is, for the documentation; ``source``: where the default schedule comes from."""
 
     transformer: type
@@ -133,6 +155,7 @@ class Family:
     reference_depth: int = 28
     fast_block: FastBlock | None = None
     consumed_arguments: tuple[str, ...] = ()
+    timestep: Timestep = Timestep()
     unit: str = "block"
     source: str = ""
 

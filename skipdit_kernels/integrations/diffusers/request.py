@@ -37,7 +37,9 @@ _HOOK = "skipdit_skip_cache"
 
 class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
-    shapes start a new one)."""
+    shapes start a new one). A request keeps one per branch: the transformer calls at one timestep
+    (true classifier-free guidance: the prompt's, then the negative prompt's) are branches 0, 1, ...
+    of a step, each with its own schedule and deep state, so one never serves the other's features."""
 
     def __init__(self, cache: SkipCache, signature, residual: bool):
         self.cursor = cache.cursor()
@@ -58,8 +60,9 @@ class _Trajectory:
 class _Step:
     """One call of the transformer in a request: the plan and what the block stand-ins share."""
 
-    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float):
+    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float, branch: int):
         self.request, self.trajectory, self.cursor, self.planned, self.t = request, trajectory, cursor, planned, t
+        self.branch = branch
         self.full = planned.full
         self.shallow = request.cache.shallow_blocks
         self.boundary = request.num_units - self.shallow
@@ -203,7 +206,7 @@ _INSTALLATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, _Installation]" = we
 _LOCK = threading.Lock()
 
 
-def _signature(bind, args: tuple, kwargs: dict):
+def _signature(bind, args: tuple, kwargs: dict, timestep: str):
     """What must stay the same within a trajectory: every tensor argument's shape, dtype and device
     (also inside lists and tuples) and the flags (booleans, integers, strings); not the timestep."""
 
@@ -214,7 +217,7 @@ def _signature(bind, args: tuple, kwargs: dict):
             return tuple(key(x) for x in v)
         return v if isinstance(v, (bool, int, str, type(None))) else type(v).__name__
 
-    return tuple((name, key(v)) for name, v in sorted(bind.all(args, kwargs).items()) if name != "timestep")
+    return tuple((name, key(v)) for name, v in sorted(bind.all(args, kwargs).items()) if name != timestep)
 
 
 class SkipCacheRequest:
@@ -232,7 +235,10 @@ class SkipCacheRequest:
         self.closed = False
         self.full_steps = self.cached_steps = 0
         self.last_step_full: bool | None = None
-        self._trajectory: _Trajectory | None = None
+        # One trajectory per branch: the calls at one timestep (true classifier-free guidance calls the
+        # transformer for the prompt, then for the negative prompt) are branches 0, 1, ...
+        self._trajectories: list[_Trajectory] = []
+        self._branch, self._last_t = 0, None
         self._step: _Step | None = None
         self._model = weakref.ref(transformer)
         with _LOCK:
@@ -245,20 +251,24 @@ class SkipCacheRequest:
 
     def reset(self) -> None:
         """Start a new trajectory: the next step is full and nothing cached is kept."""
-        self._trajectory = None
+        self._trajectories, self._branch, self._last_t = [], 0, None
 
     def _begin(self, module, args: tuple, kwargs: dict):
         bind = binder(type(module))
-        t = bind.get(args, kwargs, "timestep")
+        timestep = self.family.timestep
+        t = bind.get(args, kwargs, timestep.argument)
         if t is None:
-            raise ValueError(f"{self.family.name} under Skip-Cache needs the timestep argument (it drives the schedule)")
-        t_step = float(torch.as_tensor(t).reshape(-1)[0])  # the first sample's, as the official code
-        signature = _signature(bind, args, kwargs)
-        traj = self._trajectory
+            raise ValueError(
+                f"{self.family.name} under Skip-Cache needs the {timestep.argument} argument (it drives the schedule)"
+            )
+        t_step = timestep.noise_level(float(torch.as_tensor(t).reshape(-1)[0]))  # the first sample's, as the official code
+        signature = _signature(bind, args, kwargs, timestep.argument)
+        branch = self._branch + 1 if t_step == self._last_t else 0
+        traj = self._trajectories[branch] if branch < len(self._trajectories) else None
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
             traj = _Trajectory(self.cache, signature, residual=self.family.long_skips is None)
         cursor = copy.deepcopy(traj.cursor)
-        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step)
+        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step, branch)
         for name in self.family.consumed_arguments:
             value = bind.get(args, kwargs, name)
             if isinstance(value, list):
@@ -270,7 +280,8 @@ class SkipCacheRequest:
         if step is None:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
-        self._trajectory = step.trajectory
+        self._trajectories[step.branch : step.branch + 1] = [step.trajectory]
+        self._branch, self._last_t = step.branch, step.t
         self.last_step_full = step.full
         if step.full:
             self.full_steps += 1
@@ -282,7 +293,7 @@ class SkipCacheRequest:
         if self.closed:
             return
         self.closed = True
-        self._step = self._trajectory = None
+        self._step, self._trajectories = None, []
         installation = self.installation
         if installation.active.get() is self:  # closed out of order: a later request stays active
             try:
