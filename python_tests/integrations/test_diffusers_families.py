@@ -6,14 +6,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
-
-import diffusers  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
@@ -143,6 +141,33 @@ CASES = {
     "flux": Case(tp.flux_pipe, tp.flux_call, "FluxTransformer2DModel", ("transformer_blocks", "single_transformer_blocks"),
                  TWO_ENC_FIRST),
     "sd3": Case(tp.sd3_pipe, tp.sd3_call, "SD3Transformer2DModel", ("transformer_blocks",), TWO_ENC_FIRST),
+    "wan": Case(tp.wan_pipe, tp.wan_call, "WanTransformer3DModel", ("blocks",)),
+    "hunyuan_video": Case(tp.hunyuan_video_pipe, tp.hunyuan_video_call, "HunyuanVideoTransformer3DModel",
+                          ("transformer_blocks", "single_transformer_blocks"), TWO_HIDDEN_FIRST),
+    "cogvideox": Case(tp.cogvideox_pipe, tp.cogvideox_call, "CogVideoXTransformer3DModel", ("transformer_blocks",),
+                      TWO_HIDDEN_FIRST),
+    "ltx": Case(tp.ltx_pipe, tp.ltx_call, "LTXVideoTransformer3DModel", ("transformer_blocks",)),
+    "qwenimage": Case(tp.qwenimage_pipe, tp.qwenimage_call, "QwenImageTransformer2DModel", ("transformer_blocks",),
+                      TWO_ENC_FIRST),
+    "sana": Case(tp.sana_pipe, tp.sana_call, "SanaTransformer2DModel", ("transformer_blocks",)),
+    "lumina2": Case(tp.lumina2_pipe, tp.lumina2_call, "Lumina2Transformer2DModel", ("layers",)),
+    "z_image": Case(tp.z_image_pipe, tp.z_image_call, "ZImageTransformer2DModel", ("layers",), Streams(("x",), ("x",)),
+                    timestep_arg="t"),
+    "mochi": Case(tp.mochi_pipe, tp.mochi_call, "MochiTransformer3DModel", ("transformer_blocks",), TWO_HIDDEN_FIRST),
+    "cosmos": Case(tp.cosmos_pipe, tp.cosmos_call, "CosmosTransformer3DModel", ("transformer_blocks",)),
+    # the cache's state at the boundary includes that block's own text tokens, restored as
+    # (tokens of the first middle block) + (their difference): equal within rounding
+    "hidream": Case(tp.hidream_pipe, tp.hidream_call, "HiDreamImageTransformer2DModel", ("single_stream_blocks",),
+                    timestep_arg="timesteps", exact=False),
+    "chroma": Case(tp.chroma_pipe, tp.chroma_call, "ChromaTransformer2DModel", ("single_transformer_blocks",)),
+    "flux2": Case(tp.flux2_pipe, tp.flux2_call, "Flux2Transformer2DModel", ("single_transformer_blocks",)),
+    "cogview4": Case(tp.cogview4_pipe, tp.cogview4_call, "CogView4Transformer2DModel", ("transformer_blocks",),
+                     TWO_HIDDEN_FIRST),
+    "auraflow": Case(tp.auraflow_pipe, tp.auraflow_call, "AuraFlowTransformer2DModel", ("single_transformer_blocks",)),
+    "skyreels_v2": Case(tp.skyreels_pipe, tp.skyreels_call, "SkyReelsV2Transformer3DModel", ("blocks",)),
+    "allegro": Case(tp.allegro_pipe, tp.allegro_call, "AllegroTransformer3DModel", ("transformer_blocks",)),
+    "hunyuan_image": Case(tp.hunyuan_image_pipe, tp.hunyuan_image_call, "HunyuanImageTransformer2DModel",
+                          ("transformer_blocks", "single_transformer_blocks"), TWO_HIDDEN_FIRST),
 }  # fmt: skip
 
 FAMILIES = sorted(CASES)
@@ -152,7 +177,10 @@ FAMILIES = sorted(CASES)
 VARIANTS = {
     "flux-true-cfg": dataclasses.replace(CASES["flux"], call=functools.partial(tp.flux_call, true_cfg=True)),
     "flux-schnell": dataclasses.replace(CASES["flux"], make=functools.partial(tp.flux_pipe, guidance_embeds=False)),
-}
+    "qwenimage-no-cfg": dataclasses.replace(CASES["qwenimage"], call=functools.partial(tp.qwenimage_call, true_cfg=False)),
+    "hunyuan_video-true-cfg": dataclasses.replace(CASES["hunyuan_video"],
+                                                  call=functools.partial(tp.hunyuan_video_call, true_cfg=True)),
+}  # fmt: skip
 
 
 def _cache(**kw) -> sk.SkipCache:

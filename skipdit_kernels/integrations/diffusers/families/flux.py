@@ -3,6 +3,7 @@
 block of either list and a cached step keeps both streams' residual of the middle blocks. The
 pipelines pass sigma (t / 1000) as the timestep. Guidance-distilled (the guidance embedding) and
 true CFG (``true_cfg_scale``: two calls per step, each its own branch) both work."""
+
 from __future__ import annotations
 
 from diffusers import FluxTransformer2DModel
@@ -12,8 +13,15 @@ from ..family import BlockIO, Family, Timestep
 
 FAMILY = Family(
     transformer=FluxTransformer2DModel,
-    pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxKontextPipeline", "FluxFillPipeline",
-               "FluxControlPipeline", "FluxControlNetPipeline"),  # fmt: skip
+    pipelines=(
+        "FluxPipeline",
+        "FluxImg2ImgPipeline",
+        "FluxInpaintPipeline",
+        "FluxKontextPipeline",
+        "FluxFillPipeline",
+        "FluxControlPipeline",
+        "FluxControlNetPipeline",
+    ),
     blocks=("transformer_blocks", "single_transformer_blocks"),
     io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")),
     timestep=Timestep(scale=1.0),

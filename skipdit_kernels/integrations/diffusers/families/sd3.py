@@ -3,6 +3,7 @@ returning both token streams (image, text), so a cached step keeps both streams'
 middle blocks. The last block updates only the image stream (``context_pre_only``); it is an outer
 block, run on every step. Batch CFG (one call per step); skip-layer guidance skips blocks inside the
 transformer's own forward and composes."""
+
 from __future__ import annotations
 
 from diffusers import SD3Transformer2DModel
@@ -12,8 +13,12 @@ from ..family import BlockIO, Family
 
 FAMILY = Family(
     transformer=SD3Transformer2DModel,
-    pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
-               "StableDiffusion3ControlNetPipeline"),  # fmt: skip
+    pipelines=(
+        "StableDiffusion3Pipeline",
+        "StableDiffusion3Img2ImgPipeline",
+        "StableDiffusion3InpaintPipeline",
+        "StableDiffusion3ControlNetPipeline",
+    ),
     blocks=("transformer_blocks",),
     io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")),
     default_cache=SkipCache.preset("video", forecast="auto"),
