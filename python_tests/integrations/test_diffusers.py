@@ -129,15 +129,34 @@ def latte_call(pipe, seed=0, **kw):
                 clean_caption=False, **kw).frames  # fmt: skip
 
 
-FAMILIES = {"hunyuan": (hunyuan_pipeline, hunyuan_call), "dit": (dit_pipeline, dit_call), "latte": (latte_pipeline, latte_call)}
+def pixart_pipeline(scheduler=None):
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=6, cross_attention_dim=16,
+        caption_channels=8, sample_size=8, patch_size=2, use_additional_conditions=False,
+    )  # fmt: skip
+    return diffusers.PixArtAlphaPipeline(
+        tokenizer=_tokenizer(),
+        text_encoder=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
+        vae=_vae(), transformer=_randomize(transformer, 9), scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False),
+    )  # fmt: skip
+
+
+def pixart_call(pipe, seed=0, **kw):
+    return pipe(prompt="a cat on the moon", negative_prompt="red dog", height=64, width=64, num_inference_steps=STEPS,
+                guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                clean_caption=False, use_resolution_binning=False, **kw).images  # fmt: skip
+
+
+FAMILIES = {
+    "hunyuan": (hunyuan_pipeline, hunyuan_call), "dit": (dit_pipeline, dit_call), "latte": (latte_pipeline, latte_call),
+    "pixart": (pixart_pipeline, pixart_call),
+}  # fmt: skip
 
 
 def _units(transformer):
-    if isinstance(transformer, diffusers.LatteTransformer3DModel):
-        return list(transformer.transformer_blocks)
-    if isinstance(transformer, diffusers.DiTTransformer2DModel):
-        return list(transformer.transformer_blocks)
-    return list(transformer.blocks)
+    if isinstance(transformer, diffusers.HunyuanDiT2DModel):
+        return list(transformer.blocks)
+    return list(transformer.transformer_blocks)  # DiT, PixArt; Latte: the spatial block of each pair
 
 
 # -- an independent reference of the schedule -------------------------------------------------------
@@ -155,7 +174,8 @@ class ReferenceSkipCache:
     cached step hooks make units s..n-s-1 pass their input through (Latte's reshapes around an
     identity pair cancel) and replace the input of unit n-s by the deep state: HunyuanDiT the stored
     input of unit n-s, the others the input of unit s plus the stored residual (input of unit n-s
-    minus input of unit s). Forecast order 1 extrapolates linearly in the step counter."""
+    minus input of unit s). Forecast order k interpolates the last k + 1 stored states at their step
+    counters with Lagrange's polynomial, evaluated at the current counter."""
 
     def __init__(self, transformer, cache: sk.SkipCache):
         self.m, self.c = transformer, cache
@@ -168,11 +188,14 @@ class ReferenceSkipCache:
         del self.m.forward
 
     def _deep(self):
-        if self.c.forecast == 0 or len(self.store) == 1:
-            return self.store[-1][1]
-        (c0, d0), (c1, d1) = self.store[-2:]
-        c = self.counter
-        return d0 * ((c - c1) / (c0 - c1)) + d1 * ((c - c0) / (c1 - c0))
+        c, out = self.counter, 0
+        for k, (ck, dk) in enumerate(self.store):
+            weight = 1.0
+            for m, (cm, _) in enumerate(self.store):
+                if m != k:
+                    weight *= (c - cm) / (ck - cm)
+            out = out + dk * weight
+        return out
 
     def forward(self, *args, **kwargs):
         t = float(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]).reshape(-1)[0])
@@ -236,7 +259,7 @@ def test_every_step_full_equals_the_original_and_removal_restores_it(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("forecast", [0, 1])
+@pytest.mark.parametrize("forecast", [0, 1, 2])
 def test_cached_pipeline_equals_the_reference_schedule(family, forecast):
     make, call = FAMILIES[family]
     pipe = make()

@@ -208,10 +208,9 @@ class Family:
 
     def table_row(self) -> str:
         c = self.default_cache
-        preset = (
-            f"interval {c.interval}, {c.shallow_blocks} shallow {self.unit}s at {self.reference_depth} "
-            f"(scaled with depth), full while t >= {c.start_t:g}, reset at t <= {c.stop_t:g}"
-        )
+        preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s (scaled with depth)"
+        preset += f", full while t >= {c.start_t:g}" if c.start_t < 1000 else ""
+        preset += f", reset at t <= {c.stop_t:g}"
         if self.source:
             preset += f" ({self.source})"
         pipes = ", ".join(f"`{p}`" for p in self.pipelines)
