@@ -278,3 +278,27 @@ def test_an_unknown_transformer_names_the_supported_ones():
         sd.apply_skip_cache(pipe)
     for name in sd.SUPPORTED_TRANSFORMERS:
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize(("family", "order"), [("flux", 1), ("skyreels_v2", 1), ("allegro", 0)])
+def test_forecast_auto_follows_the_scheduler(family, order):
+    """Flow-matching Euler (FLUX) and UniPC on flow sigmas (SkyReels-V2) integrate an ODE: "auto"
+    forecasts; Allegro's Euler ancestral sampler injects noise: "auto" reuses."""
+    assert order == (0 if sd.scheduler_is_stochastic(_pipe(family).scheduler) else sk.cache.forecast.AUTO_DETERMINISTIC_ORDER)
+    case = CASES[family]
+    auto = case.call(sd.apply_skip_cache(_pipe(family), _cache(), forecast="auto"))
+    assert torch.equal(auto, case.call(sd.apply_skip_cache(_pipe(family), _cache(forecast=order))))
+
+
+def test_wan22_experts_each_run_their_own_request():
+    """Wan 2.2 A14B: the pipeline switches from ``transformer`` to ``transformer_2`` below its boundary
+    timestep; each expert caches its own steps (its first step full)."""
+    pipe = tp.wan_pipe(two_experts=True)
+    pipe.set_progress_bar_config(disable=True)
+    refs = [ReferenceResidualCache(m, ("blocks",), Streams(), forecast=1) for m in (pipe.transformer, pipe.transformer_2)]
+    expected = tp.wan_call(pipe, num_inference_steps=6)
+    for ref in refs:
+        ref.remove()
+        assert True in ref.full and False in ref.full, ref.full
+    sd.apply_skip_cache(pipe, _cache(forecast=1), fast_blocks=False)
+    assert torch.equal(tp.wan_call(pipe, num_inference_steps=6), expected)

@@ -149,7 +149,7 @@ def wan_pipe(two_experts=False):
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
         transformer=_wan_transformer(3),
         transformer_2=_wan_transformer(4) if two_experts else None,
-        boundary_ratio=0.5 if two_experts else None,
+        boundary_ratio=0.95 if two_experts else None,
     )
 
 

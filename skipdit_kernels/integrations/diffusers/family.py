@@ -184,6 +184,8 @@ class Family:
 
     @property
     def keeps(self) -> str:
+        if self.long_skips is None and any(len(self.io_of(name).inputs) > 1 for name in self.blocks):
+            return "the residual of the middle units, per token stream (image/video, text)"
         return "the residual of the middle units" if self.long_skips is None else (
             "the state entering the last `shallow` units (its native long skips)"
         )  # fmt: skip
@@ -211,19 +213,21 @@ class Family:
         preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s (scaled with depth)"
         preset += f", full while t >= {c.start_t:g}" if c.start_t < 1000 else ""
         preset += f", reset at t <= {c.stop_t:g}"
+        preset += ", forecast auto" if c.forecast == "auto" else ""
         if self.source:
             preset += f" ({self.source})"
         pipes = ", ".join(f"`{p}`" for p in self.pipelines)
         fast = "yes" if self.fast_block is not None else "no"
-        return f"| `{self.name}` | {pipes} | {self.unit} | {self.keeps} | {preset} | {fast} |"
+        tested = ", ".join(TESTED_DIFFUSERS)
+        return f"| `{self.name}` | {pipes} | {self.unit} | {self.keeps} | {preset} | {fast} | {tested} |"
 
 
 def families_table(families) -> str:
     """The Markdown table of ``families`` (docs/diffusers.md and the README carry it; a test checks
     they are in sync)."""
     head = [
-        "| transformer | pipelines | unit | a cached step reuses | default schedule | fast blocks |",
-        "|---|---|---|---|---|---|",
+        "| transformer | pipelines | unit | a cached step reuses | default schedule | fast blocks | diffusers tested |",
+        "|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + [f.table_row() for f in families])
 
