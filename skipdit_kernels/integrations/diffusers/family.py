@@ -37,7 +37,8 @@ Fields, when the common pattern does not fit:
   iterating them (``for``, ``enumerate``, ``zip``); indexing reaches the real blocks.
 - ``io``: how a block call carries the state (``BlockIO``): by default a block takes
   ``hidden_states`` and returns it; give ``BlockIO(inputs=("hidden_states", "encoder_hidden_states"),
-  outputs=("encoder_hidden_states", "hidden_states"))`` for a block that takes and returns both,
+  outputs=("encoder_hidden_states", "hidden_states"))`` (``TEXT_AND_IMAGE``; ``IMAGE_AND_TEXT`` returns
+  the image tokens first) for a block that takes and returns both,
   or a mapping from list name to ``BlockIO`` when the lists differ.
 - ``fast_block``: a ``FastBlock`` that runs a block through skipdit_kernels' fused ops on its own
   live parameters when ``is_plain(block)`` holds at the moment of the call (equal to the block
@@ -100,6 +101,13 @@ class BlockIO:
     def __post_init__(self):
         if not self.inputs or (self.outputs is not None and sorted(self.outputs) != sorted(self.inputs)):
             raise ValueError(f"BlockIO outputs {self.outputs} must name the inputs {self.inputs}")
+
+
+#: Blocks that take ``hidden_states`` (image or video tokens) and ``encoder_hidden_states`` (text
+#: tokens) and return both, text first (FLUX, SD3's joint blocks, Qwen-Image) or image first
+#: (HunyuanVideo, CogVideoX, Mochi, CogView4, HunyuanImage).
+TEXT_AND_IMAGE = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+IMAGE_AND_TEXT = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from diffusers import CogVideoXTransformer3DModel
 
 from ....cache import SkipCache
-from ..family import BlockIO, Family
+from ..family import IMAGE_AND_TEXT, Family
 
 FAMILY = Family(
     transformer=CogVideoXTransformer3DModel,
@@ -18,7 +18,7 @@ FAMILY = Family(
         "CogVideoXFunControlPipeline",
     ),
     blocks=("transformer_blocks",),
-    io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states")),
+    io=IMAGE_AND_TEXT,
     default_cache=SkipCache.preset("video", forecast="auto"),
     reference_depth=42,  # CogVideoX-5B; 2B has 30
     source="the Skip-DiT release's text-to-video schedule, forecast by the scheduler",

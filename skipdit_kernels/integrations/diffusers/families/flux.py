@@ -9,7 +9,7 @@ from __future__ import annotations
 from diffusers import FluxTransformer2DModel
 
 from ....cache import SkipCache
-from ..family import BlockIO, Family, Timestep
+from ..family import TEXT_AND_IMAGE, Family, Timestep
 
 FAMILY = Family(
     transformer=FluxTransformer2DModel,
@@ -23,7 +23,7 @@ FAMILY = Family(
         "FluxControlNetPipeline",
     ),
     blocks=("transformer_blocks", "single_transformer_blocks"),
-    io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")),
+    io=TEXT_AND_IMAGE,
     timestep=Timestep(scale=1.0),
     default_cache=SkipCache.preset("video", forecast="auto"),
     reference_depth=57,  # FLUX.1-dev/schnell: 19 + 38

@@ -8,13 +8,13 @@ from __future__ import annotations
 from diffusers import HunyuanVideoTransformer3DModel
 
 from ....cache import SkipCache
-from ..family import BlockIO, Family
+from ..family import IMAGE_AND_TEXT, Family
 
 FAMILY = Family(
     transformer=HunyuanVideoTransformer3DModel,
     pipelines=("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "HunyuanSkyreelsImageToVideoPipeline"),
     blocks=("transformer_blocks", "single_transformer_blocks"),
-    io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states")),
+    io=IMAGE_AND_TEXT,
     default_cache=SkipCache.preset("video", forecast="auto"),
     reference_depth=60,  # 20 + 40
     source="the Skip-DiT release's text-to-video schedule, forecast by the scheduler",

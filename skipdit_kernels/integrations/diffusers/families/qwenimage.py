@@ -7,7 +7,7 @@ from __future__ import annotations
 from diffusers import QwenImageTransformer2DModel
 
 from ....cache import SkipCache
-from ..family import BlockIO, Family, Timestep
+from ..family import TEXT_AND_IMAGE, Family, Timestep
 
 FAMILY = Family(
     transformer=QwenImageTransformer2DModel,
@@ -19,7 +19,7 @@ FAMILY = Family(
         "QwenImageEditPlusPipeline",
     ),
     blocks=("transformer_blocks",),
-    io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")),
+    io=TEXT_AND_IMAGE,
     timestep=Timestep(scale=1.0),
     default_cache=SkipCache.preset("video", forecast="auto"),
     reference_depth=60,  # Qwen-Image 20B

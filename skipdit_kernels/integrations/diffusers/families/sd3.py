@@ -9,7 +9,7 @@ from __future__ import annotations
 from diffusers import SD3Transformer2DModel
 
 from ....cache import SkipCache
-from ..family import BlockIO, Family
+from ..family import TEXT_AND_IMAGE, Family
 
 FAMILY = Family(
     transformer=SD3Transformer2DModel,
@@ -20,7 +20,7 @@ FAMILY = Family(
         "StableDiffusion3ControlNetPipeline",
     ),
     blocks=("transformer_blocks",),
-    io=BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")),
+    io=TEXT_AND_IMAGE,
     default_cache=SkipCache.preset("video", forecast="auto"),
     reference_depth=38,  # SD3.5 Large; SD3/3.5 Medium have 24
     source="the Skip-DiT release's text-to-video schedule, forecast by the scheduler",
