@@ -317,3 +317,21 @@ def test_cpu_offload_hooks_compose(family, offload):
     else:
         accelerate.cpu_offload(pipe.transformer, torch.device("cpu"))
     assert torch.equal(case.call(sd.apply_skip_cache(pipe, _cache(forecast=1))), expected)
+
+
+def test_a_repeated_timestep_is_a_branch_only_on_the_same_latents():
+    """True CFG calls the transformer twice at one timestep on the same latents: two branches, each
+    starting full. A second-order solver (Heun) calls it at a repeated timestep on new latents: the
+    next step, cached here."""
+    pipe = _pipe("flux")
+    t = pipe.transformer
+    x = torch.randn(1, 4, 16)
+    args = dict(encoder_hidden_states=torch.randn(1, 6, 32), pooled_projections=torch.randn(1, 32),
+                img_ids=torch.zeros(4, 3), txt_ids=torch.zeros(6, 3), guidance=torch.tensor([3.5]))  # fmt: skip
+    with sd.enable_skip_cache(t, _cache(), fast_blocks=False) as request:
+        t(x, timestep=torch.tensor([1.0]), **args)
+        t(x, timestep=torch.tensor([1.0]), **args)
+        assert (request.full_steps, request.cached_steps) == (2, 0)  # two branches, each its first step
+        t(x + 1, timestep=torch.tensor([0.5]), **args)  # branch 0's second step: cached
+        t(x + 2, timestep=torch.tensor([0.5]), **args)  # new latents: branch 0's third step (full), not branch 1's second
+        assert (request.full_steps, request.cached_steps) == (3, 1)

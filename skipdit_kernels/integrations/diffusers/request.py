@@ -37,8 +37,10 @@ _HOOK = "skipdit_skip_cache"
 
 class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
-    shapes start a new one). A request keeps one per branch: the transformer calls at one timestep
-    (true classifier-free guidance: the prompt's, then the negative prompt's) are branches 0, 1, ...
+    shapes start a new one). A request keeps one per branch: consecutive transformer calls at one
+    timestep on the same latents (true classifier-free guidance: the prompt's, then the negative
+    prompt's) are branches 0, 1, ... (a second-order solver's calls at a repeated timestep take new
+    latents: steps, not branches)
     of a step, each with its own schedule and deep state, so one never serves the other's features."""
 
     def __init__(self, cache: SkipCache, signature, residual: bool):
@@ -60,9 +62,10 @@ class _Trajectory:
 class _Step:
     """One call of the transformer in a request: the plan and what the block stand-ins share."""
 
-    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float, branch: int):
+    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float, branch: int,
+                 latents):  # fmt: skip
         self.request, self.trajectory, self.cursor, self.planned, self.t = request, trajectory, cursor, planned, t
-        self.branch = branch
+        self.branch, self.latents = branch, latents
         self.full = planned.full
         self.shallow = request.cache.shallow_blocks
         self.boundary = request.num_units - self.shallow
@@ -206,6 +209,13 @@ _INSTALLATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, _Installation]" = we
 _LOCK = threading.Lock()
 
 
+def _same_tensor(a, b) -> bool:
+    """``a`` and ``b`` are one tensor (the same memory, shape and strides), or one object."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+    return a is b
+
+
 def _signature(bind, args: tuple, kwargs: dict, timestep: str):
     """What must stay the same within a trajectory: every tensor argument's shape, dtype and device
     (also inside lists and tuples) and the flags (booleans, integers, strings); not the timestep."""
@@ -235,10 +245,10 @@ class SkipCacheRequest:
         self.closed = False
         self.full_steps = self.cached_steps = 0
         self.last_step_full: bool | None = None
-        # One trajectory per branch: the calls at one timestep (true classifier-free guidance calls the
-        # transformer for the prompt, then for the negative prompt) are branches 0, 1, ...
+        # One trajectory per branch (see _Trajectory); the last call's timestep and latents (kept
+        # alive, so that an equal data pointer means the same tensor) tell a branch from a step.
         self._trajectories: list[_Trajectory] = []
-        self._branch, self._last_t = 0, None
+        self._branch, self._last_t, self._last_latents = 0, None, None
         self._step: _Step | None = None
         self._model = weakref.ref(transformer)
         with _LOCK:
@@ -251,7 +261,7 @@ class SkipCacheRequest:
 
     def reset(self) -> None:
         """Start a new trajectory: the next step is full and nothing cached is kept."""
-        self._trajectories, self._branch, self._last_t = [], 0, None
+        self._trajectories, self._branch, self._last_t, self._last_latents = [], 0, None, None
 
     def _begin(self, module, args: tuple, kwargs: dict):
         bind = binder(type(module))
@@ -261,14 +271,15 @@ class SkipCacheRequest:
             raise ValueError(
                 f"{self.family.name} under Skip-Cache needs the {timestep.argument} argument (it drives the schedule)"
             )
-        t_step = timestep.noise_level(float(torch.as_tensor(t).reshape(-1)[0]))  # the first sample's, as the official code
+        t_step = timestep.noise_level(float(torch.as_tensor(t).reshape(-1)[0]))  # the first sample's (official code)
         signature = _signature(bind, args, kwargs, timestep.argument)
-        branch = self._branch + 1 if t_step == self._last_t else 0
+        latents = bind.get(args, kwargs, bind.names[0])  # the forward's first argument: the noisy latents
+        branch = self._branch + 1 if t_step == self._last_t and _same_tensor(latents, self._last_latents) else 0
         traj = self._trajectories[branch] if branch < len(self._trajectories) else None
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
             traj = _Trajectory(self.cache, signature, residual=self.family.long_skips is None)
         cursor = copy.deepcopy(traj.cursor)
-        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step, branch)
+        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step, branch, latents)
         for name in self.family.consumed_arguments:
             value = bind.get(args, kwargs, name)
             if isinstance(value, list):
@@ -281,7 +292,7 @@ class SkipCacheRequest:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
         self._trajectories[step.branch : step.branch + 1] = [step.trajectory]
-        self._branch, self._last_t = step.branch, step.t
+        self._branch, self._last_t, self._last_latents = step.branch, step.t, step.latents
         self.last_step_full = step.full
         if step.full:
             self.full_steps += 1
@@ -293,7 +304,7 @@ class SkipCacheRequest:
         if self.closed:
             return
         self.closed = True
-        self._step, self._trajectories = None, []
+        self._step, self._trajectories, self._last_latents = None, [], None
         installation = self.installation
         if installation.active.get() is self:  # closed out of order: a later request stays active
             try:
