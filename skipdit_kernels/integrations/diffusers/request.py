@@ -39,9 +39,10 @@ class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
     shapes start a new one). A request keeps one per branch: consecutive transformer calls at one
     timestep on the same latents (true classifier-free guidance: the prompt's, then the negative
-    prompt's) are branches 0, 1, ... (a second-order solver's calls at a repeated timestep take new
-    latents: steps, not branches)
-    of a step, each with its own schedule and deep state, so one never serves the other's features."""
+    prompt's) are branches 0, 1, ... of a step, each with its own schedule and deep state, so one
+    never serves the other's features (a second-order solver's calls at a repeated timestep take new
+    latents: steps, not branches). The deep history is kept per segment of the middle units
+    (``_Installation.segments``), keyed by the segment's first unit."""
 
     def __init__(self, cache: SkipCache, signature, residual: bool):
         self.cursor = cache.cursor()
@@ -49,14 +50,17 @@ class _Trajectory:
         self.residual = residual
         self.slots = cache.slots
         self.last_t: float | None = None
-        self.deep: DeepCache | None = None
-        self.spaces: list[EagerWorkspace] = []
+        self.deep: dict[int, tuple[DeepCache, list[EagerWorkspace]]] = {}
 
-    def deep_for(self, state: tuple[torch.Tensor, ...]) -> DeepCache:
-        if self.deep is None:
-            self.deep = DeepCache(self.slots, self.residual, state[0].device)
-            self.spaces = [EagerWorkspace() for _ in state]
-        return self.deep
+    def deep_for(self, segment: int, state: tuple[torch.Tensor, ...], planned) -> tuple[DeepCache, list]:
+        """The segment's history, its slot and weights set for the step ``planned``."""
+        if segment not in self.deep:
+            spaces = [EagerWorkspace() for _ in state]
+            self.deep[segment] = (DeepCache(self.slots, self.residual, state[0].device), spaces)
+        deep, spaces = self.deep[segment]
+        deep.slot.fill_(max(planned.slot, 0))
+        deep.weights.copy_(torch.tensor(planned.weights, dtype=torch.float32))
+        return deep, spaces
 
 
 class _Step:
@@ -69,36 +73,49 @@ class _Step:
         self.full = planned.full
         self.shallow = request.cache.shallow_blocks
         self.boundary = request.num_units - self.shallow
-        self.shallow_out: tuple[torch.Tensor, ...] | None = None
+        # (first unit, last unit) of each segment of the middle units; the last one may end at the boundary
+        residual = trajectory.residual
+        self.segments = request.installation.segments(self.shallow) if residual else [(self.shallow, None)]
+        self.bases: dict[int, tuple[torch.Tensor, ...]] = {}  # segment start -> the state entering it
         self.calls = request.installation.step_calls(self)
 
-    def at_entry(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Entering ``unit`` with ``state``: keep the state after the shallow units; at the boundary
-        store it (full) or return the restored one (cached)."""
+    def _keep(self, segment: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The end of a segment: store ``state`` (full step) or return it restored (cached step)."""
         traj = self.trajectory
-        if traj.residual and unit == self.shallow:
-            self.shallow_out = state
-        if unit != self.boundary:
-            return state
-        deep = traj.deep_for(state)
-        deep.slot.fill_(max(self.planned.slot, 0))
-        deep.weights.copy_(torch.tensor(self.planned.weights, dtype=torch.float32))
-        base = self.shallow_out if traj.residual else state
+        deep, spaces = traj.deep_for(segment, state, self.planned)
+        base = self.bases.get(segment) if traj.residual else state
         if base is None or len(base) != len(state):
-            raise RuntimeError(f"{self.request.family.name}: units {self.shallow} and {self.boundary} carry different states")
+            raise RuntimeError(f"{self.request.family.name}: the segment from unit {segment} ends in another state")
         if self.full:
-            for ws, h, b in zip(traj.spaces, state, base):
+            for ws, h, b in zip(spaces, state, base):
                 deep.store(ws, h.detach(), b.detach())
             return state
-        return tuple(deep.restore(ws, b) for ws, b in zip(traj.spaces, base))
+        return tuple(deep.restore(ws, b) for ws, b in zip(spaces, base))
+
+    def at_entry(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Entering ``unit`` with ``state``: keep the state entering a segment; at the boundary end
+        the last segment (store the state, or return the restored one)."""
+        if self.trajectory.residual and any(unit == first for first, _ in self.segments):
+            self.bases[unit] = state
+        if unit != self.boundary:
+            return state
+        first, last = self.segments[-1]
+        return state if last is not None else self._keep(first, state)
+
+    def at_exit(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Leaving ``unit``, the last of a segment that ends where its block list does: store the
+        state it returns (full), or return the restored one in place of its input (cached)."""
+        first = next(first for first, last in self.segments if last == unit)
+        return self._keep(first, state)
 
 
 class _BlockCall:
     """A block as the lists yield it during a step (attributes read through to the block)."""
 
-    def __init__(self, step: _Step, unit: int, block: torch.nn.Module, io, entry: bool, skipped: bool, fast):
+    def __init__(self, step: _Step, unit: int, block: torch.nn.Module, io, entry: bool, skipped: bool, exit_: bool,
+                 fast):  # fmt: skip
         self._step, self._unit, self._block, self._io = step, unit, block, io
-        self._entry, self._skipped, self._fast = entry, skipped, fast
+        self._entry, self._skipped, self._exit, self._fast = entry, skipped, exit_, fast
 
     def __getattr__(self, name):
         return getattr(self._block, name)
@@ -115,7 +132,16 @@ class _BlockCall:
                         args, kwargs = bind.set(args, kwargs, name, value)
                     state = new
             if self._skipped:
+                if self._exit:
+                    state = self._step.at_exit(self._unit, state)
                 return state[0] if io.outputs is None else tuple(state[io.inputs.index(n)] for n in io.outputs)
+        out = self._run(block, bind, args, kwargs)
+        if self._exit:  # a full step: the block ran
+            state = (out,) if io.outputs is None else tuple(out[io.outputs.index(n)] for n in io.inputs)
+            self._step.at_exit(self._unit, state)
+        return out
+
+    def _run(self, block, bind, args, kwargs):
         fast = self._fast
         if fast is not None and fast.is_plain(block):
             out = fast.run(block, bind.all(args, kwargs))
@@ -190,16 +216,33 @@ class _Installation:
         step = None if request is None or request.closed else request._step
         return None if step is None else step.calls[list_name]
 
+    def segments(self, shallow: int) -> list[tuple[int, int | None]]:
+        """The middle units ``[shallow, num_units - shallow)`` cut where one block list ends and the
+        next, which carries the state in other arguments, begins (FLUX.2, Chroma: dual-stream blocks
+        take and return two streams, the forward joins them into the single-stream blocks' one):
+        (first unit, last unit) per segment, the last unit None for the segment that reaches the
+        boundary. A cached step restores each segment's residual where the segment ends; lists that
+        carry the state alike (FLUX.1's) stay one segment."""
+        boundary = len(self.units) - shallow
+        io = [self.family.io_of(members[0][0]) for members in self.units]
+        cuts = [u for u in range(shallow + 1, boundary + 1) if io[u] != io[u - 1]]  # first units of other lists
+        starts = [shallow, *(u for u in cuts if u < boundary)]
+        last = boundary - 1 if boundary in cuts else None  # the boundary's list carries the state otherwise
+        return [(first, nxt - 1) for first, nxt in zip(starts, starts[1:])] + [(starts[-1], last)]
+
     def step_calls(self, step: _Step) -> dict[str, list]:
         request, family = step.request, self.family
         fast = family.fast_block if request.fast_blocks else None
+        starts = {first for first, _ in step.segments} if step.trajectory.residual else set()
+        exits = {last for _, last in step.segments if last is not None}
         calls: dict[str, list] = {name: [] for name in family.blocks}
         for unit, members in enumerate(self.units):
             for pos, (name, block) in enumerate(members):
-                entry = pos == 0 and (unit == step.boundary or (step.trajectory.residual and unit == step.shallow))
+                entry = pos == 0 and (unit == step.boundary or unit in starts)
+                exit_ = pos == len(members) - 1 and unit in exits
                 skipped = not step.full and step.shallow <= unit < step.boundary
-                if entry or skipped or fast is not None:
-                    calls[name].append(_BlockCall(step, unit, block, family.io_of(name), entry, skipped, fast))
+                if entry or skipped or exit_ or fast is not None:
+                    calls[name].append(_BlockCall(step, unit, block, family.io_of(name), entry, skipped, exit_, fast))
                 else:
                     calls[name].append(block)
         return calls
