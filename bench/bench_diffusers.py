@@ -398,10 +398,14 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
         row = dict(case=name, kind=kind, method=label, blocks_per_call=blocks[label], median_s=times[label]["median_s"],
                    min_s=times[label]["min_s"], max_s=times[label]["max_s"],
                    speedup_vs_uncached=report.round_ratio(times, label, "uncached")["ratio"],
+                   cpu_median_s=times[label]["cpu_median_s"],
+                   cpu_speedup_vs_uncached=times["uncached"]["cpu_median_s"] / times[label]["cpu_median_s"],
                    psnr_db=None if label == "uncached" else psnr(outputs[label], ref, data_range=data_range),
                    **pixels.get(label, {}))  # fmt: skip
         if "cache-dit DBCache" in pipes:
             row["speed_vs_cache_dit"] = report.round_ratio(times, label, "cache-dit DBCache")["ratio"]
+            row["cpu_vs_cache_dit"] = times["cache-dit DBCache"]["cpu_median_s"] / times[label]["cpu_median_s"]
+            row["equals_cache_dit"] = bool(torch.equal(outputs[label], outputs["cache-dit DBCache"]))
         rows.append(row)
     return rows, cd_note, plan, {k: outputs[k] for k in pipes}
 
@@ -471,8 +475,10 @@ def main(argv=None):
         "(data range 2, per sample, averaged) and the bundled classifier's digit accuracy. iN sM: Skip-Cache interval N, "
         "M shallow blocks each side (cache-dit: Fn = Bn = M, the same full/cached step mask). (auto): the order "
         "forecast=\"auto\" picks for this scheduler.", "",
-        "| case | method | blocks/call | median s/call (min-max) | speedup vs uncached | speed vs cache-dit | PSNR dB | px PSNR dB | px SSIM | digit acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "CPU: this process's CPU time per call (median), steadier than wall time on a loaded machine; CPU x: "
+        "uncached (or cache-dit) CPU time / this one. = cache-dit: the output equals cache-dit's bit for bit.", "",
+        "| case | method | blocks/call | median s/call (min-max) | speedup vs uncached | speed vs cache-dit | CPU s/call | CPU x uncached | CPU x cache-dit | = cache-dit | PSNR dB | px PSNR dB | px SSIM | digit acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in all_rows:
         vs = f"{r['speed_vs_cache_dit']:.3f}x" if "speed_vs_cache_dit" in r else "n/a"
@@ -480,8 +486,11 @@ def main(argv=None):
         px = f"{r['pixel_psnr_db']:.2f}" if "pixel_psnr_db" in r else ("ref" if "accuracy" in r else "n/a")
         ss = f"{r['pixel_ssim']:.4f}" if "pixel_ssim" in r else ("ref" if "accuracy" in r else "n/a")
         acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "n/a"
+        cvs = f"{r['cpu_vs_cache_dit']:.3f}x" if "cpu_vs_cache_dit" in r else "n/a"
+        same = str(r["equals_cache_dit"]).lower() if "equals_cache_dit" in r else "n/a"
         lines.append(f"| {r['case']} | {r['method']} | {r['blocks_per_call']} | {r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
-                     f"{r['speedup_vs_uncached']:.3f}x | {vs} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
+                     f"{r['speedup_vs_uncached']:.3f}x | {vs} | {r['cpu_median_s']:.3f} | {r['cpu_speedup_vs_uncached']:.3f}x | {cvs} | "
+                     f"{same} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
     lines += ["", "Forecast (auto) against cache-dit and reuse, per case:", "", *_summary(all_rows), ""]
     for case, note in notes.items():
         lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))

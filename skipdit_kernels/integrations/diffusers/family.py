@@ -39,7 +39,9 @@ Fields, when the common pattern does not fit:
   ``hidden_states`` and returns it; give ``BlockIO(inputs=("hidden_states", "encoder_hidden_states"),
   outputs=("encoder_hidden_states", "hidden_states"))`` (``TEXT_AND_IMAGE``; ``IMAGE_AND_TEXT`` returns
   the image tokens first) for a block that takes and returns both,
-  or a mapping from list name to ``BlockIO`` when the lists differ.
+  or a mapping from list name to ``BlockIO`` when the lists differ (FLUX.2's dual-stream blocks take
+  two streams, its single-stream ones the joined sequence): the cached middle is then cut where such
+  a list begins and a cached step restores one residual per piece (``request._Installation.segments``).
 - ``fast_block``: a ``FastBlock`` that runs a block through skipdit_kernels' fused ops on its own
   live parameters when ``is_plain(block)`` holds at the moment of the call (equal to the block
   within rounding); ``apply_skip_cache(..., fast_blocks=False)`` turns it off per request.
