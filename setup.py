@@ -116,9 +116,9 @@ setup(
     install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
     extras_require={
         # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
-        # and run them under accelerate's CPU offload hooks
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "transformers", "accelerate"],
-        "diffusers": ["diffusers>=0.30"],
+        # and run them under accelerate's CPU offload hooks; the request is a diffusers.hooks.HookRegistry hook (0.33+)
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.33", "transformers", "accelerate"],
+        "diffusers": ["diffusers>=0.33"],
     },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,

@@ -50,6 +50,10 @@ def _vae() -> diffusers.AutoencoderKL:
     return _randomize(vae, 1, 0.05)
 
 
+def _t5_encoder() -> T5EncoderModel:
+    return _randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4)
+
+
 def _hunyuan_transformer(layers: int = 8) -> diffusers.HunyuanDiT2DModel:
     model = diffusers.HunyuanDiT2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8, hidden_size=16,
@@ -71,7 +75,7 @@ def hunyuan_pipeline(scheduler=None, controlnet: bool = False):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-        text_encoder_2=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
+        text_encoder_2=_t5_encoder(),
         tokenizer_2=_tokenizer(),
     )  # fmt: skip
     if not controlnet:
@@ -116,11 +120,13 @@ def latte_pipeline(scheduler=None):
         patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_single", cross_attention_dim=16,
         caption_channels=8, video_length=3,
     )  # fmt: skip
-    return diffusers.LattePipeline(
-        tokenizer=_tokenizer(),
-        text_encoder=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
-        vae=_vae(), transformer=_randomize(transformer, 8), scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False),
-    )  # fmt: skip
+    return _t5_pipeline(diffusers.LattePipeline, _randomize(transformer, 8), scheduler)
+
+
+def _t5_pipeline(cls, transformer, scheduler):
+    """A pipeline of the (tokenizer, T5 text encoder, VAE, transformer, scheduler) kind: Latte, PixArt."""
+    return cls(tokenizer=_tokenizer(), text_encoder=_t5_encoder(), vae=_vae(), transformer=transformer,
+               scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False))  # fmt: skip
 
 
 def latte_call(pipe, seed=0, **kw):
@@ -134,11 +140,7 @@ def pixart_pipeline(scheduler=None):
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=6, cross_attention_dim=16,
         caption_channels=8, sample_size=8, patch_size=2, use_additional_conditions=False,
     )  # fmt: skip
-    return diffusers.PixArtAlphaPipeline(
-        tokenizer=_tokenizer(),
-        text_encoder=_randomize(T5EncoderModel(T5Config(vocab_size=9, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)), 4),
-        vae=_vae(), transformer=_randomize(transformer, 9), scheduler=scheduler or diffusers.DDIMScheduler(clip_sample=False),
-    )  # fmt: skip
+    return _t5_pipeline(diffusers.PixArtAlphaPipeline, _randomize(transformer, 9), scheduler)
 
 
 def pixart_call(pipe, seed=0, **kw):

@@ -209,3 +209,120 @@ def test_a_request_leaves_the_transformer_as_it_was():
     assert [type(m) for m in t.modules()] == classes
     assert all(torch.equal(v, before[k]) for k, v in t.state_dict().items())
     assert "forward" not in t.__dict__ and not hasattr(t, "_diffusers_hook")
+
+
+# -- a declaration beyond the shipped families: two concatenated block lists, blocks that take and return two states
+
+
+class _TwoStreamBlock(torch.nn.Module):
+    """A block that takes (hidden_states, encoder_hidden_states, temb) and returns (encoder, hidden)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, temb):
+        h = hidden_states + torch.tanh(self.a(hidden_states) + temb[:, None])
+        e = encoder_hidden_states + torch.tanh(self.b(encoder_hidden_states) + h.mean(1, keepdim=True))
+        return e, h
+
+
+class _SingleStreamBlock(_TwoStreamBlock):
+    pass
+
+
+class _TwoListTransformer(torch.nn.Module):
+    def __init__(self, dim: int = 8, dual: int = 3, single: int = 3):
+        super().__init__()
+        self.transformer_blocks = torch.nn.ModuleList(_TwoStreamBlock(dim) for _ in range(dual))
+        self.single_transformer_blocks = torch.nn.ModuleList(_SingleStreamBlock(dim) for _ in range(single))
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep):
+        temb = torch.sin(timestep[:, None] / 100.0 * torch.arange(1, hidden_states.shape[-1] + 1))
+        for block in self.transformer_blocks:
+            encoder_hidden_states, hidden_states = block(
+                hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb
+            )
+        for block in self.single_transformer_blocks:
+            encoder_hidden_states, hidden_states = block(hidden_states, encoder_hidden_states, temb)
+        return hidden_states + encoder_hidden_states.mean(1, keepdim=True)
+
+
+def test_a_declared_family_with_two_lists_and_two_states_follows_the_residual_schedule():
+    io = sd.BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+    family = sd.Family(
+        transformer=_TwoListTransformer, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io,
+    )  # fmt: skip
+    model = _randomize(_TwoListTransformer(), 21)
+    units = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    x, text = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    cache = sk.SkipCache(interval=2, shallow_blocks=2, start_t=1000)
+    timesteps = [900.0, 700.0, 500.0, 300.0, 100.0]
+
+    def reference():  # the residual schedule written out: outer units every step, the middle's change reused
+        outs, stored = [], None
+        for k, v in enumerate(timesteps):
+            t = torch.tensor([v, v])
+            temb = torch.sin(t[:, None] / 100.0 * torch.arange(1, 9))
+            h, e = x, text
+            for i, block in enumerate(units):
+                if i == 2:
+                    h_s, e_s = h, e
+                if i == 4:
+                    if k % 2 == 0:
+                        stored = (h - h_s, e - e_s)
+                    else:
+                        h, e = h_s + stored[0], e_s + stored[1]
+                if k % 2 == 1 and 2 <= i < 4:
+                    continue
+                e, h = block(h, e, temb)
+            outs.append(h + e.mean(1, keepdim=True))
+        return outs
+
+    with torch.no_grad():
+        expected = reference()
+        with sd.SkipCacheRequest(model, family, cache, fast_blocks=True) as request:
+            got = [model(x, text, torch.tensor([v, v])) for v in timesteps]
+            assert (request.full_steps, request.cached_steps) == (3, 2)
+        plain = model(x, text, torch.tensor([700.0, 700.0]))  # the step at 700 was cached
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    assert not torch.equal(got[1], plain) and type(model.transformer_blocks) is torch.nn.ModuleList
+
+
+def test_denoising_calls_a_pipeline_names_are_trajectories_of_their_own():
+    """Pipelines that call the transformer once per branch announce each call with diffusers'
+    ``cache_context("cond"/"uncond")``: each branch follows its own schedule and deep state, equal
+    to a request that sees that branch alone; so do unnamed calls at one timestep on one latents
+    tensor (pipelines without ``cache_context``)."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    class _Named(_TwoListTransformer, CacheMixin):
+        pass
+
+    io = sd.BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+    family = sd.Family(transformer=_Named, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io)
+    model = _randomize(_Named(), 22)
+    x, texts = torch.randn(2, 5, 8), {"cond": torch.randn(2, 3, 8), "uncond": torch.randn(2, 3, 8)}
+    cache = sk.SkipCache(interval=2, shallow_blocks=2, start_t=1000)
+    timesteps = [torch.tensor([v, v]) for v in (900.0, 700.0, 500.0, 300.0)]
+    with torch.no_grad():
+        alone = {}
+        for name, text in texts.items():
+            with sd.SkipCacheRequest(model, family, cache, fast_blocks=False):
+                alone[name] = [model(x, text, t) for t in timesteps]
+        named, unnamed = {n: [] for n in texts}, {n: [] for n in texts}
+        with sd.SkipCacheRequest(model, family, cache, fast_blocks=False) as request:
+            for t in timesteps:
+                for name, text in texts.items():
+                    with model.cache_context(name):
+                        named[name].append(model(x, text, t))
+            assert (request.full_steps, request.cached_steps) == (4, 4)
+        with sd.SkipCacheRequest(model, family, cache, fast_blocks=False):
+            for t in timesteps:
+                for name, text in texts.items():
+                    unnamed[name].append(model(x, text, t))
+    for name in texts:
+        assert all(torch.equal(a, b) for a, b in zip(named[name], alone[name]))
+        # unnamed: the second call at a timestep on the same latents is the step's second branch
+        assert all(torch.equal(a, b) for a, b in zip(unnamed[name], alone[name]))

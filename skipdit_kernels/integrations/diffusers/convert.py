@@ -94,7 +94,7 @@ _KEYS = [
     ("blocks.{i}.mlp.fc1", "transformer_blocks.{i}.ff.net.0.proj", ("weight", "bias")),
     ("blocks.{i}.mlp.fc2", "transformer_blocks.{i}.ff.net.2", ("weight", "bias")),
     ("blocks.{i}.adaLN_modulation.1", "transformer_blocks.{i}.norm1.linear", ("weight", "bias")),
-    ("blocks.{i}.attn.qkv", tuple(f"transformer_blocks.{{i}}.attn1.{n}" for n in ("to_q", "to_k", "to_v")), ("weight", "bias")),
+    ("blocks.{i}.attn.qkv", tuple(f"transformer_blocks.{{i}}.attn1.to_{n}" for n in "qkv"), ("weight", "bias")),
 ]
 
 

@@ -52,6 +52,13 @@ Fields, when the common pattern does not fit:
 - ``consumed_arguments``: list arguments the transformer's forward pops (HunyuanDiT's ControlNet
   residuals): the request passes copies, so the caller's list is never modified.
 
+Testing a family: add a tiny random pipeline's builder and call to ``FAMILIES`` in
+python_tests/integrations/test_diffusers.py; the shared tests then check that a never-caching
+schedule is bit-identical to the plain pipeline and removal restores it, that cached calls equal an
+independent reference of the schedule (reuse and forecasts), that the middle units do not run on
+cached steps, CPU offload in both orders, and that two calls equal two fresh pipelines. A family
+with a fast block also tests it against the block (see test_diffusers_fast.py).
+
 Tested: every family's equality tests (the uncached path bit-identical to the pipeline, cached steps
 equal to an independent reference of the schedule) passed on the diffusers versions in
 ``TESTED_DIFFUSERS``; ``check_diffusers_version`` warns on any other minor release, and the test
@@ -60,7 +67,6 @@ suite fails on one until its results are recorded here.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import warnings
 from typing import Any, Callable, Mapping
 
@@ -211,8 +217,8 @@ class Family:
         the depth for a transformer too shallow for any schedule to skip a unit."""
         if num_units < 3:
             raise ValueError(
-                f"{self.name} with {num_units} {self.unit}s: a cached step runs at least one {self.unit} on each side "
-                "and skips the middle, so Skip-Cache needs at least 3 (no schedule caches anything here)"
+                f"{self.name} with {num_units} {self.unit}s: a cached step runs at least one {self.unit} on "
+                "each side and skips the middle, so Skip-Cache needs at least 3 (no schedule caches anything here)"
             )
         published = self.default_cache.shallow_blocks
         shallow = min(max(1, round(published * num_units / self.reference_depth)), (num_units - 1) // 2)
@@ -220,7 +226,8 @@ class Family:
 
     def table_row(self) -> str:
         c = self.default_cache
-        preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s (scaled with depth)"
+        preset = f"interval {c.interval}, shallow {c.shallow_blocks} of {self.reference_depth} {self.unit}s"
+        preset += " (scaled with depth)"
         preset += f", full while t >= {c.start_t:g}" if c.start_t < 1000 else ""
         preset += f", reset at t <= {c.stop_t:g}"
         preset += ", forecast auto" if c.forecast == "auto" else ""
@@ -240,40 +247,3 @@ def families_table(families) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + [f.table_row() for f in families])
-
-
-class CallBinder:
-    """A forward's arguments by name from (args, kwargs), cheaply (no ``inspect.bind`` per call)."""
-
-    def __init__(self, function):
-        params = list(inspect.signature(function).parameters.values())[1:]  # without self
-        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-    def get(self, args: tuple, kwargs: dict, name: str, default=None):
-        if name in kwargs:
-            return kwargs[name]
-        i = self.names.index(name) if name in self.names else len(args)
-        return args[i] if i < len(args) else self.defaults.get(name, default)
-
-    def set(self, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
-        i = self.names.index(name) if name in self.names else len(args)
-        if i < len(args):
-            return (*args[:i], value, *args[i + 1 :]), kwargs
-        return args, {**kwargs, name: value}
-
-    def all(self, args: tuple, kwargs: dict) -> dict:
-        out = dict(self.defaults)
-        out.update(zip(self.names, args))
-        out.update(kwargs)
-        return out
-
-
-_BINDERS: dict[type, CallBinder] = {}
-
-
-def binder(module_class: type) -> CallBinder:
-    b = _BINDERS.get(module_class)
-    if b is None:
-        b = _BINDERS[module_class] = CallBinder(module_class.forward)
-    return b

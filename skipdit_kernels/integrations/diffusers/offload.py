@@ -39,5 +39,6 @@ class AddedHook:
             getattr(forward, "__self__", None) is module
         ):
             del module.forward  # the registry leaves the bound class forward as an attribute
-        if not self.had_registry and not self.registry.hooks and getattr(module, "_diffusers_hook", None) is self.registry:
+        ours = getattr(module, "_diffusers_hook", None) is self.registry
+        if ours and not self.had_registry and not self.registry.hooks:
             del module._diffusers_hook

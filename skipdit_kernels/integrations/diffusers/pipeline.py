@@ -95,7 +95,8 @@ def _schedule(transformer, cache: SkipCache | None, forecast, caller: str) -> tu
         warnings.warn(f"{caller}: {cache} skips nothing on this {family.name} ({why}); {working}", stacklevel=3)
     if transformer.training:
         warnings.warn(
-            f"{caller}: the {family.name} is in train mode (dropout active, fast blocks off); call .eval() for inference",
+            f"{caller}: the {family.name} is in train mode (dropout active, fast blocks off); "
+            "call .eval() for inference",
             stacklevel=3,
         )
     return family, cache
@@ -112,7 +113,9 @@ def enable_skip_cache(
     ``fast_blocks`` as in ``apply_skip_cache``. TypeError naming the supported classes for anything
     else; ValueError for a schedule that does not fit the transformer."""
     if not isinstance(transformer, torch.nn.Module):
-        raise TypeError(f"enable_skip_cache takes a diffusers transformer; for a pipeline use apply_skip_cache, got {type(transformer).__name__}")
+        raise TypeError(
+            f"enable_skip_cache takes a diffusers transformer (for a pipeline: apply_skip_cache), got {type(transformer).__name__}"
+        )
     family, cache = _schedule(transformer, cache, forecast, "enable_skip_cache")
     if cache.forecast == "auto":
         raise ValueError(
@@ -168,13 +171,14 @@ def _skip_cached_class(base: type) -> type:
 
             __call__.__doc__ = base.__call__.__doc__
             __call__.__signature__ = inspect.signature(base.__call__)
-            cls = _CLASSES[base] = type(
-                base.__name__, (base,), {"__call__": __call__, "__module__": base.__module__, "__qualname__": base.__qualname__}
-            )
+            namespace = {"__call__": __call__, "__module__": base.__module__, "__qualname__": base.__qualname__}
+            cls = _CLASSES[base] = type(base.__name__, (base,), namespace)
         return cls
 
 
-def apply_skip_cache(pipe, cache: SkipCache | None = None, *, forecast: int | str | None = None, fast_blocks: bool = True):
+def apply_skip_cache(
+    pipe, cache: SkipCache | None = None, *, forecast: int | str | None = None, fast_blocks: bool = True
+):
     """Skip-Cache for a diffusers pipeline: every later call of ``pipe`` is one Skip-Cache request
     on ``pipe.transformer`` (one of ``SUPPORTED_TRANSFORMERS``), closed when the call returns,
     raises or is interrupted. Returns ``pipe``.
@@ -193,7 +197,8 @@ def apply_skip_cache(pipe, cache: SkipCache | None = None, *, forecast: int | st
     transformer = getattr(pipe, "transformer", None)
     if isinstance(pipe, torch.nn.Module) or transformer is None:
         raise TypeError(
-            f"apply_skip_cache supports diffusers pipelines whose transformer is one of {', '.join(SUPPORTED_TRANSFORMERS)}; "
+            f"apply_skip_cache supports diffusers pipelines whose transformer is one of "
+            f"{', '.join(SUPPORTED_TRANSFORMERS)}; "
             f"got {type(pipe).__name__} (for a transformer itself: enable_skip_cache(transformer, cache))"
         )
     _, cache = _schedule(transformer, cache, forecast, "apply_skip_cache")
@@ -217,7 +222,9 @@ def remove_skip_cache(pipe) -> None:
     their request). A no-op for a pipeline without Skip-Cache; TypeError for a transformer (its
     requests end with ``disable_skip_cache``)."""
     if isinstance(pipe, torch.nn.Module):
-        raise TypeError("remove_skip_cache takes a pipeline; a transformer's requests end with disable_skip_cache(transformer)")
+        raise TypeError(
+            "remove_skip_cache takes a pipeline; a transformer's requests end with disable_skip_cache(transformer)"
+        )
     applied = _PIPES.pop(pipe, None)
     if applied is not None and type(pipe) is _CLASSES.get(applied.base):
         pipe.__class__ = applied.base

@@ -6,7 +6,9 @@ While a transformer has open requests it carries two things, removed when the la
   transformer one step of the request active in the calling context: it reads the timestep, asks
   the schedule whether the step is full or cached, and commits the step's changes (schedule cursor,
   trajectory, counters) when the forward returns; a step that raises commits nothing. Other hooks
-  on the transformer (diffusers' hooks, accelerate's offload) compose with it, in either order;
+  on the transformer (diffusers' hooks, accelerate's offload) compose with it, in either order. A
+  pipeline that calls the transformer once per guidance branch and names the calls with diffusers'
+  ``transformer.cache_context("cond")`` gets one trajectory per name;
 - its declared block lists iterate, during a step of a request in this context, to stand-ins: the
   outer ``shallow`` units run (through the family's fast block when the request asks for it and the
   block is plain), the middle ones return their input on a cached step without running, and the
@@ -21,32 +23,73 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import inspect
 import threading
 import weakref
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from ...cache import SkipCache
 from ...cache.forward import DeepCache, EagerWorkspace
-from .family import Family, binder
+from .family import Family
 from .offload import AddedHook
 
 _HOOK = "skipdit_skip_cache"
 
 
+class CallBinder:
+    """A forward's arguments by name from (args, kwargs), cheaply (no ``inspect.bind`` per call)."""
+
+    def __init__(self, function):
+        params = list(inspect.signature(function).parameters.values())[1:]  # without self
+        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    def get(self, args: tuple, kwargs: dict, name: str, default=None):
+        if name in kwargs:
+            return kwargs[name]
+        i = self.names.index(name) if name in self.names else len(args)
+        return args[i] if i < len(args) else self.defaults.get(name, default)
+
+    def set(self, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+        i = self.names.index(name) if name in self.names else len(args)
+        if i < len(args):
+            return (*args[:i], value, *args[i + 1 :]), kwargs
+        return args, {**kwargs, name: value}
+
+    def all(self, args: tuple, kwargs: dict) -> dict:
+        out = dict(self.defaults)
+        out.update(zip(self.names, args))
+        out.update(kwargs)
+        return out
+
+
+_BINDERS: dict[type, CallBinder] = {}
+
+
+def binder(module_class: type) -> CallBinder:
+    b = _BINDERS.get(module_class)
+    if b is None:
+        b = _BINDERS[module_class] = CallBinder(module_class.forward)
+    return b
+
+
 class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
-    shapes start a new one). A request keeps one per branch: consecutive transformer calls at one
+    shapes start a new one). A request keeps one per pipeline denoising call: a pipeline that names
+    its calls with diffusers' ``cache_context`` gets one per name; otherwise consecutive calls at one
     timestep on the same latents (true classifier-free guidance: the prompt's, then the negative
-    prompt's) are branches 0, 1, ... of a step, each with its own schedule and deep state, so one
-    never serves the other's features (a second-order solver's calls at a repeated timestep take new
-    latents: steps, not branches). The deep history is kept per segment of the middle units
-    (``_Installation.segments``), keyed by the segment's first unit."""
+    prompt's) are branches 0, 1, ... of a step. Each has its own schedule and deep state, so one never
+    serves another's features (a second-order solver's calls at a repeated timestep take new latents:
+    steps, not branches). ``name``: (the call's name or None, the branch). The deep history is kept
+    per segment of the middle units (``_Installation.segments``), keyed by the segment's first unit."""
 
-    def __init__(self, cache: SkipCache, signature, residual: bool):
+    def __init__(self, cache: SkipCache, signature, name, residual: bool):
         self.cursor = cache.cursor()
-        self.signature = signature
+        self.signature, self.name = signature, name
         self.residual = residual
         self.slots = cache.slots
         self.last_t: float | None = None
@@ -85,7 +128,8 @@ class _Step:
         deep, spaces = traj.deep_for(segment, state, self.planned)
         base = self.bases.get(segment) if traj.residual else state
         if base is None or len(base) != len(state):
-            raise RuntimeError(f"{self.request.family.name}: the segment from unit {segment} ends in another state")
+            name = self.request.family.name
+            raise RuntimeError(f"{name}: the segment of the middle units from unit {segment} ends in another state")
         if self.full:
             for ws, h, b in zip(spaces, state, base):
                 deep.store(ws, h.detach(), b.detach())
@@ -150,18 +194,37 @@ class _BlockCall:
         return block(*args, **kwargs)
 
 
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
 class _RequestHook(ModelHook):
-    """The transformer-level hook: each call is one step of the request active in this context."""
+    """The transformer-level hook: each call is one step of the request active in this context.
+    Stateful only to hear the name of the denoising call a pipeline announces with diffusers'
+    ``transformer.cache_context("cond")`` (pipelines that call the transformer separately for the
+    conditional and unconditional branch): each name is a trajectory of its own. The request's
+    state is never kept here."""
+
+    _is_stateful = True
 
     def __init__(self, installation: "_Installation"):
         super().__init__()
         self.installation = installation
+        self.denoising_call = StateManager(_NoState)  # diffusers sets the pipeline's cache context on it
+
+    def call_name(self):
+        context = getattr(self.denoising_call, "_context", None)
+        return getattr(context, "name", context)
+
+    def reset_state(self, module):
+        return module
 
     def pre_forward(self, module, *args, **kwargs):
         request = self.installation.active.get()
         if request is None or request.closed:
             return args, kwargs
-        return request._begin(module, args, kwargs)
+        return request._begin(module, args, kwargs, self.call_name())
 
     def post_forward(self, module, output):
         request = self.installation.active.get()
@@ -288,9 +351,9 @@ class SkipCacheRequest:
         self.closed = False
         self.full_steps = self.cached_steps = 0
         self.last_step_full: bool | None = None
-        # One trajectory per branch (see _Trajectory); the last call's timestep and latents (kept
-        # alive, so that an equal data pointer means the same tensor) tell a branch from a step.
-        self._trajectories: list[_Trajectory] = []
+        # One trajectory per denoising call (see _Trajectory); the last call's timestep and latents
+        # (kept alive, so that an equal data pointer means the same tensor) tell a branch from a step.
+        self._trajectories: dict[Any, _Trajectory] = {}
         self._branch, self._last_t, self._last_latents = 0, None, None
         self._step: _Step | None = None
         self._model = weakref.ref(transformer)
@@ -304,23 +367,23 @@ class SkipCacheRequest:
 
     def reset(self) -> None:
         """Start a new trajectory: the next step is full and nothing cached is kept."""
-        self._trajectories, self._branch, self._last_t, self._last_latents = [], 0, None, None
+        self._trajectories, self._branch, self._last_t, self._last_latents = {}, 0, None, None
 
-    def _begin(self, module, args: tuple, kwargs: dict):
+    def _begin(self, module, args: tuple, kwargs: dict, call_name=None):
         bind = binder(type(module))
         timestep = self.family.timestep
         t = bind.get(args, kwargs, timestep.argument)
         if t is None:
-            raise ValueError(
-                f"{self.family.name} under Skip-Cache needs the {timestep.argument} argument (it drives the schedule)"
-            )
+            name = self.family.name
+            raise ValueError(f"{name} under Skip-Cache needs its {timestep.argument} argument (the schedule reads it)")
         t_step = timestep.noise_level(float(torch.as_tensor(t).reshape(-1)[0]))  # the first sample's (official code)
         signature = _signature(bind, args, kwargs, timestep.argument)
         latents = bind.get(args, kwargs, bind.names[0])  # the forward's first argument: the noisy latents
-        branch = self._branch + 1 if t_step == self._last_t and _same_tensor(latents, self._last_latents) else 0
-        traj = self._trajectories[branch] if branch < len(self._trajectories) else None
+        repeated = t_step == self._last_t and _same_tensor(latents, self._last_latents)
+        branch = self._branch + 1 if call_name is None and repeated else 0
+        traj = self._trajectories.get((call_name, branch))
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
-            traj = _Trajectory(self.cache, signature, residual=self.family.long_skips is None)
+            traj = _Trajectory(self.cache, signature, (call_name, branch), residual=self.family.long_skips is None)
         cursor = copy.deepcopy(traj.cursor)
         self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step, branch, latents)
         for name in self.family.consumed_arguments:
@@ -334,7 +397,7 @@ class SkipCacheRequest:
         if step is None:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
-        self._trajectories[step.branch : step.branch + 1] = [step.trajectory]
+        self._trajectories[step.trajectory.name] = step.trajectory
         self._branch, self._last_t, self._last_latents = step.branch, step.t, step.latents
         self.last_step_full = step.full
         if step.full:
@@ -347,7 +410,7 @@ class SkipCacheRequest:
         if self.closed:
             return
         self.closed = True
-        self._step, self._trajectories, self._last_latents = None, [], None
+        self._step, self._trajectories, self._last_latents = None, {}, None
         installation = self.installation
         if installation.active.get() is self:  # closed out of order: a later request stays active
             try:
@@ -370,7 +433,8 @@ class SkipCacheRequest:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"SkipCacheRequest({self.family.name}, {self.cache}, {state}, full={self.full_steps}, cached={self.cached_steps})"
+        counts = f"full={self.full_steps}, cached={self.cached_steps}"
+        return f"SkipCacheRequest({self.family.name}, {self.cache}, {state}, {counts})"
 
 
 def close_requests(transformer: torch.nn.Module) -> None:

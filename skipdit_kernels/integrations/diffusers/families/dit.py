@@ -60,7 +60,6 @@ def _dit_block_fast(block, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) ->
     return ops.linear_gated_residual(h, x, net[2].weight, net[2].bias, gate_mlp)
 
 
-
 def _dit_block_run(block, a: dict):
     """The block's call as ``_dit_block_fast``'s arguments; None for what it does not take."""
     if a.get("attention_mask") is not None or a.get("encoder_hidden_states") is not None or a.get("cross_attention_kwargs"):
@@ -74,6 +73,6 @@ FAMILY = Family(
     blocks=("transformer_blocks",),
     default_cache=SkipCache(),  # interval 2, 4 shallow blocks of DiT-XL/2's 28
     reference_depth=28,
-    fast_block=FastBlock(is_plain=lambda block: _dit_block_is_plain(block), run=lambda block, a: _dit_block_run(block, a)),
+    fast_block=FastBlock(is_plain=lambda b: _dit_block_is_plain(b), run=lambda b, a: _dit_block_run(b, a)),
     source="official DiT-XL/2",
 )

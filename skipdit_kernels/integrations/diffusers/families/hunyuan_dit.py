@@ -150,7 +150,7 @@ FAMILY = Family(
     long_skips=_long_skip_partner,
     default_cache=SkipCache.preset("video"),  # interval 2, 1 shallow block, full while t >= 700, reset at t <= 50
     reference_depth=40,  # HunyuanDiT-v1.2
-    fast_block=FastBlock(is_plain=lambda block: _hunyuan_block_is_plain(block), run=lambda block, a: _hunyuan_block_run(block, a)),
+    fast_block=FastBlock(is_plain=lambda b: _hunyuan_block_is_plain(b), run=lambda b, a: _hunyuan_block_run(b, a)),
     consumed_arguments=("controlnet_block_samples",),
     source="the Skip-DiT release",
 )
