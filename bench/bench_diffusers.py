@@ -191,6 +191,80 @@ def trained_hunyuan_pipe(scheduler):
     return pipe, call, pipe.transformer.blocks
 
 
+def _perturbed(transformer, std: float = 0.05):
+    """Every weight drawn from N(0, std) (diffusers zero-initialises the gates and modulations of
+    these families, which would make their blocks no-ops and every cache exact)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return transformer.eval()
+
+
+def _flow_call(pipe_kwargs, out: str):
+    def call(p, steps):
+        return getattr(p(**pipe_kwargs(), num_inference_steps=steps, generator=torch.Generator().manual_seed(2),
+                         output_type="latent"), out)  # fmt: skip
+
+    return call
+
+
+def flux_pipe(scheduler, double: int, single: int, hidden: int, side: int):
+    """FLUX.1 (guidance-distilled), random; no text encoders or VAE (prompt embeddings in, latents out)."""
+    heads = hidden // 64
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=double, num_single_layers=single, attention_head_dim=64,
+        num_attention_heads=heads, joint_attention_dim=64, pooled_projection_dim=64, axes_dims_rope=[16, 24, 24],
+        guidance_embeds=True,
+    )  # fmt: skip
+    pipe = diffusers.FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                  tokenizer_2=None, transformer=_perturbed(transformer))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    text, pooled = torch.randn(1, 32, 64, generator=gen), torch.randn(1, 64, generator=gen)
+    kwargs = lambda: dict(prompt_embeds=text, pooled_prompt_embeds=pooled, height=16 * side, width=16 * side,  # noqa: E731
+                          guidance_scale=3.5)  # fmt: skip
+    return pipe, _flow_call(kwargs, "images"), None
+
+
+def sd3_pipe(scheduler, layers: int, hidden: int, side: int):
+    """SD3 (joint blocks, batch CFG), random; no text encoders or VAE."""
+    heads = hidden // 64
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=side, patch_size=2, in_channels=16, num_layers=layers, attention_head_dim=64, num_attention_heads=heads,
+        caption_projection_dim=hidden, joint_attention_dim=64, pooled_projection_dim=64, out_channels=16,
+        pos_embed_max_size=side,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=_perturbed(transformer), scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    text, pooled = torch.randn(2, 32, 64, generator=gen), torch.randn(2, 64, generator=gen)
+    kwargs = lambda: dict(prompt_embeds=text[:1], negative_prompt_embeds=text[1:], pooled_prompt_embeds=pooled[:1],  # noqa: E731
+                          negative_pooled_prompt_embeds=pooled[1:], height=8 * side, width=8 * side, guidance_scale=4.0)  # fmt: skip
+    return pipe, _flow_call(kwargs, "images"), None
+
+
+def wan_pipe(scheduler, layers: int, hidden: int, side: int):
+    """Wan 2.1 text-to-video (true CFG: two transformer calls per step), random; no text encoder or VAE."""
+    heads = hidden // 64
+    transformer = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=16, out_channels=16,
+        text_dim=64, freq_dim=256, ffn_dim=4 * hidden, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+    )  # fmt: skip
+    pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler,
+                                 transformer=_perturbed(transformer))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    text = torch.randn(2, 32, 64, generator=gen)
+    kwargs = lambda: dict(prompt_embeds=text[:1], negative_prompt_embeds=text[1:], height=8 * side, width=8 * side,  # noqa: E731
+                          num_frames=9, guidance_scale=5.0)  # fmt: skip
+    return pipe, _flow_call(kwargs, "frames"), None
+
+
 def _wrap_decode(decode, store):
     def wrapped(z, *args, **kwargs):
         store["x"] = z.detach().clone()
@@ -231,6 +305,15 @@ if os.path.exists(HUNYUAN_WEIGHTS):  # bench/results/training/hunyuandit/train_h
                       _steps, sk.SkipCache.preset("video", forecast="auto")))
     CASES.append(("trained", f"{_HUNYUAN}, DDIM-50, i2 s1", trained_hunyuan_pipe, (), _DDIM, 50,
                   sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+# Flow-matching families without long skips (random weights; timesteps need no care: the schedule is the
+# interval's alone, full steps at counter % interval == 0, so the cache-dit mask is the same plan).
+_FLOW = lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)  # noqa: E731
+_EVERY_OTHER = sk.SkipCache(interval=2, shallow_blocks=1, start_t=1e9, stop_t=-1, forecast="auto")
+CASES += [
+    ("random", "FLUX.1 4+8L/256 256 tok, FlowMatch-28, i2 s1", flux_pipe, (4, 8, 256, 16), _FLOW, 28, _EVERY_OTHER),
+    ("random", "SD3 12L/256 256 tok, FlowMatch-28, i2 s1", sd3_pipe, (12, 256, 32), _FLOW, 28, _EVERY_OTHER),
+    ("random", "Wan 2.1 12L/256 3x64 tok, FlowMatch-30, i2 s1", wan_pipe, (12, 256, 16), _FLOW, 30, _EVERY_OTHER),
+]
 # The cases whose images are saved side by side (PNGs next to the results).
 PICTURE_CASES = (f"{_TRAINED}, DDIM-50, i2 s1", f"{_HUNYUAN}, DDIM-50, i2 s1")
 
@@ -265,6 +348,11 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
         sd.apply_skip_cache(pipe, c)
         pipes[label] = pipe
     cd_note = CACHE_DIT_ERROR
+    calls = [0]  # transformer calls per step: 2 under true CFG, where cache-dit needs its separate-CFG contexts
+    hook = base.transformer.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    call(base, 2)
+    hook.remove()
+    separate_cfg = calls[0] > 2
     if cache_dit is not None:
         pipe = copy.deepcopy(base)
         try:
@@ -273,7 +361,7 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
                 cache_config=cache_dit.DBCacheConfig(
                     Fn_compute_blocks=cache.shallow_blocks, Bn_compute_blocks=cache.shallow_blocks,
                     max_warmup_steps=0, steps_computation_mask=[int(f) for f in plan],
-                    steps_computation_policy="static", num_inference_steps=steps, enable_separate_cfg=False,
+                    steps_computation_policy="static", num_inference_steps=steps, enable_separate_cfg=separate_cfg,
                     residual_diff_threshold=1e9, max_cached_steps=-1, max_continuous_cached_steps=-1,
                 ),
             )  # fmt: skip
@@ -282,7 +370,7 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
             cd_note = f"cache-dit failed on {type(base).__name__}: {type(exc).__name__}: {exc}"
     outputs, blocks = {}, {}
     for label, pipe in list(pipes.items()):
-        block_list = pipe.transformer.blocks if hasattr(pipe.transformer, "blocks") else pipe.transformer.transformer_blocks
+        block_list = [b for name in sd.family_of(pipe.transformer).blocks for b in getattr(pipe.transformer, name)]
         try:
             blocks[label] = count_blocks(block_list, lambda: outputs.__setitem__(label, call(pipe, steps)))
         except Exception as exc:  # noqa: BLE001
@@ -310,10 +398,14 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
         row = dict(case=name, kind=kind, method=label, blocks_per_call=blocks[label], median_s=times[label]["median_s"],
                    min_s=times[label]["min_s"], max_s=times[label]["max_s"],
                    speedup_vs_uncached=report.round_ratio(times, label, "uncached")["ratio"],
+                   cpu_median_s=times[label]["cpu_median_s"],
+                   cpu_speedup_vs_uncached=times["uncached"]["cpu_median_s"] / times[label]["cpu_median_s"],
                    psnr_db=None if label == "uncached" else psnr(outputs[label], ref, data_range=data_range),
                    **pixels.get(label, {}))  # fmt: skip
         if "cache-dit DBCache" in pipes:
             row["speed_vs_cache_dit"] = report.round_ratio(times, label, "cache-dit DBCache")["ratio"]
+            row["cpu_vs_cache_dit"] = times["cache-dit DBCache"]["cpu_median_s"] / times[label]["cpu_median_s"]
+            row["equals_cache_dit"] = bool(torch.equal(outputs[label], outputs["cache-dit DBCache"]))
         rows.append(row)
     return rows, cd_note, plan, {k: outputs[k] for k in pipes}
 
@@ -383,8 +475,10 @@ def main(argv=None):
         "(data range 2, per sample, averaged) and the bundled classifier's digit accuracy. iN sM: Skip-Cache interval N, "
         "M shallow blocks each side (cache-dit: Fn = Bn = M, the same full/cached step mask). (auto): the order "
         "forecast=\"auto\" picks for this scheduler.", "",
-        "| case | method | blocks/call | median s/call (min-max) | speedup vs uncached | speed vs cache-dit | PSNR dB | px PSNR dB | px SSIM | digit acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "CPU: this process's CPU time per call (median), steadier than wall time on a loaded machine; CPU x: "
+        "uncached (or cache-dit) CPU time / this one. = cache-dit: the output equals cache-dit's bit for bit.", "",
+        "| case | method | blocks/call | median s/call (min-max) | speedup vs uncached | speed vs cache-dit | CPU s/call | CPU x uncached | CPU x cache-dit | = cache-dit | PSNR dB | px PSNR dB | px SSIM | digit acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in all_rows:
         vs = f"{r['speed_vs_cache_dit']:.3f}x" if "speed_vs_cache_dit" in r else "n/a"
@@ -392,8 +486,11 @@ def main(argv=None):
         px = f"{r['pixel_psnr_db']:.2f}" if "pixel_psnr_db" in r else ("ref" if "accuracy" in r else "n/a")
         ss = f"{r['pixel_ssim']:.4f}" if "pixel_ssim" in r else ("ref" if "accuracy" in r else "n/a")
         acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "n/a"
+        cvs = f"{r['cpu_vs_cache_dit']:.3f}x" if "cpu_vs_cache_dit" in r else "n/a"
+        same = str(r["equals_cache_dit"]).lower() if "equals_cache_dit" in r else "n/a"
         lines.append(f"| {r['case']} | {r['method']} | {r['blocks_per_call']} | {r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f}) | "
-                     f"{r['speedup_vs_uncached']:.3f}x | {vs} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
+                     f"{r['speedup_vs_uncached']:.3f}x | {vs} | {r['cpu_median_s']:.3f} | {r['cpu_speedup_vs_uncached']:.3f}x | {cvs} | "
+                     f"{same} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
     lines += ["", "Forecast (auto) against cache-dit and reuse, per case:", "", *_summary(all_rows), ""]
     for case, note in notes.items():
         lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))

@@ -7,14 +7,17 @@
     with enable_skip_cache(pipe.transformer, SkipCache(...)) as request:   # a transformer, step by step
         for t in timesteps: eps = pipe.transformer(x, t, ...)
 
-Each pipeline call is one Skip-Cache request on ``pipe.transformer``, opened around the call and
+Each pipeline call is one Skip-Cache request on ``pipe.transformer`` (and on Wan 2.2's low-noise
+expert ``pipe.transformer_2``), opened around the call and
 closed at its end, also when it raises or is interrupted, so no call sees another's features; the
 request is context-local, so concurrent calls (threads) each run their own. The transformer's own
 forward runs (embedding, positions, text handling and final layer stay diffusers' code); the request
 is a diffusers ``HookRegistry`` hook on the transformer, composing with other transformer hooks and
 accelerate's CPU offload in either order, and the cache works at the transformer's block lists
-(``request``). The timestep the pipeline passes to the transformer (its first sample's) drives the
-schedule.
+(``request``). The timestep the pipeline passes to the transformer (its first sample's, read as the
+family's ``Timestep`` declares: a noise level on 0..1000) drives the schedule; the calls at one
+timestep (true classifier-free guidance: prompt, then negative prompt) are branches of the step,
+each with its own schedule and cached state.
 
 Supported transformers: one declaration per family in ``families/`` (``family.Family`` is the guide
 to adding one); ``SUPPORTED_TRANSFORMERS`` and the table in docs/diffusers.md and the README
@@ -35,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
     ) from exc
 
 from .convert import dit_from_diffusers, dit_to_diffusers, use_official_timestep_frequencies
-from .family import TESTED_DIFFUSERS, BlockIO, Family, FastBlock
+from .family import TESTED_DIFFUSERS, BlockIO, Family, FastBlock, Timestep
 from .families import FAMILIES
 from .pipeline import (
     SUPPORTED_TRANSFORMERS,
@@ -59,6 +62,7 @@ __all__ = [
     "SUPPORTED_TRANSFORMERS",
     "SkipCacheRequest",
     "TESTED_DIFFUSERS",
+    "Timestep",
     "apply_skip_cache",
     "default_cache",
     "disable_skip_cache",

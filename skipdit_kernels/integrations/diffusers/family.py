@@ -37,12 +37,18 @@ Fields, when the common pattern does not fit:
   iterating them (``for``, ``enumerate``, ``zip``); indexing reaches the real blocks.
 - ``io``: how a block call carries the state (``BlockIO``): by default a block takes
   ``hidden_states`` and returns it; give ``BlockIO(inputs=("hidden_states", "encoder_hidden_states"),
-  outputs=("encoder_hidden_states", "hidden_states"))`` for a block that takes and returns both,
-  or a mapping from list name to ``BlockIO`` when the lists differ (the units at ``shallow`` and at
-  the boundary must carry the same states: the residual is taken state by state).
+  outputs=("encoder_hidden_states", "hidden_states"))`` (``TEXT_AND_IMAGE``; ``IMAGE_AND_TEXT`` returns
+  the image tokens first) for a block that takes and returns both,
+  or a mapping from list name to ``BlockIO`` when the lists differ (FLUX.2's dual-stream blocks take
+  two streams, its single-stream ones the joined sequence): the cached middle is then cut where such
+  a list begins and a cached step restores one residual per piece (``request._Installation.segments``).
 - ``fast_block``: a ``FastBlock`` that runs a block through skipdit_kernels' fused ops on its own
   live parameters when ``is_plain(block)`` holds at the moment of the call (equal to the block
   within rounding); ``apply_skip_cache(..., fast_blocks=False)`` turns it off per request.
+- ``timestep``: a ``Timestep`` when the forward's diffusion time is not ``timestep`` on 0..1000 at
+  pure noise: its argument name (HiDream's ``timesteps``), its scale (1 where the pipeline passes
+  sigma, as FLUX's) or a rising convention (Lumina2's and Z-Image's 0 at pure noise), so that
+  ``start_t``/``stop_t`` read the same noise level on every family.
 - ``consumed_arguments``: list arguments the transformer's forward pops (HunyuanDiT's ControlNet
   residuals): the request passes copies, so the caller's list is never modified.
 
@@ -105,6 +111,30 @@ class BlockIO:
             raise ValueError(f"BlockIO outputs {self.outputs} must name the inputs {self.inputs}")
 
 
+#: Blocks that take ``hidden_states`` (image or video tokens) and ``encoder_hidden_states`` (text
+#: tokens) and return both, text first (FLUX, SD3's joint blocks, Qwen-Image) or image first
+#: (HunyuanVideo, CogVideoX, Mochi, CogView4, HunyuanImage).
+TEXT_AND_IMAGE = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+IMAGE_AND_TEXT = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Timestep:
+    """How a transformer's forward takes the diffusion time, and the noise level on 0..1000 (1000:
+    pure noise) the schedule reads from it (``SkipCache.start_t``/``stop_t``; a rising level starts a
+    new trajectory). ``argument``: the forward's parameter; ``scale``: its value at pure noise (1000
+    for DDPM-style and most flow-matching pipelines, 1 where the pipeline passes sigma = t / 1000);
+    ``rising``: the pipeline passes ``scale - t`` (0 at pure noise: Lumina2, Z-Image)."""
+
+    argument: str = "timestep"
+    scale: float = 1000.0
+    rising: bool = False
+
+    def noise_level(self, t: float) -> float:
+        level = t * (1000.0 / self.scale)
+        return 1000.0 - level if self.rising else level
+
+
 @dataclasses.dataclass(frozen=True)
 class FastBlock:
     """A block computed by skipdit_kernels' ops. ``is_plain(block)``: whether ``run`` computes
@@ -127,7 +157,8 @@ class Family:
     residual) or ``partner(unit, num_units) -> earlier unit | None`` (it keeps the state entering
     the boundary). ``default_cache``: the schedule for a transformer of ``reference_depth`` units;
     its ``shallow_blocks`` scales with the depth (``default_cache_for``). ``fast_block``: optional
-    ``FastBlock``. ``consumed_arguments``: forward arguments (lists) passed as copies. ``unit``:
+    ``FastBlock``. ``consumed_arguments``: forward arguments (lists) passed as copies. ``timestep``:
+    where the forward takes the diffusion time and how it maps to the 0..1000 noise level. ``unit``:
     what a unit is, for the documentation; ``source``: where the default schedule comes from."""
 
     transformer: type
@@ -140,6 +171,7 @@ class Family:
     reference_depth: int = 28
     fast_block: FastBlock | None = None
     consumed_arguments: tuple[str, ...] = ()
+    timestep: Timestep = Timestep()
     unit: str = "block"
     source: str = ""
 
@@ -168,6 +200,8 @@ class Family:
 
     @property
     def keeps(self) -> str:
+        if self.long_skips is None and any(len(self.io_of(name).inputs) > 1 for name in self.blocks):
+            return "the residual of the middle units, per token stream (image/video, text)"
         return "the residual of the middle units" if self.long_skips is None else (
             "the state entering the last `shallow` units (its native long skips)"
         )  # fmt: skip
@@ -196,18 +230,20 @@ class Family:
         preset += " (scaled with depth)"
         preset += f", full while t >= {c.start_t:g}" if c.start_t < 1000 else ""
         preset += f", reset at t <= {c.stop_t:g}"
+        preset += ", forecast auto" if c.forecast == "auto" else ""
         if self.source:
             preset += f" ({self.source})"
         pipes = ", ".join(f"`{p}`" for p in self.pipelines)
         fast = "yes" if self.fast_block is not None else "no"
-        return f"| `{self.name}` | {pipes} | {self.unit} | {self.keeps} | {preset} | {fast} |"
+        tested = ", ".join(TESTED_DIFFUSERS)
+        return f"| `{self.name}` | {pipes} | {self.unit} | {self.keeps} | {preset} | {fast} | {tested} |"
 
 
 def families_table(families) -> str:
     """The Markdown table of ``families`` (docs/diffusers.md and the README carry it; a test checks
     they are in sync)."""
     head = [
-        "| transformer | pipelines | unit | a cached step reuses | default schedule | fast blocks |",
-        "|---|---|---|---|---|---|",
+        "| transformer | pipelines | unit | a cached step reuses | default schedule | fast blocks | diffusers tested |",
+        "|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + [f.table_row() for f in families])

@@ -10,6 +10,7 @@ modified, nor is any diffusers class. The options a pipeline was given (schedule
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import threading
@@ -29,6 +30,21 @@ from .schedulers import scheduler_is_stochastic
 
 #: The transformer classes of the declared families (``families/``), in the docs' order.
 SUPPORTED_TRANSFORMERS = tuple(f.name for f in FAMILIES)
+
+
+#: The pipeline attributes holding denoisers: ``transformer``, and Wan 2.2's low-noise expert
+#: ``transformer_2`` (the pipeline switches to it below its boundary timestep). Each gets its own
+#: request in a call.
+PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")
+
+
+def _transformers(pipe) -> list[torch.nn.Module]:
+    found = []
+    for name in PIPELINE_TRANSFORMERS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module) and all(module is not m for m in found):
+            found.append(module)
+    return found
 
 
 def family_of(transformer) -> Family:
@@ -138,8 +154,9 @@ def _call_with_skip_cache(pipe, base: type, args: tuple, kwargs: dict):
         params.apply_defaults()
         stochastic = scheduler_is_stochastic(pipe.scheduler, params.arguments.get("eta", 0.0))
         cache = cache.with_forecast(resolve_forecast("auto", stochastic=stochastic))
-    transformer = pipe.transformer
-    with SkipCacheRequest(transformer, family_of(transformer), cache, applied.fast_blocks):
+    with contextlib.ExitStack() as requests:
+        for transformer in _transformers(pipe):
+            requests.enter_context(SkipCacheRequest(transformer, family_of(transformer), cache, applied.fast_blocks))
         return base.__call__(pipe, *args, **kwargs)
 
 
@@ -185,6 +202,8 @@ def apply_skip_cache(
             f"got {type(pipe).__name__} (for a transformer itself: enable_skip_cache(transformer, cache))"
         )
     _, cache = _schedule(transformer, cache, forecast, "apply_skip_cache")
+    for other in _transformers(pipe)[1:]:
+        _schedule(other, cache, None, "apply_skip_cache")
     previous = _PIPES.get(pipe)
     if previous is not None:
         warnings.warn(

@@ -79,7 +79,13 @@ def binder(module_class: type) -> CallBinder:
 
 class _Trajectory:
     """The schedule position and deep history of one trajectory (a rising timestep or new input
-    shapes start a new one; ``name``: the pipeline's denoising call it follows, or None)."""
+    shapes start a new one). A request keeps one per pipeline denoising call: a pipeline that names
+    its calls with diffusers' ``cache_context`` gets one per name; otherwise consecutive calls at one
+    timestep on the same latents (true classifier-free guidance: the prompt's, then the negative
+    prompt's) are branches 0, 1, ... of a step. Each has its own schedule and deep state, so one never
+    serves another's features (a second-order solver's calls at a repeated timestep take new latents:
+    steps, not branches). ``name``: (the call's name or None, the branch). The deep history is kept
+    per segment of the middle units (``_Installation.segments``), keyed by the segment's first unit."""
 
     def __init__(self, cache: SkipCache, signature, name, residual: bool):
         self.cursor = cache.cursor()
@@ -87,55 +93,73 @@ class _Trajectory:
         self.residual = residual
         self.slots = cache.slots
         self.last_t: float | None = None
-        self.deep: DeepCache | None = None
-        self.spaces: list[EagerWorkspace] = []
+        self.deep: dict[int, tuple[DeepCache, list[EagerWorkspace]]] = {}
 
-    def deep_for(self, state: tuple[torch.Tensor, ...]) -> DeepCache:
-        if self.deep is None:
-            self.deep = DeepCache(self.slots, self.residual, state[0].device)
-            self.spaces = [EagerWorkspace() for _ in state]
-        return self.deep
+    def deep_for(self, segment: int, state: tuple[torch.Tensor, ...], planned) -> tuple[DeepCache, list]:
+        """The segment's history, its slot and weights set for the step ``planned``."""
+        if segment not in self.deep:
+            spaces = [EagerWorkspace() for _ in state]
+            self.deep[segment] = (DeepCache(self.slots, self.residual, state[0].device), spaces)
+        deep, spaces = self.deep[segment]
+        deep.slot.fill_(max(planned.slot, 0))
+        deep.weights.copy_(torch.tensor(planned.weights, dtype=torch.float32))
+        return deep, spaces
 
 
 class _Step:
     """One call of the transformer in a request: the plan and what the block stand-ins share."""
 
-    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float):
+    def __init__(self, request: "SkipCacheRequest", trajectory: _Trajectory, cursor, planned, t: float, branch: int,
+                 latents):  # fmt: skip
         self.request, self.trajectory, self.cursor, self.planned, self.t = request, trajectory, cursor, planned, t
+        self.branch, self.latents = branch, latents
         self.full = planned.full
         self.shallow = request.cache.shallow_blocks
         self.boundary = request.num_units - self.shallow
-        self.shallow_out: tuple[torch.Tensor, ...] | None = None
+        # (first unit, last unit) of each segment of the middle units; the last one may end at the boundary
+        residual = trajectory.residual
+        self.segments = request.installation.segments(self.shallow) if residual else [(self.shallow, None)]
+        self.bases: dict[int, tuple[torch.Tensor, ...]] = {}  # segment start -> the state entering it
         self.calls = request.installation.step_calls(self)
 
-    def at_entry(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Entering ``unit`` with ``state``: keep the state after the shallow units; at the boundary
-        store it (full) or return the restored one (cached)."""
+    def _keep(self, segment: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The end of a segment: store ``state`` (full step) or return it restored (cached step)."""
         traj = self.trajectory
-        if traj.residual and unit == self.shallow:
-            self.shallow_out = state
-        if unit != self.boundary:
-            return state
-        deep = traj.deep_for(state)
-        deep.slot.fill_(max(self.planned.slot, 0))
-        deep.weights.copy_(torch.tensor(self.planned.weights, dtype=torch.float32))
-        base = self.shallow_out if traj.residual else state
+        deep, spaces = traj.deep_for(segment, state, self.planned)
+        base = self.bases.get(segment) if traj.residual else state
         if base is None or len(base) != len(state):
             name = self.request.family.name
-            raise RuntimeError(f"{name}: units {self.shallow} and {self.boundary} carry different states")
+            raise RuntimeError(f"{name}: the segment of the middle units from unit {segment} ends in another state")
         if self.full:
-            for ws, h, b in zip(traj.spaces, state, base):
+            for ws, h, b in zip(spaces, state, base):
                 deep.store(ws, h.detach(), b.detach())
             return state
-        return tuple(deep.restore(ws, b) for ws, b in zip(traj.spaces, base))
+        return tuple(deep.restore(ws, b) for ws, b in zip(spaces, base))
+
+    def at_entry(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Entering ``unit`` with ``state``: keep the state entering a segment; at the boundary end
+        the last segment (store the state, or return the restored one)."""
+        if self.trajectory.residual and any(unit == first for first, _ in self.segments):
+            self.bases[unit] = state
+        if unit != self.boundary:
+            return state
+        first, last = self.segments[-1]
+        return state if last is not None else self._keep(first, state)
+
+    def at_exit(self, unit: int, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Leaving ``unit``, the last of a segment that ends where its block list does: store the
+        state it returns (full), or return the restored one in place of its input (cached)."""
+        first = next(first for first, last in self.segments if last == unit)
+        return self._keep(first, state)
 
 
 class _BlockCall:
     """A block as the lists yield it during a step (attributes read through to the block)."""
 
-    def __init__(self, step: _Step, unit: int, block: torch.nn.Module, io, entry: bool, skipped: bool, fast):
+    def __init__(self, step: _Step, unit: int, block: torch.nn.Module, io, entry: bool, skipped: bool, exit_: bool,
+                 fast):  # fmt: skip
         self._step, self._unit, self._block, self._io = step, unit, block, io
-        self._entry, self._skipped, self._fast = entry, skipped, fast
+        self._entry, self._skipped, self._exit, self._fast = entry, skipped, exit_, fast
 
     def __getattr__(self, name):
         return getattr(self._block, name)
@@ -152,7 +176,16 @@ class _BlockCall:
                         args, kwargs = bind.set(args, kwargs, name, value)
                     state = new
             if self._skipped:
+                if self._exit:
+                    state = self._step.at_exit(self._unit, state)
                 return state[0] if io.outputs is None else tuple(state[io.inputs.index(n)] for n in io.outputs)
+        out = self._run(block, bind, args, kwargs)
+        if self._exit:  # a full step: the block ran
+            state = (out,) if io.outputs is None else tuple(out[io.outputs.index(n)] for n in io.inputs)
+            self._step.at_exit(self._unit, state)
+        return out
+
+    def _run(self, block, bind, args, kwargs):
         fast = self._fast
         if fast is not None and fast.is_plain(block):
             out = fast.run(block, bind.all(args, kwargs))
@@ -246,16 +279,33 @@ class _Installation:
         step = None if request is None or request.closed else request._step
         return None if step is None else step.calls[list_name]
 
+    def segments(self, shallow: int) -> list[tuple[int, int | None]]:
+        """The middle units ``[shallow, num_units - shallow)`` cut where one block list ends and the
+        next, which carries the state in other arguments, begins (FLUX.2, Chroma: dual-stream blocks
+        take and return two streams, the forward joins them into the single-stream blocks' one):
+        (first unit, last unit) per segment, the last unit None for the segment that reaches the
+        boundary. A cached step restores each segment's residual where the segment ends; lists that
+        carry the state alike (FLUX.1's) stay one segment."""
+        boundary = len(self.units) - shallow
+        io = [self.family.io_of(members[0][0]) for members in self.units]
+        cuts = [u for u in range(shallow + 1, boundary + 1) if io[u] != io[u - 1]]  # first units of other lists
+        starts = [shallow, *(u for u in cuts if u < boundary)]
+        last = boundary - 1 if boundary in cuts else None  # the boundary's list carries the state otherwise
+        return [(first, nxt - 1) for first, nxt in zip(starts, starts[1:])] + [(starts[-1], last)]
+
     def step_calls(self, step: _Step) -> dict[str, list]:
         request, family = step.request, self.family
         fast = family.fast_block if request.fast_blocks else None
+        starts = {first for first, _ in step.segments} if step.trajectory.residual else set()
+        exits = {last for _, last in step.segments if last is not None}
         calls: dict[str, list] = {name: [] for name in family.blocks}
         for unit, members in enumerate(self.units):
             for pos, (name, block) in enumerate(members):
-                entry = pos == 0 and (unit == step.boundary or (step.trajectory.residual and unit == step.shallow))
+                entry = pos == 0 and (unit == step.boundary or unit in starts)
+                exit_ = pos == len(members) - 1 and unit in exits
                 skipped = not step.full and step.shallow <= unit < step.boundary
-                if entry or skipped or fast is not None:
-                    calls[name].append(_BlockCall(step, unit, block, family.io_of(name), entry, skipped, fast))
+                if entry or skipped or exit_ or fast is not None:
+                    calls[name].append(_BlockCall(step, unit, block, family.io_of(name), entry, skipped, exit_, fast))
                 else:
                     calls[name].append(block)
         return calls
@@ -265,7 +315,14 @@ _INSTALLATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, _Installation]" = we
 _LOCK = threading.Lock()
 
 
-def _signature(bind, args: tuple, kwargs: dict):
+def _same_tensor(a, b) -> bool:
+    """``a`` and ``b`` are one tensor (the same memory, shape and strides), or one object."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+    return a is b
+
+
+def _signature(bind, args: tuple, kwargs: dict, timestep: str):
     """What must stay the same within a trajectory: every tensor argument's shape, dtype and device
     (also inside lists and tuples) and the flags (booleans, integers, strings); not the timestep."""
 
@@ -276,7 +333,7 @@ def _signature(bind, args: tuple, kwargs: dict):
             return tuple(key(x) for x in v)
         return v if isinstance(v, (bool, int, str, type(None))) else type(v).__name__
 
-    return tuple((name, key(v)) for name, v in sorted(bind.all(args, kwargs).items()) if name != "timestep")
+    return tuple((name, key(v)) for name, v in sorted(bind.all(args, kwargs).items()) if name != timestep)
 
 
 class SkipCacheRequest:
@@ -294,7 +351,10 @@ class SkipCacheRequest:
         self.closed = False
         self.full_steps = self.cached_steps = 0
         self.last_step_full: bool | None = None
-        self._trajectories: dict[Any, _Trajectory] = {}  # by the pipeline's denoising call name (None: unnamed)
+        # One trajectory per denoising call (see _Trajectory); the last call's timestep and latents
+        # (kept alive, so that an equal data pointer means the same tensor) tell a branch from a step.
+        self._trajectories: dict[Any, _Trajectory] = {}
+        self._branch, self._last_t, self._last_latents = 0, None, None
         self._step: _Step | None = None
         self._model = weakref.ref(transformer)
         with _LOCK:
@@ -307,22 +367,27 @@ class SkipCacheRequest:
 
     def reset(self) -> None:
         """Start a new trajectory: the next step is full and nothing cached is kept."""
-        self._trajectories = {}
+        self._trajectories, self._branch, self._last_t, self._last_latents = {}, 0, None, None
 
     def _begin(self, module, args: tuple, kwargs: dict, call_name=None):
         bind = binder(type(module))
-        t = bind.get(args, kwargs, "timestep")
+        timestep = self.family.timestep
+        t = bind.get(args, kwargs, timestep.argument)
         if t is None:
-            raise ValueError(f"{self.family.name} under Skip-Cache needs its timestep argument (the schedule reads it)")
-        t_step = float(torch.as_tensor(t).reshape(-1)[0])  # the first sample's, as the official code
-        signature = _signature(bind, args, kwargs)
-        traj = self._trajectories.get(call_name)
+            name = self.family.name
+            raise ValueError(f"{name} under Skip-Cache needs its {timestep.argument} argument (the schedule reads it)")
+        t_step = timestep.noise_level(float(torch.as_tensor(t).reshape(-1)[0]))  # the first sample's (official code)
+        signature = _signature(bind, args, kwargs, timestep.argument)
+        latents = bind.get(args, kwargs, bind.names[0])  # the forward's first argument: the noisy latents
+        repeated = t_step == self._last_t and _same_tensor(latents, self._last_latents)
+        branch = self._branch + 1 if call_name is None and repeated else 0
+        traj = self._trajectories.get((call_name, branch))
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
-            traj = _Trajectory(self.cache, signature, call_name, residual=self.family.long_skips is None)
-        if traj.deep is not None:
-            traj.deep.discard()  # what a step that raised had staged
+            traj = _Trajectory(self.cache, signature, (call_name, branch), residual=self.family.long_skips is None)
+        for deep, _ in traj.deep.values():
+            deep.discard()  # what a step that raised had staged
         cursor = copy.deepcopy(traj.cursor)
-        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step)
+        self._step = _Step(self, traj, cursor, cursor.advance(t_step), t_step, branch, latents)
         for name in self.family.consumed_arguments:
             value = bind.get(args, kwargs, name)
             if isinstance(value, list):
@@ -334,9 +399,10 @@ class SkipCacheRequest:
         if step is None:
             return
         step.trajectory.cursor, step.trajectory.last_t = step.cursor, step.t
-        if step.trajectory.deep is not None:
-            step.trajectory.deep.commit()
+        for deep, _ in step.trajectory.deep.values():
+            deep.commit()
         self._trajectories[step.trajectory.name] = step.trajectory
+        self._branch, self._last_t, self._last_latents = step.branch, step.t, step.latents
         self.last_step_full = step.full
         if step.full:
             self.full_steps += 1
@@ -348,7 +414,7 @@ class SkipCacheRequest:
         if self.closed:
             return
         self.closed = True
-        self._step, self._trajectories = None, {}
+        self._step, self._trajectories, self._last_latents = None, {}, None
         installation = self.installation
         if installation.active.get() is self:  # closed out of order: a later request stays active
             try:
