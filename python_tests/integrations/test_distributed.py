@@ -12,7 +12,6 @@ from python_tests.integrations.ranks import free_port, ok, run_ranks
 from python_tests.models.conftest import TINY, randomize
 from skipdit_kernels import SkipCache, SkipDiT, sample
 from skipdit_kernels.integrations.distributed import (
-    DistributedSamplingError,
     RankInfo,
     batch_seeds,
     sample_cfg_parallel,

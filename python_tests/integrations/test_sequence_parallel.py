@@ -101,7 +101,7 @@ def test_two_ranks_equal_single_process_sampling(two_ranks, name):
         pytest.skip("LatteT2VSkip needs diffusers")
     (x0, stats0), (x1, stats1) = two_ranks[0][name], two_ranks[1][name]
     torch.testing.assert_close(x0, x1, rtol=0, atol=0)  # every rank holds the same x
-    assert stats0.sequence_parallel == 2 and not stats0.cfg_parallel
+    assert stats0.sequence_parallel == stats1.sequence_parallel == 2 and not stats0.cfg_parallel
     assert_equal_within_fp32_rounding(x0, single_process(name))
 
 

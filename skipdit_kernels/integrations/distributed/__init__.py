@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import zipfile
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
