@@ -379,3 +379,26 @@ def test_every_skipdit_environment_variable_is_registered_and_printed(capsys):
     out = capsys.readouterr().out
     for name in registered:
         assert name in out
+
+
+# -- supported versions ---------------------------------------------------------------------------
+
+
+def test_a_torch_without_triton_op_reports_triton_unavailable_with_the_reason(monkeypatch):
+    from skipdit_kernels.ops import triton as triton_backend
+
+    monkeypatch.delattr(torch.library, "triton_op", raising=False)
+    ok, why = triton_backend.probe()
+    assert not ok and "torch.library.triton_op" in why
+
+
+def test_the_declared_torch_floor_is_the_one_the_readme_states_and_ci_tests():
+    import re
+
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    floor = re.search(r'"torch>=([0-9.]+)"', setup).group(1)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert f"torch >= {floor}" in readme
+    assert "floor.sh" in open(os.path.join(ROOT, ".ci", "run")).read()
+    major, minor = (int(x) for x in floor.split(".")[:2])
+    assert tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (major, minor)

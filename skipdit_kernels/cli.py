@@ -23,7 +23,7 @@ COMMANDS = {
     "sample-ddp": ("skipdit_kernels.commands.sample_ddp", "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel"),
     "train": ("skipdit_kernels.commands.train", "train a DiT / SkipDiT (or the digit classifier), resumable"),
     "bench": ("skipdit_kernels.commands.bench", "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused"),
-    "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x10 digit grid with and without Skip-Cache"),
+    "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x4 digit grid with and without Skip-Cache (--video: moving digits)"),
 }
 
 # What a command may raise for a request it cannot serve: the library's ValueError (CheckpointError
