@@ -402,3 +402,10 @@ def test_the_declared_torch_floor_is_the_one_the_readme_states_and_ci_tests():
     assert "floor.sh" in open(os.path.join(ROOT, ".ci", "run")).read()
     major, minor = (int(x) for x in floor.split(".")[:2])
     assert tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (major, minor)
+
+
+def test_sample_ddp_out_dir_is_checked_before_the_process_group(capsys, tmp_path, no_sampling, monkeypatch):
+    monkeypatch.setattr("skipdit_kernels.integrations.distributed.init_distributed",
+                        lambda *a, **k: pytest.fail("process group started before the --out-dir check"))
+    err = refused(capsys, ["sample-ddp", "--bundled", "skipdit", "--num-samples", "2", "--out-dir", _blocked(tmp_path)])
+    assert "--out-dir" in err and "cannot write there" in err

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from skipdit_kernels.commands._common import add_cache_options, cache_from_args, torch_dtype
+from skipdit_kernels.commands._common import add_cache_options, cache_from_args, check_output_dir, torch_dtype
 from skipdit_kernels.commands._timing import add_threads_option
 
 
@@ -64,6 +64,7 @@ def run(args) -> int:
         raise ValueError("--cfg-parallel samples one request: give its --labels")
     if not args.cfg_parallel and args.num_samples is None:
         raise ValueError("give --num-samples (or --cfg-parallel with --labels)")
+    check_output_dir("--out-dir", args.out_dir)
     from skipdit_kernels.commands._timing import pin_threads
 
     rank = os.environ.get("RANK", "0")
