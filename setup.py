@@ -113,7 +113,7 @@ setup(
     packages=find_packages(include=["skipdit_kernels", "skipdit_kernels.*"]),
     package_data={"skipdit_kernels": ["assets/*"], "skipdit_kernels.ops": ["*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.13", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
+    install_requires=["torch>=2.14", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
     extras_require={
         # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
         # and run them under accelerate's CPU offload hooks

@@ -26,7 +26,9 @@ def no_sampling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the work started although the request should have been refused first")
 
-    for target in ("skipdit_kernels.sampling.sample", "skipdit_kernels.sample", "skipdit_kernels.train.train",
+    # skipdit_kernels.sample first: the package resolves it lazily from skipdit_kernels.sampling, and
+    # would otherwise remember (and monkeypatch restore) the patched function
+    for target in ("skipdit_kernels.sample", "skipdit_kernels.sampling.sample", "skipdit_kernels.train.train",
                    "skipdit_kernels.train.build_model"):
         monkeypatch.setattr(target, refuse)
 
