@@ -117,8 +117,8 @@ setup(
     extras_require={
         # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
         # and run them under accelerate's CPU offload hooks
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "transformers", "accelerate"],
-        "diffusers": ["diffusers>=0.30"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.42", "transformers", "accelerate"],
+        "diffusers": ["diffusers>=0.42"],
     },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,
