@@ -113,12 +113,12 @@ setup(
     packages=find_packages(include=["skipdit_kernels", "skipdit_kernels.*"]),
     package_data={"skipdit_kernels": ["assets/*"], "skipdit_kernels.ops": ["*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
+    install_requires=["torch>=2.14", "numpy", "tqdm", "safetensors", "pillow>=10.1"],
     extras_require={
         # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
-        # and run them under accelerate's CPU offload hooks; the request is a diffusers.hooks.HookRegistry hook (0.33+)
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.33", "transformers", "accelerate"],
-        "diffusers": ["diffusers>=0.33"],
+        # and run them under accelerate's CPU offload hooks; the request is a diffusers.hooks.HookRegistry hook
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.42", "transformers", "accelerate"],
+        "diffusers": ["diffusers>=0.42"],
     },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},
     ext_modules=ext_modules,

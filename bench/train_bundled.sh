@@ -39,3 +39,14 @@ PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 1e-3
 PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 5e-4 --seed 1 \
   --init bench/results/training/latte/model.safetensors \
   --export skipdit_kernels/assets/latte.safetensors > "$OUT/latte-stage2.log" 2>&1
+
+# 4. stage 3 (2026-12-08): continue from the bundled stage-2 EMA weights, lr 5e-4 decaying linearly
+#    towards 5e-5 over 14000 planned steps, bounded to 58 minutes of wall time, niced, one thread, on
+#    the 2-core machine shared with other jobs at load average 11-17 (it got ~15% of a core: about
+#    100 steps per 10-20 minutes). Judged by the frame accuracy of full-compute samples (DDIM-50, CFG 3,
+#    10 videos per digit): bench/results/training/latte/frame_accuracy.py; exported to the asset only
+#    if better than stage 2 (see bench/results/training/latte-stage3.log and the results file).
+PYTHONPATH=. nice -n 10 python bench/results/training/latte/train_latte.py $LATTE --steps 14000 --log-every 100 \
+  --lr 5e-4 --lr-final 5e-5 --seed 2 --init skipdit_kernels/assets/latte.safetensors --save-every 1000 \
+  --max-minutes 58 --export /tmp/latte-stage3.safetensors > "$OUT/latte-stage3.log" 2>&1
+PYTHONPATH=. python bench/results/training/latte/frame_accuracy.py --model bench/results/training/latte/model.safetensors

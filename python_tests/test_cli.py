@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -20,20 +21,31 @@ BUNDLED = embedded.asset_path("skipdit")
 
 @pytest.fixture
 def no_sampling(monkeypatch):
-    """Fail the test if sampling starts: every refusal must come before the work."""
+    """Fail the test if sampling or training starts: every refusal must come before the work."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError("sample() ran although the request should have been refused first")
+        raise AssertionError("the work started although the request should have been refused first")
 
-    monkeypatch.setattr("skipdit_kernels.sampling.sample", refuse)
+    # skipdit_kernels.sample first: the package resolves it lazily from skipdit_kernels.sampling, and
+    # would otherwise remember (and monkeypatch restore) the patched function
+    for target in ("skipdit_kernels.sample", "skipdit_kernels.sampling.sample", "skipdit_kernels.train.train",
+                   "skipdit_kernels.train.build_model"):
+        monkeypatch.setattr(target, refuse)
+
+
+# A refusal comes before the work: far quicker than one sampling run of the demo (tens of seconds).
+REFUSAL_SECONDS = 10.0
 
 
 def refused(capsys, argv) -> str:
-    """Run the CLI, expect exit code 2 and exactly one line on stderr; return that line."""
+    """Run the CLI, expect exit code 2 and exactly one line on stderr, soon; return that line."""
+    started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         code = cli.main(argv)
+    seconds = time.perf_counter() - started
     err = capsys.readouterr().err
+    assert seconds < REFUSAL_SECONDS, f"refused after {seconds:.1f} s: the work ran first? {err}"
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"skipdit {argv[0]}: error: "), err
@@ -167,7 +179,7 @@ def test_library_errors_are_one_line_and_debug_gives_the_traceback(capsys, tmp_p
 def test_other_refusals_before_work(capsys, tmp_path, no_sampling):
     npz, png = str(tmp_path / "x.npz"), str(tmp_path / "x.png")
     assert "--random-init" in refused(capsys, ["sample", "--out", npz])
-    assert "no such file" in refused(capsys, ["sample", "--ckpt", str(tmp_path / "nope.pt"), "--out", npz])
+    assert "--ckpt" in refused(capsys, ["sample", "--ckpt", str(tmp_path / "nope.pt"), "--out", npz])
     assert "--skip goes with --random-init" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--skip", "--out", png])
     assert "apply to image and video output only" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz])
     err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--out", str(tmp_path / "missing" / "x.png")])
@@ -240,3 +252,162 @@ def test_train_defaults_give_the_bundled_size_on_the_bundled_digits(tmp_path, ca
     assert {k: model.config[k] for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads")} == dict(
         input_size=16, patch_size=4, hidden_size=96, depth=8, num_heads=4)
     assert "1797 training images" in capsys.readouterr().out
+
+
+# -- every output path checked before the work, the option named; one line for every refusal -------
+
+
+def _blocked(tmp_path, name="sub"):
+    """A path no one can create: its parent is a regular file (holds for root too)."""
+    (tmp_path / "afile").write_text("")
+    return str(tmp_path / "afile" / name)
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--video"]])
+def test_demo_out_dir_is_checked_before_work(capsys, tmp_path, no_sampling, argv):
+    err = refused(capsys, [*argv, "--out-dir", _blocked(tmp_path)])
+    assert "--out-dir" in err and "cannot write there" in err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_dir_names_the_option(capsys, tmp_path, no_sampling):
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        err = refused(capsys, ["demo", "--out-dir", str(tmp_path / "ro")])
+        assert "--out-dir" in err and "Permission denied" in err
+        err = refused(capsys, ["sample", "--bundled", "skipdit", "--out", str(tmp_path / "ro" / "x.npz")])
+        assert "--out" in err and "Permission denied" in err
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_sample_out_is_checked_before_the_model_and_sampling(capsys, tmp_path, no_sampling, monkeypatch):
+    monkeypatch.setattr("skipdit_kernels.embedded.load_bundled", lambda *a, **k: pytest.fail("model loaded first"))
+    err = refused(capsys, ["sample", "--bundled", "skipdit", "--out", str(tmp_path / "folder.png" / "x.png")])
+    assert "--out" in err and "does not exist" in err
+    (tmp_path / "folder.png").mkdir()
+    err = refused(capsys, ["sample", "--bundled", "skipdit", "--out", str(tmp_path / "folder.png")])
+    assert "--out" in err and "is a folder" in err
+
+
+@pytest.mark.parametrize("option", ["--out", "--export"])
+def test_train_paths_are_checked_before_data_and_model(capsys, tmp_path, no_sampling, option):
+    argv = ["train", "--steps", "1", "--out", str(tmp_path / "run")]
+    if option == "--out":
+        argv[-1] = _blocked(tmp_path)
+    else:
+        argv += ["--export", _blocked(tmp_path, "w.safetensors")]
+    err = refused(capsys, argv)
+    assert f"{option} " in err
+
+
+def test_train_data_refusals_are_one_line(capsys, tmp_path, no_sampling):
+    run = str(tmp_path / "run")
+    err = refused(capsys, ["train", "--data", str(tmp_path / "missing.pt"), "--out", run])
+    assert "--data" in err and "no such file or folder" in err
+    (tmp_path / "corrupt.pt").write_bytes(b"not a pickle at all" * 10)
+    err = refused(capsys, ["train", "--data", str(tmp_path / "corrupt.pt"), "--out", run])
+    assert "--data" in err and "not a readable .pt file" in err
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00" * 64)
+    err = refused(capsys, ["train", "--data", str(tmp_path / "corrupt.safetensors"), "--out", run])
+    assert "--data" in err and "not a readable .safetensors file" in err
+    torch.save({"x": torch.zeros(1)}, tmp_path / "keys.pt")
+    err = refused(capsys, ["train", "--data", str(tmp_path / "keys.pt"), "--out", run])
+    assert "--data" in err and "expected the tensors 'images'" in err and "['x']" in err
+
+
+def test_ckpt_folder_is_not_a_checkpoint(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--ckpt", str(tmp_path), "--out", str(tmp_path / "x.npz")])
+    assert "--ckpt" in err and "is a folder, not a checkpoint file" in err
+
+
+def test_a_checkpoint_that_does_not_fit_the_preset_is_one_line_verbose_gives_all(capsys, tmp_path, no_sampling):
+    argv = ["sample", "--ckpt", BUNDLED, "--preset", "DiT-S/2", "--out", str(tmp_path / "x.npz")]
+    err = refused(capsys, argv)
+    assert "does not fit" in err and "more lines with --verbose" in err
+    assert cli.main([*argv, "--verbose"]) == 2
+    full = capsys.readouterr().err
+    assert full.count("\n") > 5 and "does not fit" in full.splitlines()[0]
+
+
+def test_one_source_of_weights(capsys, tmp_path, no_sampling):
+    err = refused(capsys, ["sample", "--bundled", "dit", "--ckpt", BUNDLED, "--out", str(tmp_path / "x.npz")])
+    assert "give one of --bundled, --ckpt, --random-init" in err
+    assert "--bundled" in refused(capsys, ["sample", "--out", str(tmp_path / "x.npz")])
+
+
+@pytest.mark.parametrize("name,suffix,shape", [("skipdit", "png", None), ("dit", "npz", (2, 1, 16, 16)),
+                                               ("video", "gif", None)])
+def test_sample_bundled(tmp_path, capsys, name, suffix, shape):
+    out = tmp_path / f"s.{suffix}"
+    argv = ["sample", "--bundled", name, "--labels", "3", "7", "--steps", "2", "--method", "ddim", "--threads", "1",
+            "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "1 thread (--threads)" in printed and out.exists()
+    if shape:
+        assert np.load(out)["latents"].shape == shape
+
+
+def test_sample_bundled_video_defaults_to_a_gif(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sample", "--bundled", "video", "--steps", "2", "--method", "ddim", "--threads", "1",
+                     "--no-progress"]) == 0
+    assert (tmp_path / "samples.gif").exists()
+
+
+def test_threads_default_is_chosen_and_printed(tmp_path, capsys):
+    from skipdit_kernels.commands import _timing
+
+    threads, why = _timing.default_threads()
+    assert 1 <= threads <= _timing.usable_cores() and "usable cores" in why
+    assert _timing.default_threads(processes=64)[0] == 1
+    assert cli.main(["sample", "--bundled", "skipdit", "--labels", "1", "--steps", "2", "--method", "ddim",
+                     "--no-progress", "--out", str(tmp_path / "x.npz")]) == 0
+    assert f"{threads} thread" in capsys.readouterr().out and torch.get_num_threads() == threads
+
+
+def test_every_skipdit_environment_variable_is_registered_and_printed(capsys):
+    from skipdit_kernels import environment
+
+    names = set(subprocess.run(["git", "grep", "-ohE", "SKIPDIT_[A-Z0-9_]+", "--", ".", ":!*.md"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.split())
+    if not names:
+        pytest.skip("not a git checkout")
+    registered = {v.name for v in environment.VARIABLES}
+    assert names - registered - set(environment.NOT_VARIABLES) == set()
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in registered:
+        assert name in out
+
+
+# -- supported versions ---------------------------------------------------------------------------
+
+
+def test_a_torch_without_triton_op_reports_triton_unavailable_with_the_reason(monkeypatch):
+    from skipdit_kernels.ops import triton as triton_backend
+
+    monkeypatch.delattr(torch.library, "triton_op", raising=False)
+    ok, why = triton_backend.probe()
+    assert not ok and "torch.library.triton_op" in why
+
+
+def test_the_declared_torch_floor_is_the_one_the_readme_states_and_ci_tests():
+    import re
+
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    floor = re.search(r'"torch>=([0-9.]+)"', setup).group(1)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert f"torch >= {floor}" in readme
+    assert "floor.sh" in open(os.path.join(ROOT, ".ci", "run")).read()
+    major, minor = (int(x) for x in floor.split(".")[:2])
+    assert tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (major, minor)
+
+
+def test_sample_ddp_out_dir_is_checked_before_the_process_group(capsys, tmp_path, no_sampling, monkeypatch):
+    monkeypatch.setattr("skipdit_kernels.integrations.distributed.init_distributed",
+                        lambda *a, **k: pytest.fail("process group started before the --out-dir check"))
+    err = refused(capsys, ["sample-ddp", "--bundled", "skipdit", "--num-samples", "2", "--out-dir", _blocked(tmp_path)])
+    assert "--out-dir" in err and "cannot write there" in err

@@ -1,7 +1,9 @@
 """The ``skipdit`` command: ``skipdit info | sample | train | bench | demo`` (``skipdit <command> --help``).
 
 Every refused request is one line on stderr, ``skipdit <command>: error: <what and why>``, exit code
-2, without a traceback (set SKIPDIT_DEBUG=1 to get the traceback). Building the parser imports
+2, without a traceback (set SKIPDIT_DEBUG=1 to get the traceback); where the library's message has
+more lines (e.g. the key list of a checkpoint that does not fit), the first is printed and
+``--verbose`` prints them all. Building the parser imports
 neither torch nor the library: each command module configures its options without them and imports
 what it needs when it runs.
 """
@@ -21,7 +23,7 @@ COMMANDS = {
     "sample-ddp": ("skipdit_kernels.commands.sample_ddp", "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel"),
     "train": ("skipdit_kernels.commands.train", "train a DiT / SkipDiT (or the digit classifier), resumable"),
     "bench": ("skipdit_kernels.commands.bench", "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused"),
-    "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x10 digit grid with and without Skip-Cache"),
+    "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x4 digit grid with and without Skip-Cache (--video: moving digits)"),
 }
 
 # What a command may raise for a request it cannot serve: the library's ValueError (CheckpointError
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(_module=module)
         importlib.import_module(module).configure(command)
+        command.add_argument("--verbose", action="store_true",
+                             help="print refusals in full (e.g. every key of a checkpoint that does not fit)")
     return parser
 
 
@@ -54,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get("SKIPDIT_DEBUG", "0") not in ("", "0"):
             raise
-        print(f"skipdit {args.command}: error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
+        lines = (str(exc).strip() or type(exc).__name__).splitlines()
+        if len(lines) > 1 and not args.verbose:
+            lines = [f"{lines[0].rstrip(':')} ({len(lines) - 1} more lines with --verbose)"]
+        print(f"skipdit {args.command}: error: " + "\n".join(lines), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"skipdit {args.command}: interrupted", file=sys.stderr)

@@ -112,6 +112,32 @@ def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3) -> 
     return torch.stack(images) * 2.0 - 1.0, torch.tensor(labels, dtype=torch.long), classes
 
 
+TENSOR_FILE_EXTS = (".pt", ".pth", ".safetensors")
+
+
+def load_tensor_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from a .pt / .pth (``torch.load(weights_only=True)``) or .safetensors
+    file holding the tensors ``images`` (N, C, H, W) and ``labels`` (N,). Raises FileNotFoundError
+    when it is missing, ValueError (one line) when it cannot be read or lacks those tensors."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            blob = load_file(path)
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load and safetensors raise many kinds on a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path}: not a readable {os.path.splitext(path)[1] or 'tensor'} file ({first})") from exc
+    if not isinstance(blob, dict) or not {"images", "labels"} <= set(blob):
+        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path}: expected the tensors 'images' (N,C,H,W) and 'labels' (N,), found {found}")
+    return blob["images"], blob["labels"]
+
+
 def as_tensors(data, size: int | None = None, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Resolve a dataset spec: "digits", an image-folder path, an ``(images, labels)`` pair of
     tensors, or a ``torch.utils.data.TensorDataset``."""

@@ -121,31 +121,33 @@ def save_video_grid(videos: torch.Tensor, path: str | os.PathLike, nrow: int | N
 
 def save_comparison(
     panels: list[tuple[str, torch.Tensor]], path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
-    magnify: float = 10.0,
+    magnify: float = 10.0, row_labels: list[str] | None = None,
 ) -> None:  # fmt: skip
     """One PNG of labelled panels side by side: each (label, images) of ``panels``, then
     ``|last - first|`` magnified ``magnify`` times (white = a difference of 2/magnify or more, i.e.
-    the full [-1, 1] range at magnify 1). Images are (N, C, H, W) in [-1, 1], all of one shape."""
-    comparison_image(panels, nrow, scale, magnify).save(os.fspath(path))
+    the full [-1, 1] range at magnify 1). Images are (N, C, H, W) in [-1, 1], all of one shape;
+    ``row_labels`` (one per grid row) are written left of the first panel."""
+    comparison_image(panels, nrow, scale, magnify, row_labels).save(os.fspath(path))
 
 
 def save_comparison_gif(
     panels: list[tuple[str, torch.Tensor]], path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
-    magnify: float = 10.0, frame_ms: int = 150,
+    magnify: float = 10.0, frame_ms: int = 150, row_labels: list[str] | None = None,
 ) -> None:  # fmt: skip
     """``save_comparison`` for videos: (N, F, C, H, W) in [-1, 1] per panel, written as an animated
     GIF of F frames (``frame_ms`` milliseconds each, looping), frame f comparing frame f of every video."""
     shapes = {tuple(videos.shape) for _, videos in panels}
     if len(shapes) != 1 or len(next(iter(shapes))) != 5:
         raise ValueError(f"save_comparison_gif needs panels of one (N, F, C, H, W) shape, got shapes {sorted(shapes)}")
-    frames = [comparison_image([(label, videos[:, f]) for label, videos in panels], nrow, scale, magnify)
+    frames = [comparison_image([(label, videos[:, f]) for label, videos in panels], nrow, scale, magnify, row_labels)
               for f in range(next(iter(shapes))[1])]
     frames[0].save(os.fspath(path), save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
 def comparison_image(panels: list[tuple[str, torch.Tensor]], nrow: int | None = None, scale: int = 1,
-                     magnify: float = 10.0):
-    """The picture ``save_comparison`` writes, as an RGB PIL image."""
+                     magnify: float = 10.0, row_labels: list[str] | None = None):
+    """The picture ``save_comparison`` writes, as an RGB PIL image (``row_labels``: one per grid row,
+    in a margin left of the first panel, centred on its row)."""
     from PIL import Image, ImageDraw, ImageFont
 
     shapes = {tuple(images.shape) for _, images in panels}
@@ -158,10 +160,18 @@ def comparison_image(panels: list[tuple[str, torch.Tensor]], nrow: int | None = 
     font = ImageFont.load_default(size=max(12, min(24, images[0].width // 16)))
     band = int(font.size * 1.6)
     gap = max(4, band // 3)
-    width = sum(p.width for p in images) + gap * (len(images) - 1)
+    n, side = first.shape[0], first.shape[-2]
+    rows = math.ceil(n / (nrow or math.ceil(math.sqrt(n))))
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"row_labels needs one label per grid row ({rows}), got {len(row_labels)}")
+    margin = 0 if row_labels is None else max(font.getbbox(t)[2] for t in row_labels) + 2 * gap
+    width = margin + sum(p.width for p in images) + gap * (len(images) - 1)
     canvas = Image.new("RGB", (width, band + images[0].height), "white")
     draw = ImageDraw.Draw(canvas)
-    left = 0
+    for r, text in enumerate(row_labels or []):  # make_grid: padding 2, then rows of side + 2 pixels
+        centre = band + (2 + r * (side + 2) + side / 2) * scale
+        draw.text((margin // 2, centre), text, fill="black", font=font, anchor="mm")
+    left = margin
     for text, panel in zip(texts, images):
         canvas.paste(panel, (left, band))
         draw.text((left + panel.width // 2, band // 2), text, fill="black", font=font, anchor="mm")

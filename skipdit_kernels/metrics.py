@@ -10,6 +10,9 @@ accuracy; and the small digit classifier whose penultimate features the Frechet 
   (as FID, here in the digit classifier's 64-d feature space, so the numbers are not FIDs).
 - ``fidelity(images, reference)``: PSNR and SSIM scored per sample (mean, worst 5%) and pooled,
   side by side, as the fidelity reports print them.
+- ``frame_accuracy(classifier, videos, labels)``: the fraction of video frames the digit classifier
+  assigns to their video's label, each frame first cropped to the window of the digit's size that
+  holds the most ink and resized to the frame (the classifier knows frame-filling digits).
 """
 from __future__ import annotations
 
@@ -161,3 +164,28 @@ def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels) -> 
 @torch.no_grad()
 def classifier_features(classifier: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     return torch.cat([classifier.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
+
+
+def crop_to_ink(frames: torch.Tensor, window: int) -> torch.Tensor:
+    """frames (N, C, S, S) in [-1, 1] -> (N, C, S, S): each frame's ``window`` x ``window`` square with
+    the most ink (sum of pixel + 1 over the channels), resized back to S x S (bilinear)."""
+    side = frames.shape[-1]
+    ink = F.avg_pool2d((frames + 1).sum(1, keepdim=True), window, stride=1)  # (N, 1, S-w+1, S-w+1)
+    best = ink.flatten(1).argmax(1).tolist()
+    crops = [f[:, b // ink.shape[-1]:b // ink.shape[-1] + window, b % ink.shape[-1]:b % ink.shape[-1] + window]
+             for f, b in zip(frames, best)]
+    return F.interpolate(torch.stack(crops), size=(side, side), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def frame_accuracy(classifier: nn.Module, videos: torch.Tensor, labels, window: int = 12) -> tuple[float, list[float]]:
+    """Videos (N, F, C, S, S) in [-1, 1] of digits ``window`` pixels tall moving on an S x S canvas
+    (``data.moving_digits``): (fraction of all frames classified as their video's label, that
+    fraction per label 0..max). Each frame is cropped with ``crop_to_ink`` first."""
+    labels = torch.as_tensor(labels, device=videos.device)
+    n, frames = videos.shape[:2]
+    pred = classifier(crop_to_ink(videos.flatten(0, 1).float().clamp(-1, 1), window)).argmax(1).view(n, frames)
+    hit = (pred == labels[:, None]).float()
+    per_label = [float(hit[labels == c].mean()) if (labels == c).any() else float("nan")
+                 for c in range(int(labels.max()) + 1)]
+    return float(hit.mean()), per_label

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 
 
 class CommandError(Exception):
@@ -50,6 +52,56 @@ def guidance_scale(text: str) -> float:
     if not math.isfinite(value) or value < 1.0:
         raise argparse.ArgumentTypeError(f"the guidance scale must be a finite number >= 1 (1 = no guidance), got {text}")
     return value
+
+
+def _probe_writable(folder: str) -> None:
+    """Create and remove a file in ``folder``: the check that holds for every user (root included) and
+    file system (read-only mounts included). Raises OSError."""
+    with tempfile.TemporaryFile(dir=folder, prefix=".skipdit-write-check-"):
+        pass
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_output_dir(option: str, path: str) -> None:
+    """Before any work: ``path`` (the value of ``option``) is a folder this process can write in,
+    created with its parents if missing. Raises CommandError naming the option."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"{option} {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        _probe_writable(path)
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write there ({_reason(exc)})") from None
+
+
+def check_output_file(option: str, path: str) -> None:
+    """Before any work: ``path`` (the value of ``option``) can be written as a file: its folder
+    exists and is writable, and the path is not a folder or a read-only file. Raises CommandError
+    naming the option."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CommandError(f"{option} {path}: is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise CommandError(f"{option} {path}: folder {folder} does not exist")
+    try:
+        _probe_writable(folder)
+        if os.path.exists(path):
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write there ({_reason(exc)})") from None
+
+
+def check_input_file(option: str, path: str, what: str) -> None:
+    """Before any work: ``path`` (the value of ``option``) is an existing file (``what`` names the
+    kind expected, e.g. "a checkpoint file"). Raises CommandError naming the option."""
+    if os.path.isdir(path):
+        raise CommandError(f"{option} {path}: is a folder, not {what}")
+    if not os.path.isfile(path):
+        raise CommandError(f"{option} {path}: no such file (expected {what})")
 
 
 def notice(command: str, text: str) -> None:

@@ -1,12 +1,12 @@
-"""``skipdit sample``: images or latents from a DiT / Skip-DiT checkpoint, or from random weights.
+"""``skipdit sample``: images or latents from a DiT / Skip-DiT checkpoint, a bundled model, or random weights.
 
-Model class: with ``--ckpt`` the checkpoint decides (SkipDiT when it has ``skip_linears.*`` keys);
+Model class: ``--bundled skipdit|dit|video`` samples a model shipped with the package (the 16x16
+digit SkipDiT / DiT, the class-to-video LatteSkip; labels 0-9); with ``--ckpt`` the checkpoint decides (SkipDiT when it has ``skip_linears.*`` keys);
 ``--preset`` names a size only (the official names, ``DiT-S/2`` ... ``DiT-XL/8``, as the Skip-DiT
 release uses them too). With ``--random-init``, ``--skip`` builds a SkipDiT. Every option is checked
 before the model is built or sampling starts."""
 from __future__ import annotations
 
-import os
 
 from skipdit_kernels.commands._common import (
     CommandError,
@@ -14,11 +14,18 @@ from skipdit_kernels.commands._common import (
     DTYPE_NAMES,
     add_cache_options,
     cache_from_args,
+    check_input_file,
+    check_output_file,
     notice,
     positive_int,
     resolve_device,
     torch_dtype,
 )
+from skipdit_kernels.commands._timing import add_threads_option
+
+# --bundled NAME -> the embedded model's name (skipdit_kernels.embedded)
+BUNDLED = {"skipdit": "skipdit", "dit": "dit", "video": "latte"}
+IMAGENET_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]  # DiT's sample.py
 
 DTYPES = tuple(DTYPE_NAMES)
 VAE_FACTOR = 8  # DiT's sd-vae-ft-* autoencoders: 4-channel latents, 8x smaller than the image
@@ -26,6 +33,9 @@ MIN_PANEL = 64  # --scale auto: the smallest factor that shows each image at lea
 
 
 def configure(parser) -> None:
+    parser.add_argument("--bundled", choices=list(BUNDLED), default=None,
+                        help="a model shipped with the package: the 16x16 digit SkipDiT or DiT, or the class-to-video "
+                        "LatteSkip (8 frames of a moving digit); labels 0-9, default 0 1 ... 9")
     parser.add_argument("--preset", default=None,
                         help="model size, DiT-S/2 ... DiT-XL/8 (default: inferred from --ckpt; DiT-XL/2 with --random-init)")
     parser.add_argument("--ckpt", default=None, help="checkpoint (.pt, .pth or .safetensors); its keys decide DiT or SkipDiT")
@@ -34,7 +44,8 @@ def configure(parser) -> None:
     parser.add_argument("--image-size", type=positive_int, default=None,
                         help="image side in pixels (default: the model's; latent models: 8 x latent side)")
     parser.add_argument("--num-classes", type=positive_int, default=None, help="with --random-init (default 1000)")
-    parser.add_argument("--labels", type=int, nargs="+", default=[207, 360, 387, 974, 88, 979, 417, 279])
+    parser.add_argument("--labels", type=int, nargs="+", default=None,
+                        help=f"class labels (default: 0 1 ... 9 with --bundled, else {' '.join(map(str, IMAGENET_LABELS))})")
     parser.add_argument("--steps", type=positive_int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=guidance_scale, default=4.0, help="classifier-free guidance scale, >= 1 (1 = off)")
@@ -43,21 +54,33 @@ def configure(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--vae", default=None, help="local AutoencoderKL folder (needs diffusers), to decode latents to images")
-    parser.add_argument("--out", default="samples.png",
-                        help=".png for an image grid, .gif/.mp4 for a video grid (video models), .npz for latents")
+    parser.add_argument("--out", default=None,
+                        help=".png for an image grid, .gif/.mp4 for a video grid (video models), .npz for latents "
+                        "(default samples.png; samples.gif with --bundled video)")
+    add_threads_option(parser)
     parser.add_argument("--scale", type=positive_int, default=None,
                         help=f"PNG upscaling factor, nearest neighbour (default: smallest giving {MIN_PANEL}-pixel images)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def check_request(args) -> None:
-    """What can be refused from the options alone, before torch or the model is loaded."""
-    if args.ckpt and args.random_init:
-        raise CommandError("give either --ckpt or --random-init, not both")
-    if not args.ckpt and not args.random_init:
-        raise CommandError("no weights: pass --ckpt PATH, or --random-init to sample from random weights")
-    if args.ckpt and not os.path.isfile(args.ckpt):
-        raise CommandError(f"--ckpt {args.ckpt}: no such file")
+    """What can be refused from the options alone, before torch or the model is loaded (fills in the
+    defaults that depend on other options: --out, --labels)."""
+    sources = [name for name, given in (("--bundled", args.bundled), ("--ckpt", args.ckpt),
+                                        ("--random-init", args.random_init)) if given]
+    if len(sources) > 1:
+        raise CommandError(f"give one of --bundled, --ckpt, --random-init, not {' and '.join(sources)}")
+    if not sources:
+        raise CommandError("no weights: pass --bundled skipdit|dit|video, --ckpt PATH, "
+                           "or --random-init to sample from random weights")
+    if args.out is None:
+        args.out = "samples.gif" if args.bundled == "video" else "samples.png"
+    if args.labels is None:
+        args.labels = list(range(10)) if args.bundled else IMAGENET_LABELS
+    if args.ckpt:
+        check_input_file("--ckpt", args.ckpt, "a checkpoint file (.pt, .pth or .safetensors)")
+    if args.bundled and args.preset:
+        raise CommandError("--preset goes with --ckpt or --random-init; a bundled model has its own size")
     if args.skip and not args.random_init:
         raise CommandError("--skip goes with --random-init; with --ckpt the checkpoint decides DiT or SkipDiT")
     if args.num_classes is not None and not args.random_init:
@@ -74,6 +97,7 @@ def check_request(args) -> None:
         check_vae(args.vae)
     if args.preset:
         check_preset(args.preset)
+    check_output_file("--out", args.out)
     if args.random_init:
         from skipdit_kernels.models.presets import preset_config
 
@@ -110,6 +134,10 @@ def build_model(args):
     from skipdit_kernels import DiT, SkipDiT, load_checkpoint
     from skipdit_kernels.models.presets import preset_config
 
+    if args.bundled:
+        from skipdit_kernels.embedded import load_bundled
+
+        return load_bundled(BUNDLED[args.bundled])
     if args.ckpt:
         overrides = preset_config(args.preset) if args.preset else {}
         return load_checkpoint(args.ckpt, **overrides)
@@ -125,8 +153,11 @@ def auto_scale(side: int) -> int:
 
 
 def run(args) -> int:
+    from skipdit_kernels.commands._timing import pin_threads
+
     check_request(args)
     device = resolve_device(args.device)
+    threads = pin_threads(args.threads)
     model = build_model(args)
     pixel_model = model.in_channels in (1, 3)
     video_model = len(model.latent_shape) == 4
@@ -141,9 +172,6 @@ def run(args) -> int:
         from skipdit_kernels.images import check_video_path
 
         check_video_path(args.out)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise CommandError(f"--out {args.out}: folder {out_dir} does not exist")
 
     import numpy as np
 
@@ -160,6 +188,7 @@ def run(args) -> int:
     print(
         f"{len(args.labels)} samples, {info.steps} {info.method} steps ({info.full_steps} full, "
         f"{info.cached_steps} cached) in {info.seconds:.2f} s on {device}"
+        + (f", {threads}" if device.type == "cpu" else "")
         + (f"; Skip-Cache forecast order {info.forecast}" if info.forecast else "")
     )
     if args.out.endswith(".npz"):

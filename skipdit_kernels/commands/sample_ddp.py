@@ -8,7 +8,8 @@ import os
 import sys
 import time
 
-from skipdit_kernels.commands._common import add_cache_options, cache_from_args, positive_int, torch_dtype
+from skipdit_kernels.commands._common import add_cache_options, cache_from_args, check_output_dir, positive_int, torch_dtype
+from skipdit_kernels.commands._timing import add_threads_option
 
 
 def configure(parser) -> None:
@@ -40,6 +41,7 @@ def configure(parser) -> None:
     parser.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto", help="auto: nccl with CUDA, else gloo")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds a rank waits for the others before failing (must exceed one batch's sampling time)")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -66,7 +68,11 @@ def run(args) -> int:
         raise ValueError("--cfg-parallel and --sequence-parallel sample one request: give its --labels")
     if not one_request and args.num_samples is None:
         raise ValueError("give --num-samples (or --cfg-parallel / --sequence-parallel with --labels)")
+    check_output_dir("--out-dir", args.out_dir)
+    from skipdit_kernels.commands._timing import pin_threads
+
     rank = os.environ.get("RANK", "0")
+    threads = pin_threads(args.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
         info = ddp.init_distributed(None if args.backend == "auto" else args.backend, timeout_s=args.timeout)
         model = _model(args).eval()
@@ -97,7 +103,7 @@ def run(args) -> int:
             count = args.num_samples
         if info.rank == 0:
             mode = _split_name(args) if one_request else f"data parallel over {info.world_size} rank(s)"
-            print(f"{count} samples, {mode}, {time.perf_counter() - started:.1f} s; wrote {path}")
+            print(f"{count} samples, {mode}, {time.perf_counter() - started:.1f} s, {threads} per rank; wrote {path}")
         return 0
     except ddp.DistributedSamplingError as exc:
         print(f"skipdit sample-ddp (rank {rank}): error: {exc}", file=sys.stderr)

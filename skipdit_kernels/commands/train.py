@@ -5,7 +5,13 @@ import json
 import os
 import time
 
-from skipdit_kernels.commands._common import nonnegative_int, positive_int
+from skipdit_kernels.commands._common import (
+    CommandError,
+    check_output_dir,
+    check_output_file,
+    nonnegative_int,
+    positive_int,
+)
 
 # Without --preset: the size of the bundled models (a few minutes of CPU training on the digits).
 BUNDLED_SIZE = {"patch_size": 4, "hidden_size": 96, "depth": 8, "num_heads": 4}
@@ -49,18 +55,26 @@ def configure(parser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def check_request(args) -> None:
+    """What can be refused from the options alone, before data is read or a model built: the run
+    folder and the export path are writable, --data names something that exists."""
+    check_output_dir("--out", args.out)
+    if args.export:
+        check_output_file("--export", args.export)
+    if args.model != "classifier" and args.data != "digits" and not os.path.exists(args.data):
+        raise CommandError(f"--data {args.data}: no such file or folder (give 'digits', an image folder "
+                           "root/<class>/<image>, or a .pt / .safetensors file holding 'images' and 'labels')")
+
+
 def _load_data(spec: str):
-    import torch
+    from skipdit_kernels.data import load_tensor_file
 
     if spec == "digits" or os.path.isdir(spec):
         return spec
-    if spec.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        blob = load_file(spec)
-    else:
-        blob = torch.load(spec, map_location="cpu", weights_only=True)
-    return blob["images"], blob["labels"]
+    try:
+        return load_tensor_file(spec)
+    except ValueError as exc:
+        raise CommandError(f"--data {exc}") from exc
 
 
 def _classifier_eval(args):
@@ -129,6 +143,7 @@ def _run_classifier(args) -> int:
 def run(args) -> int:
     import torch
 
+    check_request(args)
     if args.model == "classifier":
         return _run_classifier(args)
     from skipdit_kernels.data import as_tensors

@@ -32,6 +32,8 @@ def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 
 def probe() -> tuple[bool, str]:
+    if not hasattr(torch.library, "triton_op"):
+        return False, f"torch {torch.__version__} has no torch.library.triton_op (torch >= 2.6)"
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed"
     if torch.cuda.is_available():

@@ -51,6 +51,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="decay the learning rate linearly from --lr to this over the run (default: constant)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this much wall time (the weights so far are saved and exported as at the end)")
+    p.add_argument("--save-every", type=int, default=0, help="also save model.safetensors (EMA) every N steps")
     p.add_argument("--export", help="write the fp16 asset here")
     p.add_argument("--init", help="continue from these weights (a model.safetensors of an earlier run: its EMA); "
                    "the log is appended to and its steps continue from the checkpoint's step")
@@ -81,7 +86,12 @@ def main() -> None:
     log = open(os.path.join(HERE, "log.jsonl"), "a" if args.init else "w")
     started, window = time.perf_counter(), []
     model.train()
+    lr_final = args.lr if args.lr_final is None else args.lr_final
+    last = first
     for step in range(first + 1, first + args.steps + 1):
+        lr = args.lr + (lr_final - args.lr) * (step - first - 1) / max(args.steps - 1, 1)
+        for group in opt.param_groups:
+            group["lr"] = lr
         idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
         videos = moving_digits(images[idx], args.frames, generator=gen)  # (B, F, 1, 16, 16)
         t = torch.randint(0, diffusion.num_steps, (args.batch_size,), generator=gen)
@@ -94,16 +104,23 @@ def main() -> None:
         opt.step()
         update_ema(ema, model, ema_decay_at(step - 1, args.ema_decay, True))
         window.append([loss.item(), terms["mse"].mean().item()])
-        if step % args.log_every == 0 or step == first + args.steps:
+        last = step
+        out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
+        if step % args.log_every == 0 or step == first + args.steps or out_of_time:
             mean = torch.tensor(window).mean(0).tolist()
             window = []
             row = dict(step=step, loss=mean[0], mse=mean[1], seconds=round(time.perf_counter() - started, 2),
-                       lr=args.lr)
+                       lr=round(lr, 7))
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(row, flush=True)
+        if args.save_every and step % args.save_every == 0:
+            save_checkpoint(ema, os.path.join(HERE, "model.safetensors"), metadata={"step": str(step)})
+        if out_of_time:
+            print(f"stopping at step {step}: --max-minutes {args.max_minutes:g} reached", flush=True)
+            break
     ema.eval()
-    last = str(first + args.steps)
+    last = str(last)
     save_checkpoint(ema, os.path.join(HERE, "model.safetensors"), metadata={"step": last})
     if args.export:
         save_half(ema, args.export, metadata={"step": last, "ema_decay": str(args.ema_decay)})
