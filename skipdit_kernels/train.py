@@ -78,12 +78,13 @@ def _umask_mode(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def save_state(path: str, model, ema, optimizer, step: int, extra: dict | None = None) -> None:
+def save_state(path: str, model, ema, optimizer, step: int, extra: dict | None = None,
+               optimizer_state: dict | None = None) -> None:
     _atomic_save(
         {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "step": step,
             "config": dict(getattr(model, "config", {}) or {}),
             "train": dict(extra or {}),
@@ -195,6 +196,49 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend)
     return distributed_context()
+
+
+def _fully_shard(model: torch.nn.Module) -> None:
+    """FSDP2: shard every transformer block, then the rest of the model."""
+    from torch.distributed.fsdp import fully_shard
+
+    from .models.layers import DiTBlock
+
+    for block in [m for m in model.modules() if isinstance(m, DiTBlock)]:
+        fully_shard(block)
+    fully_shard(model)
+
+
+_FULL = dict(full_state_dict=True, cpu_offload=True)
+
+
+def _gather_sharded(model, ema, optimizer, names: list[str]):
+    """Unsharded copies of an FSDP model and its EMA and the optimizer state in the plain
+    ``optimizer.state_dict()`` layout (parameters by index), so a checkpoint does not depend on
+    how it was trained. A collective: every rank calls it; the tensors are complete on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(**_FULL)
+    copies = []
+    for m in (model, ema):
+        full = get_model_state_dict(m, options=options)
+        plain = type(m)(**m.config)
+        if full:
+            plain.load_state_dict(full)
+        copies.append(plain)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    index = {n: i for i, n in enumerate(names)}
+    plain_optim = {"state": {index[n]: v for n, v in optim.get("state", {}).items()},
+                   "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim.get("param_groups", [])]}
+    return copies[0], copies[1], plain_optim
+
+
+def _load_sharded_optimizer(model, optimizer, saved: dict, names: list[str]) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    full = {"state": {names[i]: v for i, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
 
 
 def _checkpointed_blocks(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -351,24 +395,22 @@ def train(
         if on_resume is not None and rank == 0:
             on_resume(step, state_path)
 
-    net = model
-    if world > 1:
-        if fsdp:
-            from torch.distributed.fsdp import fully_shard
+    net, sharded = model, fsdp and world > 1
+    if sharded:  # the EMA is sharded like the model, so its update stays local to each shard
+        for m in (model, ema):
+            _fully_shard(m)
+    elif world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-            from .models.layers import DiTBlock
-
-            for block in [m for m in model.modules() if isinstance(m, DiTBlock)]:
-                fully_shard(block)
-            net = fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    names = [n for n, _ in model.named_parameters() if n in trainable]
     params = [p for n, p in model.named_parameters() if n in trainable]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            _load_sharded_optimizer(model, optimizer, state["optimizer"], names)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
     loss_fn = _channel_first(net)
     hparams = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay, ema_warmup=ema_warmup,
                    seed=seed, total_steps=steps, stage=stage, accumulation=accumulation)
@@ -376,9 +418,11 @@ def train(
     def checkpoint() -> None:
         if out is None:
             return
-        full_model, full_ema = model, ema
+        full_model, full_ema, optim_state = model, ema, None
+        if sharded:  # every rank takes part in gathering the full tensors
+            full_model, full_ema, optim_state = _gather_sharded(model, ema, optimizer, names)
         if rank == 0:
-            save_state(state_path, full_model, full_ema, optimizer, step, hparams)
+            save_state(state_path, full_model, full_ema, optimizer, step, hparams, optim_state)
             tmp = os.path.join(out, MODEL_FILE + ".tmp.safetensors")
             save_checkpoint(full_ema, tmp, metadata={"step": str(step), "ema_decay": str(ema_decay), "stage": stage})
             _umask_mode(tmp)
