@@ -325,8 +325,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place for a total of ``steps`` optimizer steps (counting resumed ones).
 
-    ``data``: "digits" (bundled, 16x16 in [-1,1]), an image folder ``root/<class>/<img>``, an
-    ``(samples, labels)`` pair or a ``TensorDataset``: samples (N, *model.latent_shape) (images
+    ``data``: "digits" (bundled, 16x16 in [-1,1]), an image folder ``root/<class>/<img>`` (for a
+    video model a folder of clips ``root/<class>/<clip>/<frame>``), a folder of pre-encoded
+    latents (``data.encode_latents``), an ``(samples, labels)`` pair or a ``TensorDataset``: samples (N, *model.latent_shape) (images
     (N, C, H, W) in [-1, 1] or latents; videos (N, F, C, H, W) for a LatteSkip), labels (N,) or None
     for an unconditional model; timesteps uniform in [0, 1000). ``batch_size`` is the global batch
     of one optimizer step (all ranks, all ``accumulation`` micro-batches together).
@@ -355,9 +356,10 @@ def train(
     world, rank = init_distributed()
     shard = RankShard(batch_size, world, rank, accumulation)
     device = next(model.parameters()).device
-    if isinstance(data, str) and data != "digits" or isinstance(data, os.PathLike) or data == "digits":
+    if isinstance(data, (str, os.PathLike, torch.utils.data.TensorDataset)):
         size = image_size or getattr(model, "input_size", None)
-        x_all, y_all = as_tensors(data, size=size, channels=getattr(model, "in_channels", 1))
+        x_all, y_all = as_tensors(data, size=size, channels=getattr(model, "in_channels", 1),
+                                  frames=getattr(model, "num_frames", None))
     else:
         x_all, y_all = data
         x_all = torch.as_tensor(x_all).float()
