@@ -327,9 +327,9 @@ def train(
 
     ``data``: "digits" (bundled, 16x16 in [-1,1]), an image folder ``root/<class>/<img>`` (for a
     video model a folder of clips ``root/<class>/<clip>/<frame>``), a folder of pre-encoded
-    latents (``data.encode_latents``), an ``(samples, labels)`` pair or a ``TensorDataset``: samples (N, *model.latent_shape) (images
-    (N, C, H, W) in [-1, 1] or latents; videos (N, F, C, H, W) for a LatteSkip), labels (N,) or None
-    for an unconditional model; timesteps uniform in [0, 1000). ``batch_size`` is the global batch
+    latents (``data.encode_latents``), an ``(samples, labels)`` pair or a ``TensorDataset``:
+    samples (N, *model.latent_shape) (images (N, C, H, W) in [-1, 1] or latents; videos
+    (N, F, C, H, W) for a LatteSkip), labels (N,) or None for an unconditional model; timesteps uniform in [0, 1000). ``batch_size`` is the global batch
     of one optimizer step (all ranks, all ``accumulation`` micro-batches together).
     ``eval_fn(ema_model, step) -> dict`` runs every ``eval_every`` steps (and at the end, rank 0)
     and its numbers go into the log. With ``out_dir``, checkpoints are written every
@@ -341,11 +341,13 @@ def train(
     and no optimizer state, and stay bit-identical (online and EMA); "all" trains everything.
 
     Scale: under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (or, with ``fsdp``,
-    sharded with ``fully_shard``); ``accumulation`` micro-batches per step;
-    (bf16 autocast is not offered: the fused ops take one dtype per call and refuse the mixed
+    sharded with ``fully_shard``); rank 0 writes the files; a rank that raises exits with its error
+    and torchrun stops the other ranks (they are not left waiting in a collective);
+    ``accumulation`` micro-batches per step (bf16 autocast is not offered: the fused ops take one dtype per call and refuse the mixed
     dtypes autocast produces; train a bf16 model by casting it, or fp32);
     ``activation_checkpointing``: recompute every block's activations in the backward.
-    ``on_resume(step, path)`` is called (rank 0) when a saved run is resumed.
+    ``on_resume(step, path)`` is called (rank 0) when a saved run is resumed. With FSDP the
+    returned ``model`` and ``ema`` stay sharded (the checkpoint files hold the full tensors).
     """
     import torch.distributed as dist
 
@@ -492,7 +494,7 @@ def train(
                     row = dict(step=step, loss=mean[0], mse=mean[1], vb=mean[2], steps_averaged=len(window),
                                seconds=round(time.perf_counter() - started, 2), world_size=world)
                     window = []
-                    if evaluate and rank == 0:
+                    if evaluate and (rank == 0 or sharded):  # a sharded EMA samples on every rank
                         ema.eval()
                         row.update(eval_fn(ema, step))
                     write_log(row)
