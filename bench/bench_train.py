@@ -84,7 +84,8 @@ def main() -> None:
     report.write_results("train-step", rows, [("dtype", "dtype"), ("ours_s", "ours s/step"), ("official_s", "official s/step"),
                          ("speedup", "official / ours (median)"), ("speedup_min", "min"), ("speedup_max", "max"),
                          ("rounds", "rounds")], meta=meta, env=env, title="Training step, SkipDiT-S/2, batch %d" % args.batch,
-                         notes=[meta["note"], "bf16: both models cast to bf16 (pure-bf16 step)"])
+                         notes=[meta["note"]] + (["bf16: both models cast to bf16 (pure-bf16 step)"]
+                                                 if "bfloat16" in args.dtypes else []))
 
 
 if __name__ == "__main__":
