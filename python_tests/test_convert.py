@@ -167,3 +167,28 @@ def test_diffusers_latte_to_latte_t2v_skip(tmp_path):
     conversion = cv.convert_checkpoint(tmp_path / "latte", tmp_path / "latte_skip")
     loaded = LatteT2VSkip.from_pretrained(tmp_path / "latte_skip")
     assert all(torch.equal(loaded.state_dict()[k], source[k]) for k in source)
+
+
+def test_the_converted_latte_without_its_skips_is_the_official_plain_latte():
+    """The backbone run of the converted model against an independent float64 reference of the
+    official plain ``Latte`` (embed, every pair without fusion, final layer) on the source weights."""
+    from python_tests.models import reference_latte as ref
+
+    state = plain_latte_state()
+    model, _ = cv.convert_latte(state, "identity", num_heads=2)
+    x, t, cond = cv.calibration_inputs(model, num=2, seed=9)
+    _, backbone = cv.unit_activations(model, x, t, cond)
+    sd = {k: v.double() for k, v in state.items()}
+    h, c = ref.embed(sd, LATTE_CFG, x.double(), t, cond["y"])
+    for k in range(LATTE_CFG["depth"] // 2):
+        h = ref.pair(sd, LATTE_CFG, k, h, c)
+    torch.testing.assert_close(backbone.double(), ref.final(sd, LATTE_CFG, h, c), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_before_any_work(tmp_path, capsys):
+    assert main(["convert", "--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "--ckpt" in capsys.readouterr().err
+    save_checkpoint(DiT(**DIT_CFG), tmp_path / "dit.safetensors")
+    assert main(["convert", "--ckpt", str(tmp_path / "dit.safetensors"), "--out", str(tmp_path / "no" / "o.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and len(err.strip().splitlines()) == 1
