@@ -140,6 +140,22 @@ def init_from(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
     return None
 
 
+def model_for_init(path: str | os.PathLike) -> torch.nn.Module:
+    """A model of the architecture ``init_from(model, path)`` loads (built from the checkpoint's
+    shapes and carried config; its weights are loaded by ``init_from``, e.g. through ``train``)."""
+    from .models import load_checkpoint
+    from .models.checkpoint import infer_config
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, STATE_FILE)
+    if os.path.basename(path) == STATE_FILE:
+        state = load_state(path)
+        cls, config = infer_config(state["model"], state.get("config"))
+        return cls(**config)
+    return load_checkpoint(path)
+
+
 # -- the data order and the per-step draws (independent of the world size) --------------------------
 
 

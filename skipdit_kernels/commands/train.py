@@ -73,22 +73,6 @@ def _load_data(spec: str):
     return blob["images"], blob["labels"]
 
 
-def _model_of(path: str):
-    """The model a fine-tuning stage starts from, built from its checkpoint (weights loaded by train)."""
-    from skipdit_kernels.models import load_checkpoint
-    from skipdit_kernels.train import STATE_FILE, load_state
-
-    if os.path.isdir(path):
-        path = os.path.join(path, STATE_FILE)
-    if os.path.basename(path) == STATE_FILE:
-        from skipdit_kernels.models.checkpoint import infer_config
-
-        state = load_state(path)
-        cls, config = infer_config(state["model"], state.get("config"))
-        return cls(**config)
-    return load_checkpoint(path)
-
-
 def _print_resume(step: int, path: str) -> None:
     print(f"resuming from {path} at step {step}", flush=True)
 
@@ -162,7 +146,7 @@ def run(args) -> int:
     if args.model == "classifier":
         return _run_classifier(args)
     from skipdit_kernels.data import as_tensors
-    from skipdit_kernels.train import build_model, train
+    from skipdit_kernels.train import build_model, model_for_init, train
 
     data = _load_data(args.data)
     if args.threads:
@@ -178,7 +162,7 @@ def run(args) -> int:
             config[key] = default
     torch.manual_seed(args.seed)
     if args.init_from:
-        model = _model_of(args.init_from)
+        model = model_for_init(args.init_from)
     else:
         model = build_model(args.model, args.preset, **config)
     n_params = sum(p.numel() for p in model.parameters())
