@@ -22,6 +22,7 @@ COMMANDS = {
     "sample": ("skipdit_kernels.commands.sample", "sample images or latents from a DiT / Skip-DiT checkpoint"),
     "sample-ddp": ("skipdit_kernels.commands.sample_ddp", "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel"),
     "train": ("skipdit_kernels.commands.train", "train a DiT / SkipDiT (or the digit classifier), resumable"),
+    "convert": ("skipdit_kernels.commands.convert", "add Skip-DiT's long skips to a pretrained DiT / Latte (then fine-tune)"),
     "bench": ("skipdit_kernels.commands.bench", "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused"),
     "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x4 digit grid with and without Skip-Cache (--video: moving digits)"),
 }

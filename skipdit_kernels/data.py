@@ -1,4 +1,5 @@
-"""Training data that ships offline: the bundled handwritten digits, tensor datasets, image folders.
+"""Training data: the bundled handwritten digits (offline), tensor datasets, image folders, video clips
+(frame folders) and pre-encoded latent shards.
 
 The digits are the UCI ML optical recognition of handwritten digits test set (Alpaydin and Kaynak,
 1998; CC BY 4.0): 1797 images, 8x8, grey levels 0..16, 10 classes. It is the copy scikit-learn ships
@@ -98,14 +99,7 @@ def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3) -> 
             if not file.lower().endswith(_IMAGE_EXTS):
                 continue
             with Image.open(os.path.join(folder, file)) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                w, h = im.size
-                s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                im = im.resize((size, size), Image.BICUBIC)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-            arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-            images.append(torch.from_numpy(np.ascontiguousarray(arr)))
+                images.append(_square(im, size, channels))
             labels.append(label)
     if not images:
         raise ValueError(f"no images under {root}")
@@ -138,11 +132,128 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     return blob["images"], blob["labels"]
 
 
-def as_tensors(data, size: int | None = None, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resolve a dataset spec: "digits", an image-folder path, an ``(images, labels)`` pair of
-    tensors, or a ``torch.utils.data.TensorDataset``."""
+def load_video_folder(root: str | os.PathLike, size: int, frames: int, channels: int = 3,
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Video clips stored as frame folders, ``root/<class>/<clip>/<frame image>`` (frames in sorted
+    file-name order): ``frames`` frames per clip, evenly spaced over the clip, each centre-cropped
+    and resized like ``load_image_folder``; returns (videos (N, frames, C, size, size) in [-1, 1],
+    labels (N,) by sorted class name, class names). ValueError naming a clip with too few frames."""
+    from PIL import Image
+
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"video folder not found: {root}")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    videos, labels = [], []
+    for label, name in enumerate(classes):
+        for clip in sorted(os.listdir(os.path.join(root, name))):
+            folder = os.path.join(root, name, clip)
+            if not os.path.isdir(folder):
+                continue
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMAGE_EXTS))
+            if len(files) < frames:
+                raise ValueError(f"clip {folder} has {len(files)} frames, fewer than the {frames} asked for")
+            picks = np.linspace(0, len(files) - 1, frames).round().astype(int)
+            clip_frames = []
+            for k in picks:
+                with Image.open(os.path.join(folder, files[k])) as im:
+                    clip_frames.append(_square(im, size, channels))
+            videos.append(torch.stack(clip_frames))
+            labels.append(label)
+    if not videos:
+        raise ValueError(f"no clips under {root} (expected root/<class>/<clip>/<frame image>)")
+    return torch.stack(videos) * 2.0 - 1.0, torch.tensor(labels, dtype=torch.long), classes
+
+
+def _square(im, size: int, channels: int) -> torch.Tensor:
+    """A PIL image centre-cropped to a square, resized (bicubic) to ``size``, as (C, size, size) in [0, 1]."""
+    from PIL import Image
+
+    im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+LATENTS_INDEX = "latents.json"
+
+
+@torch.no_grad()
+def encode_latents(vae: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None, out_dir: str | os.PathLike,
+                   *, shard_size: int = 4096, batch_size: int = 32, seed: int = 0) -> dict:
+    """Encode images (N, 3, H, W) in [-1, 1] (or videos (N, F, 3, H, W), frame by frame) once through
+    a local diffusers ``AutoencoderKL`` and write the latents as safetensors shards (as fast-DiT's
+    extract_features): ``out_dir/latents-00000.safetensors`` ... with "latents" (a sample of the
+    posterior times the VAE's ``scaling_factor``, fp32) and "labels", plus ``latents.json`` (count,
+    latent shape, scaling factor, shard files). Seeded: the same call writes the same bytes.
+    Returns the index. Train on it with ``train(model, out_dir)`` (``load_latents``)."""
+    import json
+
+    from .files import save_safetensors
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    video = images.dim() == 5
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    device = next(vae.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    files = []
+    for start in range(0, len(images), shard_size):
+        chunk = images[start:start + shard_size]
+        flat = chunk.flatten(0, 1) if video else chunk
+        parts = []
+        for batch in flat.split(batch_size):
+            dist = vae.encode(batch.to(device, next(vae.parameters()).dtype)).latent_dist
+            parts.append((dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)).float().cpu() * scale)
+        latents = torch.cat(parts)
+        if video:
+            latents = latents.unflatten(0, chunk.shape[:2])
+        tensors = {"latents": latents.contiguous()}
+        if labels is not None:
+            tensors["labels"] = labels[start:start + shard_size].long().contiguous()
+        name = f"latents-{len(files):05d}.safetensors"
+        save_safetensors(tensors, os.path.join(out_dir, name))
+        files.append(name)
+    index = dict(count=len(images), latent_shape=list(latents.shape[1:]), scaling_factor=scale, files=files,
+                 labels=labels is not None)
+    with open(os.path.join(out_dir, LATENTS_INDEX), "w") as f:
+        json.dump(index, f, indent=1)
+    return index
+
+
+def load_latents(folder: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The latents and labels ``encode_latents`` wrote to ``folder`` (shards concatenated in order)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = os.fspath(folder)
+    with open(os.path.join(folder, LATENTS_INDEX)) as f:
+        index = json.load(f)
+    shards = [load_file(os.path.join(folder, name)) for name in index["files"]]
+    latents = torch.cat([s["latents"] for s in shards])
+    labels = torch.cat([s["labels"] for s in shards]) if index["labels"] else None
+    if len(latents) != index["count"]:
+        raise ValueError(f"{folder}: the shards hold {len(latents)} latents, the index says {index['count']}")
+    return latents, labels
+
+
+def as_tensors(data, size: int | None = None, channels: int = 1, frames: int | None = None):
+    """Resolve a dataset spec: "digits", an image-folder path (a video folder of frame folders when
+    ``frames`` is given), a folder of pre-encoded latents (``encode_latents``), an ``(images,
+    labels)`` pair of tensors, or a ``torch.utils.data.TensorDataset``."""
     if isinstance(data, str) and data == "digits":
         return load_digits_tensors(size or DIGITS_SIZE)
+    if isinstance(data, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(data), LATENTS_INDEX)):
+        return load_latents(data)
+    if isinstance(data, (str, os.PathLike)) and frames:
+        if size is None:
+            raise ValueError("a video folder needs a frame size")
+        x, y, _ = load_video_folder(data, size, frames, channels)
+        return x, y
     if isinstance(data, (str, os.PathLike)):
         if size is None:
             raise ValueError("an image folder needs an image size")

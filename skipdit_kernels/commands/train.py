@@ -53,6 +53,16 @@ def configure(parser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a train_state.pt")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--init-from", default=None, help="fine-tune: start from this model (skipdit convert's output, a "
+                        "model.safetensors, or a run folder / train_state.pt of an earlier stage); the model is built "
+                        "from it (--model, --preset and the sizes are ignored)")
+    parser.add_argument("--stage", choices=["all", "skip"], default="all", help="'skip': train only the long-skip branches "
+                        "(the rest frozen, bit-identical); 'all': everything (default)")
+    parser.add_argument("--accumulation", type=positive_int, default=1, help="gradient accumulation micro-batches per step "
+                        "(--batch-size is the global batch of one step, all ranks and micro-batches together)")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in the backward")
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP (fully_shard) "
+                        "instead of DDP")
 
 
 def check_request(args) -> None:
@@ -75,6 +85,10 @@ def _load_data(spec: str):
         return load_tensor_file(spec)
     except ValueError as exc:
         raise CommandError(f"--data {exc}") from exc
+
+
+def _print_resume(step: int, path: str) -> None:
+    print(f"resuming from {path} at step {step}", flush=True)
 
 
 def _classifier_eval(args):
@@ -147,7 +161,7 @@ def run(args) -> int:
     if args.model == "classifier":
         return _run_classifier(args)
     from skipdit_kernels.data import as_tensors
-    from skipdit_kernels.train import build_model, train
+    from skipdit_kernels.train import build_model, model_for_init, train
 
     data = _load_data(args.data)
     if args.threads:
@@ -162,7 +176,10 @@ def run(args) -> int:
         elif args.preset is None:
             config[key] = default
     torch.manual_seed(args.seed)
-    model = build_model(args.model, args.preset, **config)
+    if args.init_from:
+        model = model_for_init(args.init_from)
+    else:
+        model = build_model(args.model, args.preset, **config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{type(model).__name__} {json.dumps(model.config)}: {n_params / 1e6:.2f} M parameters, "
           f"{len(x)} training images", flush=True)
@@ -172,12 +189,16 @@ def run(args) -> int:
         ema_decay=args.ema_decay, ema_warmup=not args.no_ema_warmup, grad_clip=args.grad_clip, seed=args.seed,
         out_dir=args.out, save_every=args.save_every, log_every=args.log_every, resume=not args.no_resume,
         eval_fn=eval_fn, eval_every=args.eval_every, progress=not args.no_progress, threads=args.threads,
+        stage=args.stage, init_from_path=args.init_from, accumulation=args.accumulation,
+        activation_checkpointing=args.activation_checkpointing, fsdp=args.fsdp, on_resume=_print_resume,
     )  # fmt: skip
     if args.export:
         from skipdit_kernels.embedded import save_half
 
         save_half(result.ema, args.export, {"step": str(result.step)})
     last = result.log[-1] if result.log else {}
-    print(f"done: step {result.step}, {result.seconds:.0f} s this run, last logged loss "
-          f"{last.get('loss', float('nan')):.4f}" + (f", FD {last['fd']:.2f}" if "fd" in last else ""), flush=True)
+    loss = (f", loss {last['loss']:.4f} (mean of the last {last['steps_averaged']} steps, as the progress bar and "
+            f"log.jsonl)" if last else "")
+    print(f"done: step {result.step}, {result.seconds:.0f} s this run" + loss
+          + (f", FD {last['fd']:.2f}" if "fd" in last else ""), flush=True)
     return 0
