@@ -148,3 +148,20 @@ def test_bad_requests_are_refused_before_any_work(model):
     assert len(sampler) == 0
     with pytest.raises(KeyError):
         sampler.cancel(7)
+
+
+def test_video_requests_equal_each_request_alone():
+    # LatteSkip: (F, C, H, W) latents (channels at dim 2 of a batch), units of (spatial, temporal) blocks.
+    model = randomize(sk.LatteSkip(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=8, num_heads=2,
+                                   num_frames=3, num_classes=6, extras=2), std=0.1).eval()  # fmt: skip
+    requests = [
+        dict(conditioning=[1, 2], steps=6, method="ddim", cfg_scale=2.0, cache=sk.SkipCache(interval=2, shallow_blocks=1), seed=1),
+        dict(conditioning=[3, 4, 5, 0], steps=5, method="ddpm", cfg_scale=1.0,
+             cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1), seed=2),
+    ]
+    results, reports = serve(model, requests, [0, 2])
+    tol = dict(rtol=0, atol=0) if gemm_is_row_invariant(4) else dict(rtol=1e-4, atol=1e-4)
+    for i, r in enumerate(requests):
+        torch.testing.assert_close(results[i].latents, alone(model, r), **tol)
+    assert all(rep.deep_rows == rep.full_rows for rep in reports)
+    assert any(0 < rep.deep_rows < rep.rows for rep in reports)  # a mixed step: frames gathered by sample

@@ -95,6 +95,21 @@ class _Request:
         return None if self.cursor is None else self.cursor.peek(self.timestep)
 
 
+def _hidden_per_row(h: torch.Tensor, rows: int) -> int:
+    """Hidden-state rows per model row (1 for images; frames for video stacks whose hidden state is
+    (N * F, tokens, D), sample-major). ValueError when the hidden state does not divide into rows."""
+    if h.shape[0] % rows:
+        raise ValueError(f"a hidden state of {h.shape[0]} rows does not split into {rows} model rows")
+    return h.shape[0] // rows
+
+
+def _expand(index: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Model-row indices as hidden-state row indices (each model row owns ``per_row`` consecutive rows)."""
+    if per_row == 1:
+        return index
+    return (index[:, None] * per_row + torch.arange(per_row, device=index.device)).flatten()
+
+
 def _rows(cond: Condition, index: torch.Tensor) -> Condition:
     """The rows ``index`` of ``cond`` (per-sample tensors indexed, the static part kept)."""
     return Condition({k: v.index_select(0, index) for k, v in cond.items()}, cond.static, int(index.numel()))
@@ -110,17 +125,19 @@ class _RowBoundary:
         self.assembled = None
 
     def _parts(self, deep_h, shallow_out):
+        per_row = _hidden_per_row(shallow_out, sum(r.rows for r in self.group))
         parts, at, at_full = [], 0, 0
         for r, full in zip(self.group, self.full):
-            mine = shallow_out[at:at + r.rows]
+            n = r.rows * per_row
+            mine = shallow_out[at:at + n]
             if full:
-                h = deep_h[at_full:at_full + r.rows]
+                h = deep_h[at_full:at_full + n]
                 r.deep.store(r.ws, h, mine)
-                at_full += r.rows
+                at_full += n
             else:
                 h = r.deep.restore(r.ws, mine)
             parts.append(h)
-            at += r.rows
+            at += n
         return parts
 
     def store(self, ws, h, shallow_out) -> None:
@@ -137,9 +154,10 @@ class _RowSplitStack:
     (the deep units) run on the full rows only, with their own context; the boundary unit starts
     from the boundary's assembled rows. Counts the rows the deep units ran on."""
 
-    def __init__(self, stack, shallow: int, full_index: torch.Tensor, full_ctx, boundary: _RowBoundary):
-        self.stack, self.shallow, self.num_units = stack, shallow, stack.num_units
+    def __init__(self, stack, shallow: int, rows: int, full_index: torch.Tensor, full_ctx, boundary: _RowBoundary):
+        self.stack, self.shallow, self.num_units, self.rows = stack, shallow, stack.num_units, rows
         self.full_index, self.full_ctx, self.boundary = full_index, full_ctx, boundary
+        self.hidden_index = full_index
         self.deep_rows = 0
 
     def _deep(self, i: int) -> bool:
@@ -153,11 +171,12 @@ class _RowSplitStack:
             h = self.boundary.assembled
         elif self._deep(i):
             if i == self.shallow:
-                h = h.index_select(0, self.full_index)
-                self.deep_rows = h.shape[0]
+                self.hidden_index = _expand(self.full_index, _hidden_per_row(h, self.rows))
+                h = h.index_select(0, self.hidden_index)
+                self.deep_rows = int(self.full_index.numel())
             j = self.stack.skip_partner(i)
             if skip is not None and j is not None and not self._deep(j):
-                skip = skip.index_select(0, self.full_index)
+                skip = skip.index_select(0, self.hidden_index)
             return self.stack.run_block(i, h, self.full_ctx, skip)
         return self.stack.run_block(i, h, ctx, skip)
 
@@ -288,7 +307,7 @@ class BatchedSampler:
                 index = torch.cat([torch.arange(o, o + r.rows) for r, o, f in zip(group, _offsets(group), full) if f])
                 index = index.to(self.device)
                 _, full_ctx = stack.embed(model_in.index_select(0, index), t.index_select(0, index), _rows(cond, index))
-                split = _RowSplitStack(stack, shallow, index, full_ctx, boundary)
+                split = _RowSplitStack(stack, shallow, model_in.shape[0], index, full_ctx, boundary)
                 h = run_units(split, partners, h, ctx, None, shallow, True, boundary)
                 deep_rows = split.deep_rows
         out = stack.finish(h, ctx)
