@@ -109,8 +109,16 @@ def _missing(obj) -> list[str]:
     return [m for m in _MEMBERS if not hasattr(obj, m)]
 
 
+_IMPLEMENTS: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+
+
 def _implements(obj) -> bool:
-    return all(isinstance(obj, part) for part in _PARTS)
+    """Whether ``obj``'s class implements every part (decided once per class: a protocol check
+    costs tens of microseconds, and this runs at every executor step)."""
+    known = _IMPLEMENTS.get(type(obj))
+    if known is None:
+        known = _IMPLEMENTS[type(obj)] = all(isinstance(obj, part) for part in _PARTS)
+    return known
 
 
 def as_skip_stack(model):
