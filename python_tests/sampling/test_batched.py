@@ -165,3 +165,22 @@ def test_video_requests_equal_each_request_alone():
         torch.testing.assert_close(results[i].latents, alone(model, r), **tol)
     assert all(rep.deep_rows == rep.full_rows for rep in reports)
     assert any(0 < rep.deep_rows < rep.rows for rep in reports)  # a mixed step: frames gathered by sample
+
+
+def test_requests_of_different_static_conditioning_never_share_a_call(model, monkeypatch):
+    # A static part (a table, e.g. rotary embeddings) is shared by every row of a call: requests whose
+    # static tensors differ are different classes of work (same shape, so only their identity tells).
+    tables = {"a": torch.zeros(3), "b": torch.ones(3)}
+    own = type(model).condition
+
+    def condition(self, labels):
+        table = tables[labels.pop()]
+        cond = own(self, labels)
+        return sk.cache.Condition(cond.tensors, {"table": table}, cond.batch)
+
+    monkeypatch.setattr(type(model), "condition", condition)
+    sampler = BatchedSampler(model)
+    for name in ("a", "b", "a"):
+        sampler.add([1, 2, 3, 4, name], steps=3, method="ddim", cfg_scale=1.0, cache=sk.SkipCache(interval=2, shallow_blocks=1))
+    report = sampler.step()
+    assert (report.calls, report.rows) == (2, 12)

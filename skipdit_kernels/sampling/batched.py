@@ -240,7 +240,7 @@ class BatchedSampler:
         cond = r.cond
         tensors = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(cond.items()))
         shallow = None if r.request.cache is None else int(r.request.cache.shallow_blocks)
-        return (shallow, r.request.latent, tensors, cond.signature()[2])
+        return (shallow, r.request.latent, tensors, tuple((k, _identity(v)) for k, v in sorted(cond.static.items())))
 
     @torch.no_grad()
     def step(self) -> StepReport:
@@ -324,6 +324,16 @@ class BatchedSampler:
         info = SampleInfo(request.diffusion.method, request.diffusion.num_steps, r.counts[0], r.counts[1],
                           time.perf_counter() - r.started, cache, int(cache.forecast) if cache is not None else 0)  # fmt: skip
         return BatchedResult(r.id, r.x, info)
+
+
+def _identity(value):
+    """A static condition value as a call-class key: tensors by identity (a call's rows share the
+    very tensor), tuples and lists element by element, host values by value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", id(value))
+    if isinstance(value, (tuple, list)):
+        return tuple(_identity(v) for v in value)
+    return value
 
 
 def _offsets(group: list[_Request]) -> list[int]:
