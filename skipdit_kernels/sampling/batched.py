@@ -7,8 +7,8 @@ step count, seed and noise), guidance scale, ``SkipCache`` schedule (a ``Schedul
 history (a ``DeepCache``); requests join and leave between steps.
 
 One step groups the requests into model calls by what can share one: the latent shape, the
-conditioning's per-sample shapes and static part, and the Skip-Cache boundary (``shallow_blocks``;
-no cache is a group of its own). Guidance is per request and is not a call class: a CFG request
+conditioning's per-sample shapes and static tensors, and the Skip-Cache boundary (``shallow_blocks``;
+an uncached request joins a cached call of its class as a row that is full at every step). Guidance is per request and is not a call class: a CFG request
 contributes its conditional and unconditional rows, a non-CFG request its rows, to the same call.
 In a call every row runs the embedding and the outer ``shallow_blocks`` units on each side; the deep
 units run only on the rows of requests whose step is full (gathered, run, scattered back at the
@@ -132,7 +132,8 @@ class _RowBoundary:
             mine = shallow_out[at:at + n]
             if full:
                 h = deep_h[at_full:at_full + n]
-                r.deep.store(r.ws, h, mine)
+                if r.deep is not None:
+                    r.deep.store(r.ws, h, mine)
                 at_full += n
             else:
                 h = r.deep.restore(r.ws, mine)
@@ -239,15 +240,29 @@ class BatchedSampler:
     def _call_class(r: _Request) -> tuple:
         cond = r.cond
         tensors = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(cond.items()))
-        shallow = None if r.request.cache is None else int(r.request.cache.shallow_blocks)
-        return (shallow, r.request.latent, tensors, tuple((k, _identity(v)) for k, v in sorted(cond.static.items())))
+        return (r.request.latent, tensors, tuple((k, _identity(v)) for k, v in sorted(cond.static.items())))
+
+    def _groups(self) -> dict[tuple, list[_Request]]:
+        """{(shallow_blocks or None, call class): requests in arrival order}. An uncached request runs
+        every unit at every step, so it joins a cached call of its class (as a full row that stores
+        nothing) when there is one."""
+        groups: dict[tuple, list[_Request]] = {}
+        uncached = []
+        for r in self._requests.values():
+            if r.request.cache is None:
+                uncached.append(r)
+            else:
+                groups.setdefault((int(r.request.cache.shallow_blocks), self._call_class(r)), []).append(r)
+        for r in uncached:
+            cls = self._call_class(r)
+            key = next((k for k in groups if k[1] == cls), (None, cls))
+            groups.setdefault(key, []).append(r)
+        return groups
 
     @torch.no_grad()
     def step(self) -> StepReport:
         """One denoising step of every in-flight request; see the class docstring."""
-        groups: dict[tuple, list[_Request]] = {}
-        for r in self._requests.values():
-            groups.setdefault(self._call_class(r), []).append(r)
+        groups = self._groups()
         outcome, rows, full_rows, deep_rows = {}, 0, 0, 0
         try:
             for (shallow, *_), group in groups.items():
@@ -294,8 +309,10 @@ class BatchedSampler:
         if shallow is None:
             h, deep_rows = run_units(stack, partners, h, ctx), model_in.shape[0]
         else:
-            full = [p.full for p in plans]
+            full = [p is None or p.full for p in plans]
             for r, p in zip(group, plans):
+                if p is None:  # an uncached request in a cached call
+                    continue
                 r.deep.discard()
                 r.deep.slot.fill_(max(p.slot, 0))
                 r.deep.weights.copy_(torch.tensor(p.weights, dtype=torch.float32))
