@@ -187,6 +187,13 @@ class ScheduleCursor:
     def have_cache(self) -> bool:
         return bool(self._entries)
 
+    def blend_weights(self, t: float) -> tuple[float, ...]:
+        """The forecast's weights for the stored states (oldest first) at a cached step at timestep
+        ``t`` and the current counter; host floats."""
+        if self.cache.forecast_basis == "alpha-sigma":
+            return alpha_sigma_weights(self._timesteps, t, self.alphas_cumprod)
+        return lagrange_weights([s for s, _ in self._entries], self.counter)
+
     def advance(self, t: float) -> PlannedStep:
         t = float(t)
         c = self.cache
@@ -202,11 +209,7 @@ class ScheduleCursor:
             del self._timesteps[: -self.slots]
             self._next_slot = (slot + 1) % self.slots
         else:
-            if c.forecast_basis == "alpha-sigma":
-                blend = alpha_sigma_weights(self._timesteps, t, self.alphas_cumprod)
-            else:
-                blend = lagrange_weights([s for s, _ in self._entries], self.counter)
-            for (_, s), w in zip(self._entries, blend):
+            for (_, s), w in zip(self._entries, self.blend_weights(t)):
                 weights[s] = w
         step = PlannedStep(full, self.counter, slot, tuple(weights))
         self.counter += 1
