@@ -192,3 +192,16 @@ def test_the_turbo_preset_has_a_flop_bound_of_three():
     for steps, method in ((50, "ddim"), (20, "ddim"), (250, "ddpm")):  # the bundled SkipDiT: 8 units
         timesteps = GaussianDiffusion.create(steps, method=method).timesteps
         assert 1 / turbo.block_fraction(timesteps, 8) >= 3.0
+
+
+def test_the_cli_takes_turbo_as_it_takes_fast():
+    import argparse
+
+    from skipdit_kernels.commands._common import add_cache_options, cache_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cache_options(parser)
+    for name in ("fast", "turbo"):
+        assert cache_from_args(parser.parse_args(["--cache", name]), model=None) == name  # sample() resolves presets
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cache", "warp"])
