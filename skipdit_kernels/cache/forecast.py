@@ -24,7 +24,7 @@ defaults) unless the caller gives its own ``alphas_cumprod``; timesteps between 
 it linearly. Chosen by bench/forecast_study.py: on the trained DiT in a ``DiTPipeline`` (middle
 residual, DDIM-50, interval 10, FLOP bound 3.08x) 28.5 dB pooled against Taylor order 1's 26.7 and
 cache-dit's best calibrator's 27.8; on the bundled SkipDiT's deep state +1.7 / +1.1 dB over order 1 at
-intervals 4 / 6, but -1.4 dB at interval 10 (bench/results/forecast-study-*.md).
+intervals 4 / 6, but -1.5 dB at interval 10 (bench/results/forecast-study-*.md).
 """
 from __future__ import annotations
 
