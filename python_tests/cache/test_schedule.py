@@ -205,3 +205,12 @@ def test_the_cli_takes_turbo_as_it_takes_fast():
         assert cache_from_args(parser.parse_args(["--cache", name]), model=None) == name  # sample() resolves presets
     with pytest.raises(SystemExit):
         parser.parse_args(["--cache", "warp"])
+
+
+def test_the_alpha_sigma_default_schedule_is_the_samplers():
+    import numpy as np
+
+    from skipdit_kernels.cache.forecast import linear_alphas_cumprod
+    from skipdit_kernels.sampling.diffusion import linear_betas
+
+    np.testing.assert_allclose(linear_alphas_cumprod(), np.cumprod(1 - linear_betas(1000)), rtol=1e-12)
