@@ -70,7 +70,9 @@ class PlannedStep(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class SkipCache:
     """Skip-Cache schedule. The defaults are the official DiT-XL/2 ones (interval 2, 4 shallow
-    blocks, caching from the first step, reset at t <= 20)."""
+    blocks, caching from the first step, reset at t <= 20). ``forecast``: 0 (reuse), an order
+    1..3 or ``"auto"``; ``forecast_basis``: ``"polynomial"`` (Lagrange in the step counter) or
+    ``"alpha-sigma"`` (order 1 only; see ``forecast``'s module)."""
 
     interval: int = 2
     shallow_blocks: int = 4
