@@ -129,6 +129,7 @@ CANDIDATES = {
     "alpha-sigma-lsq3": (2, basis([ALPHA, SIGMA], 3)), "1-alpha-sigma-lsq4": (3, basis([ONE, ALPHA, SIGMA], 4)),
     **{f"taylor1+2 mix{g}": (2, mix(taylor(1), taylor(2), g)) for g in (0.3, 0.5)},
     "taylor1+alpha-sigma": (1, mix(taylor(1), basis([ALPHA, SIGMA], 2), 0.5)),
+    "taylor2+alpha-sigma": (2, mix(taylor(2), basis([ALPHA, SIGMA], 2), 0.5)),
 }  # fmt: skip
 
 
