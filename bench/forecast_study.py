@@ -6,7 +6,7 @@ of history slots), run closed-loop on the bundled SkipDiT through ``sample()`` o
 Candidates (``CANDIDATES``): reuse; Lagrange (Taylor) orders 1-2 in the step counter; damped or
 amplified linear extrapolation (the line evaluated at last + g * (s - last)); Lagrange order 1-2 in
 another coordinate of the timestep (alpha_t, sigma_t, log-SNR); least-squares lines / parabolas over
-3-4 full steps (smoothing, for stochastic samplers); an exponential with a fixed decay rate per step
+3-4 full steps (smoothing, for stochastic samplers); the line held after a horizon (``cappedH``); an exponential with a fixed decay rate per step
 through the last two full steps; the sampler's own coordinates: a * alpha_t + b * sigma_t through 2
 steps ("alpha-sigma", what a DDIM step moves along), with a constant (3 steps), or least squares over 3
 or 4; and mixtures of these. The weights are computed by overriding ``ScheduleCursor.blend_weights``.
@@ -97,6 +97,17 @@ def least_squares(degree, points):
     return fn
 
 
+def capped(horizon):
+    """The line through the last two full steps, extrapolated at most ``horizon`` steps (then held)."""
+
+    def fn(counters, s, times, t):
+        if len(counters) < 2:
+            return (1.0,) * len(counters)
+        return _pad(lagrange_weights(counters[-2:], counters[-1] + min(s - counters[-1], horizon)), len(counters))
+
+    return fn
+
+
 def exponential(rate):
     """f = a + b * rate**s through the last two full steps."""
 
@@ -125,6 +136,7 @@ CANDIDATES = {
     "lagr2-logsnr": (2, coordinate(2, LOGSNR)),
     "lsq1-3": (2, least_squares(1, 3)), "lsq1-4": (3, least_squares(1, 4)), "lsq2-4": (3, least_squares(2, 4)),
     **{f"exp{r}": (1, exponential(r)) for r in (0.8, 0.9)},
+    **{f"capped{h}": (1, capped(h)) for h in (2, 4)},
     "alpha-sigma": (1, basis([ALPHA, SIGMA], 2)), "1-alpha-sigma": (2, basis([ONE, ALPHA, SIGMA], 3)),
     "alpha-sigma-lsq3": (2, basis([ALPHA, SIGMA], 3)), "1-alpha-sigma-lsq4": (3, basis([ONE, ALPHA, SIGMA], 4)),
     **{f"taylor1+2 mix{g}": (2, mix(taylor(1), taylor(2), g)) for g in (0.3, 0.5)},
