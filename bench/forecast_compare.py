@@ -207,6 +207,24 @@ def write_report(parts: list[dict], stem: str) -> None:
                 parts_.append(s)
             lines.append(f"- interval {interval}: " + "; ".join(parts_))
         lines.append("")
+    lines += ["## At a FLOP bound of 3x or more", "",
+              "Pooled PSNR of each Skip-Cache forecaster minus the best of cache-dit's calibrators (TaylorSeer 1, 2, DMD) "
+              "at the same mask, and minus reuse:", ""]  # fmt: skip
+    for p in parts:
+        for interval in dict.fromkeys(r["interval"] for r in p["rows"]):
+            rs = {r["method"]: r for r in p["rows"] if r["interval"] == interval and "psnr_pooled" in r}
+            if rs["reuse"]["flop_bound"] < 3.0:
+                continue
+            peer = max((r for m, r in rs.items() if m.startswith("cache-dit") and m != "cache-dit DBCache"),
+                       key=lambda r: r["psnr_pooled"], default=None)  # fmt: skip
+            cells = []
+            for m in ("taylor 1", "taylor 2", "alpha-sigma"):
+                c = f"{m} {rs[m]['psnr_pooled'] - rs['reuse']['psnr_pooled']:+.2f} vs reuse"
+                if peer is not None:
+                    c += f", {rs[m]['psnr_pooled'] - peer['psnr_pooled']:+.2f} vs {peer['method']}"
+                cells.append(c)
+            lines.append(f"- {MODEL_NAMES[p['model']]}, {p['sampler'].upper()}, interval {interval} (x{rs['reuse']['flop_bound']:.2f}): " + "; ".join(cells))
+    lines.append("")
     try:
         import matplotlib
 
@@ -227,7 +245,8 @@ def write_report(parts: list[dict], stem: str) -> None:
                 ax.set_ylabel("PSNR pooled (dB)")
                 ax.set_title(f"{MODEL_NAMES[p['model']]}\n{p['sampler'].upper()}", fontsize=9)
                 ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        widest = max(range(len(parts)), key=lambda k: len({r['method'] for r in parts[k]['rows']}))
+        axes[0][widest].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(stem + ".png", dpi=100)
         lines.append(f"![pooled PSNR against FLOP bound and measured speedup]({os.path.basename(stem)}.png)")
