@@ -11,7 +11,7 @@ weighted sum of K = order + 1 tensors (``ops.forecast_blend``). With fewer point
 the order drops (one point: reuse). The weights always sum to 1, so a constant state is reproduced
 exactly.
 
-``basis="alpha-sigma"`` (order 1) forecasts in the sampler's own coordinates instead: a deterministic
+``forecast_basis="alpha-sigma"`` (order 1) forecasts in the sampler's own coordinates instead: a deterministic
 DDIM step moves x_t = alpha_t * x0 + sigma_t * eps (alpha_t = sqrt(alphas_cumprod[t]), sigma_t =
 sqrt(1 - alphas_cumprod[t])) along the (alpha, sigma) plane, so the deep state is fitted as
 a * alpha_t + b * sigma_t through the last two full steps and evaluated at the current timestep:
@@ -21,10 +21,13 @@ a * alpha_t + b * sigma_t through the last two full steps and evaluated at the c
 Host weights again (float64, from timesteps only). The weights need not sum to 1. The noise schedule
 is DDPM's linear betas 1e-4..0.02 over 1000 training steps (DiT's, and diffusers' DDPM/DDIM
 defaults) unless the caller gives its own ``alphas_cumprod``; timesteps between integers interpolate
-it linearly. Chosen by bench/forecast_study.py: on the trained DiT in a ``DiTPipeline`` (middle
-residual, DDIM-50, interval 10, FLOP bound 3.08x) 28.5 dB pooled against Taylor order 1's 26.7 and
-cache-dit's best calibrator's 27.8; on the bundled SkipDiT's deep state +1.7 / +1.1 dB over order 1 at
-intervals 4 / 6, but -1.5 dB at interval 10 (bench/results/forecast-study-*.md).
+it linearly. Chosen by bench/forecast_study.py among host-weight candidates and measured by
+bench/forecast_compare.py (DDIM-50, 20 samples, pooled PSNR; bench/results/forecast-compare-*.md):
+trained HunyuanDiT pipeline +1.8..+3.2 dB over order 1 at intervals 2-8 (+2.2 dB over cache-dit's best
+calibrator at interval 8, FLOP bound 3.21x); trained DiT pipeline +0.6 dB over cache-dit's best at
+interval 10 (3.08x); the bundled SkipDiT's deep state +1.9 / +1.1 dB over order 1 at intervals 4 / 6
+but -1.5 dB at interval 10, and worse than order 1 under DDIM-20 from interval 4 (two full steps
+far apart). Opt-in: ``"auto"`` keeps the polynomial.
 """
 from __future__ import annotations
 
