@@ -18,7 +18,11 @@ images clamped to [-1, 1], data range 2, per sample then averaged) and the digit
 bundled classifier. Their schedulers follow DiT's conventions (linear betas 1e-4..0.02 over 1000
 steps, diffusers' defaults, and no clipping of the predicted x0: ``clip_sample=False``, as DiT's
 sampler; diffusers' default clipping makes DDIM's digits noisy). Every case runs reuse and the
-forecast orders 1 and 2 (the one ``forecast="auto"`` picks for the scheduler is marked).
+forecast orders 1 and 2 (the one ``forecast="auto"`` picks for the scheduler is marked), and reuse and
+that order again with ``fast_blocks=False`` (diffusers' own block forward), which splits a speed
+difference into what the fused blocks give and what the cache gives. cache-dit runs as plain DBCache
+(reuse) and with each of its forecasting calibrators on the same mask: TaylorSeer orders 1 and 2 and,
+where the installed version has it, DMD; the summary compares against the best of them per case.
 
 cache-dit is a benchmark-only dependency (``pip install cache-dit``); without it the cache-dit rows
 are skipped and the report says so.
@@ -332,6 +336,30 @@ def count_blocks(blocks, fn) -> int:
 FORECAST_ORDERS = (1, 2)  # besides reuse, every case runs these orders
 
 
+def cache_dit_calibrators() -> dict:
+    """cache-dit's forecasting calibrators, by label: TaylorSeer orders 1 and 2 and, where the installed
+    version has it, DMD (its exponential-basis forecast). An uncalibrated DBCache is plain reuse."""
+    if cache_dit is None:
+        return {}
+    out = {f"cache-dit DBCache+TaylorSeer{k}": (lambda k=k: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=k)) for k in (1, 2)}
+    if hasattr(cache_dit, "DMDCalibratorConfig"):
+        out["cache-dit DBCache+DMD"] = cache_dit.DMDCalibratorConfig
+    return out
+
+
+def _enable_cache_dit(pipe, cache, plan, steps, separate_cfg, calibrator=None):
+    cache_dit.enable_cache(
+        pipe,
+        cache_config=cache_dit.DBCacheConfig(
+            Fn_compute_blocks=cache.shallow_blocks, Bn_compute_blocks=cache.shallow_blocks,
+            max_warmup_steps=0, steps_computation_mask=[int(f) for f in plan],
+            steps_computation_policy="static", num_inference_steps=steps, enable_separate_cfg=separate_cfg,
+            residual_diff_threshold=1e9, max_cached_steps=-1, max_continuous_cached_steps=-1,
+        ),
+        calibrator_config=calibrator,
+    )  # fmt: skip
+
+
 def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
     base, call, _ = builder(make_scheduler(), *size)
     pipes = {"uncached": base}
@@ -347,6 +375,13 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
         pipe = copy.deepcopy(base)
         sd.apply_skip_cache(pipe, c)
         pipes[label] = pipe
+    # The same schedules without the fast blocks (diffusers' own block forward): what the cache gives
+    # apart from the fused kernels.
+    for label, c in [("skip-cache reuse, fast blocks off", cache.with_forecast(0)),
+                     (f"skip-cache forecast {auto}, fast blocks off", cache.with_forecast(auto))][: 1 if auto == 0 else 2]:
+        pipe = copy.deepcopy(base)
+        sd.apply_skip_cache(pipe, c, fast_blocks=False)
+        pipes[label] = pipe
     cd_note = CACHE_DIT_ERROR
     calls = [0]  # transformer calls per step: 2 under true CFG, where cache-dit needs its separate-CFG contexts
     hook = base.transformer.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
@@ -354,27 +389,20 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
     hook.remove()
     separate_cfg = calls[0] > 2
     if cache_dit is not None:
-        pipe = copy.deepcopy(base)
-        try:
-            cache_dit.enable_cache(
-                pipe,
-                cache_config=cache_dit.DBCacheConfig(
-                    Fn_compute_blocks=cache.shallow_blocks, Bn_compute_blocks=cache.shallow_blocks,
-                    max_warmup_steps=0, steps_computation_mask=[int(f) for f in plan],
-                    steps_computation_policy="static", num_inference_steps=steps, enable_separate_cfg=separate_cfg,
-                    residual_diff_threshold=1e9, max_cached_steps=-1, max_continuous_cached_steps=-1,
-                ),
-            )  # fmt: skip
-            pipes["cache-dit DBCache"] = pipe
-        except Exception as exc:  # noqa: BLE001 - reported in the results
-            cd_note = f"cache-dit failed on {type(base).__name__}: {type(exc).__name__}: {exc}"
+        for label, calibrator in {"cache-dit DBCache": None, **cache_dit_calibrators()}.items():
+            pipe = copy.deepcopy(base)
+            try:
+                _enable_cache_dit(pipe, cache, plan, steps, separate_cfg, None if calibrator is None else calibrator())
+                pipes[label] = pipe
+            except Exception as exc:  # noqa: BLE001 - reported in the results
+                cd_note = f"cache-dit ({label}) failed on {type(base).__name__}: {type(exc).__name__}: {exc}"
     outputs, blocks = {}, {}
     for label, pipe in list(pipes.items()):
         block_list = [b for name in sd.family_of(pipe.transformer).blocks for b in getattr(pipe.transformer, name)]
         try:
             blocks[label] = count_blocks(block_list, lambda: outputs.__setitem__(label, call(pipe, steps)))
         except Exception as exc:  # noqa: BLE001
-            if label != "cache-dit DBCache":
+            if not label.startswith("cache-dit"):
                 raise
             cd_note = f"cache-dit failed while running {type(base).__name__}: {type(exc).__name__}: {exc}"
             del pipes[label]
@@ -411,20 +439,28 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
 
 
 def _summary(rows) -> list[str]:
-    """Per case: the forecast order ``forecast="auto"`` picks (or reuse) against cache-dit and reuse."""
+    """Per case: the forecast order ``forecast="auto"`` picks (or reuse) against cache-dit at its best
+    (the calibrator with the highest PSNR on this case) and reuse; its speed against that cache-dit
+    row split into the fast blocks (on vs off) and the cache (fast blocks off vs cache-dit)."""
     lines = []
     for case in dict.fromkeys(r["case"] for r in rows):
         by = {r["method"]: r for r in rows if r["case"] == case}
         auto = next((m for m in by if m.endswith("(auto)")), None)
-        cd, reuse = by.get("cache-dit DBCache"), next(r for m, r in by.items() if m.startswith("skip-cache reuse"))
-        if auto is None or cd is None:
+        peers = [r for m, r in by.items() if m.startswith("cache-dit")]
+        reuse = next(r for m, r in by.items() if m.startswith("skip-cache reuse"))
+        if auto is None or not peers:
             continue
+        cd = max(peers, key=lambda r: r["psnr_db"])
         a = by[auto]
-        parts = [f"{auto}: {a['psnr_db'] - cd['psnr_db']:+.2f} dB vs cache-dit, {a['psnr_db'] - reuse['psnr_db']:+.2f} dB vs reuse (latents)"]
+        parts = [f"{auto}: {a['psnr_db'] - cd['psnr_db']:+.2f} dB vs {cd['method']} (cache-dit's best here), "
+                 f"{a['psnr_db'] - reuse['psnr_db']:+.2f} dB vs reuse (latents)"]  # fmt: skip
         if "pixel_psnr_db" in a:
-            parts.append(f"{a['pixel_psnr_db'] - cd['pixel_psnr_db']:+.2f} dB vs cache-dit, "
+            parts.append(f"{a['pixel_psnr_db'] - cd['pixel_psnr_db']:+.2f} dB vs it, "
                          f"{a['pixel_psnr_db'] - reuse['pixel_psnr_db']:+.2f} dB vs reuse (pixels)")  # fmt: skip
-        parts.append(f"speed vs cache-dit {a['speed_vs_cache_dit']:.3f}x")
+        off = by.get(auto.replace(" (auto)", "") + ", fast blocks off")
+        if off is not None:
+            parts.append(f"time vs it {cd['median_s'] / a['median_s']:.3f}x = fast blocks {off['median_s'] / a['median_s']:.3f}x "
+                         f"x cache {cd['median_s'] / off['median_s']:.3f}x (medians)")  # fmt: skip
         lines.append(f"- {case}: " + "; ".join(parts))
     return lines
 
@@ -496,7 +532,7 @@ def main(argv=None):
         lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))
     for case, outputs in pictures.items():
         png = f"{stem}-{case.split(' ')[1].lower()}.png"  # the family's name
-        order = ["uncached", "cache-dit DBCache", *(k for k in outputs if k.startswith("skip-cache reuse")),
+        order = ["uncached", "cache-dit DBCache", *(k for k in outputs if k.startswith("skip-cache reuse") and "fast blocks off" not in k),
                  *(k for k in outputs if k.endswith("(auto)") and "forecast" in k)]  # fmt: skip
         save_comparison([(k.replace("skip-cache ", "").replace(" (auto)", ""), outputs[k].clamp(-1, 1))
                          for k in order if k in outputs], png, nrow=5, scale=4)  # fmt: skip

@@ -128,3 +128,89 @@ def test_the_fast_preset_resolves_per_sampler():
     assert 1 / deterministic.block_fraction(timesteps, 8) == pytest.approx(2.105, abs=0.01)
     full = deterministic.full_steps(timesteps)
     assert full[:2] == [True, True] and full[2:6] == [False, False, True, False]  # t=999, 979 >= 950
+
+
+# -- the alpha-sigma forecast basis and the turbo preset ------------------------------------------
+
+
+def _alpha_sigma_reference(t):
+    """alpha_t, sigma_t of DDPM's linear betas (1e-4..0.02, 1000 steps), linear in alphas_cumprod
+    between integer timesteps; written independently of the library (torch, float64)."""
+    ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    lo = int(t)
+    a = ab[lo] + (ab[min(lo + 1, 999)] - ab[lo]) * (t - lo)
+    return float(a.sqrt()), float((1 - a).sqrt())
+
+
+@pytest.mark.parametrize("nodes, at", [((980, 960), 940), ((500, 400), 310), ((999, 500), 0), ((200.5, 120.25), 50.75)])
+def test_alpha_sigma_weights_are_exact_on_its_basis(nodes, at):
+    from skipdit_kernels.cache.forecast import alpha_sigma_weights
+
+    a, b = 0.7, -1.3
+
+    def f(t):
+        alpha, sigma = _alpha_sigma_reference(t)
+        return a * alpha + b * sigma
+
+    w = alpha_sigma_weights(nodes, at)
+    assert sum(wj * f(t) for wj, t in zip(w, nodes)) == pytest.approx(f(at), rel=1e-9, abs=1e-12)
+    assert alpha_sigma_weights([nodes[1]], at) == (1.0,)  # one full step: reuse
+    assert alpha_sigma_weights([100, *nodes], at) == pytest.approx((0.0, *w))  # the last two only
+
+
+def test_alpha_sigma_plan_and_errors():
+    from skipdit_kernels.cache.forecast import alpha_sigma_weights
+
+    cache = sk.SkipCache(interval=3, shallow_blocks=1, forecast=1, forecast_basis="alpha-sigma")
+    assert cache.slots == 2
+    timesteps = [980, 960, 940, 920, 900, 880, 860, 840]
+    plan = cache.plan(timesteps)
+    assert [p.full for p in plan] == [True, False, False, True, False, False, True, False]
+    assert plan[1].weights == (1.0, 0.0)  # one point: reuse
+    assert plan[4].weights == pytest.approx(alpha_sigma_weights([980, 920], 900))  # slots 0, 1
+    assert plan[7].weights == pytest.approx(tuple(reversed(alpha_sigma_weights([920, 860], 840))))  # 860 in slot 0
+    # an explicit noise schedule: the cursor reads it
+    cursor = ScheduleCursor(cache, alphas_cumprod=[1.0 - 0.001 * i for i in range(1000)])
+    steps = [cursor.advance(t) for t in timesteps[:5]]
+    assert steps[4].weights != pytest.approx(plan[4].weights)
+    with pytest.raises(ValueError, match="forecast_basis must be one of"):
+        sk.SkipCache(forecast=1, forecast_basis="dmd")
+    with pytest.raises(ValueError, match="fits two full steps"):
+        sk.SkipCache(forecast=2, forecast_basis="alpha-sigma")
+    with pytest.raises(ValueError, match="timestep 1000.5 outside"):
+        alpha_sigma_weights([999, 998], 1000.5)
+    assert sk.SkipCache(forecast="auto", forecast_basis="alpha-sigma").for_sampler(stochastic=True).forecast == 0
+
+
+def test_the_turbo_preset_has_a_flop_bound_of_three():
+    from skipdit_kernels.sampling import GaussianDiffusion
+
+    turbo = sk.SkipCache.preset("turbo")
+    assert (turbo.interval, turbo.shallow_blocks, turbo.forecast) == (10, 1, "auto")
+    assert turbo.for_sampler(stochastic=False).forecast == AUTO_DETERMINISTIC_ORDER
+    assert turbo.for_sampler(stochastic=True).forecast == 0
+    for steps, method in ((50, "ddim"), (20, "ddim"), (250, "ddpm")):  # the bundled SkipDiT: 8 units
+        timesteps = GaussianDiffusion.create(steps, method=method).timesteps
+        assert 1 / turbo.block_fraction(timesteps, 8) >= 3.0
+
+
+def test_the_cli_takes_turbo_as_it_takes_fast():
+    import argparse
+
+    from skipdit_kernels.commands._common import add_cache_options, cache_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cache_options(parser)
+    for name in ("fast", "turbo"):
+        assert cache_from_args(parser.parse_args(["--cache", name]), model=None) == name  # sample() resolves presets
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cache", "warp"])
+
+
+def test_the_alpha_sigma_default_schedule_is_the_samplers():
+    import numpy as np
+
+    from skipdit_kernels.cache.forecast import linear_alphas_cumprod
+    from skipdit_kernels.sampling.diffusion import linear_betas
+
+    np.testing.assert_allclose(linear_alphas_cumprod(), np.cumprod(1 - linear_betas(1000)), rtol=1e-12)

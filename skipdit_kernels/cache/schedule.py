@@ -14,6 +14,8 @@ it with the Lagrange polynomial of order ``forecast`` through the states stored 
 writes and with which weights a cached step blends the slots (host floats, from step counters
 only). 0 reuses (the published behaviour); ``"auto"`` is resolved from the sampler by ``sample()``
 and the CLI (deterministic: ``forecast.AUTO_DETERMINISTIC_ORDER``, stochastic: 0).
+``forecast_basis="alpha-sigma"`` (order 1) fits the state as a * alpha_t + b * sigma_t of the
+timesteps instead of a line in the step counter (``forecast.alpha_sigma_weights``).
 
 ``ScheduleCursor`` is the schedule, one step at a time; ``SkipCache.plan`` runs it over a whole
 trajectory. Everything that caches (the executor, a step-by-step request) follows these records.
@@ -24,7 +26,7 @@ import dataclasses
 import numbers
 from typing import Iterable, NamedTuple
 
-from .forecast import MAX_FORECAST_ORDER, check_forecast, lagrange_weights, resolve_forecast
+from .forecast import MAX_FORECAST_ORDER, alpha_sigma_weights, check_basis, check_forecast, lagrange_weights, resolve_forecast
 
 _PRESETS = {
     # Official Skip-DiT class-to-image defaults (DiT-XL/2).
@@ -41,6 +43,13 @@ _PRESETS = {
     # 2 (1.60x, 47.4 / 49.4 dB); bench/results/quality-sweep-*-cpu-bundled-2026-11-29.md.
     # forecast "auto": a stochastic sampler gets the paper's reuse schedule instead (see for_sampler).
     "fast": dict(interval=4, shallow_blocks=1, start_t=950, stop_t=20, forecast="auto"),
+    # High speed (beyond the paper): FLOP bound 3.08x on the bundled SkipDiT (8 units, shallow 1) under
+    # DDIM-50 and DDPM-250 (5 full steps of 50). Order 1 in the step counter: on the bundled SkipDiT at
+    # interval 10 it beats the alpha-sigma basis (31.0 vs 29.5 dB pooled, 20 samples, DDIM-50); a
+    # stochastic sampler reuses ("auto"), which beats order 1 there (27.2 vs 25.8 dB, DDPM-250).
+    # stop_t 0: no reset before the last step (a reset at t <= 20 would add a sixth full step: 2.94x).
+    # bench/results/forecast-study-*.md.
+    "turbo": dict(interval=10, shallow_blocks=1, start_t=1000, stop_t=0, forecast="auto"),
 }
 # What "fast" becomes for a stochastic sampler (DDPM, DDIM eta > 0): extrapolation amplifies the noise
 # each step injects (bench/results/forecast-fidelity-*), and reuse at interval 4 loses ~8 dB against
@@ -61,16 +70,20 @@ class PlannedStep(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class SkipCache:
     """Skip-Cache schedule. The defaults are the official DiT-XL/2 ones (interval 2, 4 shallow
-    blocks, caching from the first step, reset at t <= 20)."""
+    blocks, caching from the first step, reset at t <= 20). ``forecast``: 0 (reuse), an order
+    1..3 or ``"auto"``; ``forecast_basis``: ``"polynomial"`` (Lagrange in the step counter) or
+    ``"alpha-sigma"`` (order 1 only; see ``forecast``'s module)."""
 
     interval: int = 2
     shallow_blocks: int = 4
     start_t: float = 1000
     stop_t: float = 20
     forecast: int | str = 0
+    forecast_basis: str = "polynomial"
 
     def __post_init__(self):
         check_forecast(self.forecast)
+        check_basis(self.forecast_basis, self.forecast)
         if isinstance(self.interval, bool) or not isinstance(self.interval, numbers.Integral) or self.interval < 1:
             raise ValueError(f"SkipCache.interval must be an integer >= 1, got {self.interval!r}")
         if (
@@ -86,8 +99,9 @@ class SkipCache:
     @classmethod
     def preset(cls, name: str, **overrides) -> "SkipCache":
         """``"dit"`` (official class-to-image defaults), ``"video"`` (interval 2, shallow 1, 700..50),
-        ``"latte-c2v"`` (class-to-video Latte-skip: interval 2, shallow 1, 900..49) or ``"fast"`` (quality-matched speed: forecast 1 at interval 4 after full steps while
-        t >= 950, measured 2.11x at the fidelity of the paper's reuse at interval 2; see _PRESETS)."""
+        ``"latte-c2v"`` (class-to-video Latte-skip: interval 2, shallow 1, 900..49), ``"fast"`` (quality-matched speed: forecast 1 at interval 4 after full steps while
+        t >= 950, measured 2.11x at the fidelity of the paper's reuse at interval 2) or ``"turbo"``
+        (interval 10, shallow 1, forecast "auto": FLOP bound 3.08x on an 8-unit model; see _PRESETS)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown Skip-Cache preset {name!r}; expected one of {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
@@ -159,21 +173,31 @@ class ScheduleCursor:
     """The schedule of one trajectory, a step at a time: ``peek(t)`` decides the step at timestep
     ``t`` without moving; ``commit(step, t)`` moves past it once it completed; ``advance(t)`` does
     both. A step that raised is simply never committed: the next ``peek`` decides it again. A new
-    trajectory needs a new cursor."""
+    trajectory needs a new cursor. ``alphas_cumprod``: the noise schedule the ``"alpha-sigma"``
+    forecast basis reads (default: DDPM's linear betas)."""
 
-    def __init__(self, cache: SkipCache):
+    def __init__(self, cache: SkipCache, alphas_cumprod=None):
         self.cache = cache
         self.slots = cache.slots
+        self.alphas_cumprod = alphas_cumprod  # for forecast_basis "alpha-sigma"; None: DDPM's linear betas
         self._reset()
 
     def _reset(self) -> None:
         self.counter = 0
         self._entries: list[tuple[int, int]] = []  # (counter, slot) of stored states, oldest first
+        self._timesteps: list[float] = []  # their timesteps, oldest first
         self._next_slot = 0
 
     @property
     def have_cache(self) -> bool:
         return bool(self._entries)
+
+    def blend_weights(self, t: float) -> tuple[float, ...]:
+        """The forecast's weights for the stored states (oldest first) at a cached step at timestep
+        ``t`` and the current counter; host floats."""
+        if self.cache.forecast_basis == "alpha-sigma":
+            return alpha_sigma_weights(self._timesteps, t, self.alphas_cumprod)
+        return lagrange_weights([s for s, _ in self._entries], self.counter)
 
     def peek(self, t: float) -> PlannedStep:
         """The step at timestep ``t`` (full or cached, its slot and blend weights); moves nothing."""
@@ -185,8 +209,7 @@ class ScheduleCursor:
         if full:
             slot = self._next_slot
         else:
-            nodes = [s for s, _ in self._entries]
-            for (_, s), w in zip(self._entries, lagrange_weights(nodes, self.counter)):
+            for (_, s), w in zip(self._entries, self.blend_weights(t)):
                 weights[s] = w
         return PlannedStep(full, self.counter, slot, tuple(weights))
 
@@ -199,6 +222,8 @@ class ScheduleCursor:
             if len(self._entries) == self.slots:
                 self._entries.pop(0)  # the oldest entry holds this slot: the ring overwrites it
             self._entries.append((self.counter, step.slot))
+            self._timesteps.append(float(t))
+            del self._timesteps[: -self.slots]
             self._next_slot = (step.slot + 1) % self.slots
         self.counter += 1
         if float(t) <= self.cache.stop_t:

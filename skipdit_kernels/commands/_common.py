@@ -24,13 +24,13 @@ def nonnegative_int(text: str) -> int:
 
 
 def cache_setting(text: str) -> int | str:
-    """A Skip-Cache interval (0 = off) or the preset name 'fast'."""
-    if text == "fast":
+    """A Skip-Cache interval (0 = off) or the preset name 'fast' or 'turbo'."""
+    if text in ("fast", "turbo"):
         return text
     try:
         return _int_at_least(text, 0)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected an interval >= 0 or 'fast', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an interval >= 0, 'fast' or 'turbo', got {text!r}") from None
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -149,7 +149,8 @@ def add_cache_options(parser) -> None:
     """--cache, --forecast, --shallow: the Skip-Cache options of the sampling commands."""
     parser.add_argument("--cache", type=cache_setting, default=0,
                         help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
-                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM)")
+                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM), or 'turbo' "
+                        "(interval 10, forecast for DDIM / reuse for DDPM: FLOP bound 3x on the bundled models)")
     parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
                         help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
     parser.add_argument("--shallow", type=positive_int, default=None,
@@ -160,7 +161,7 @@ def cache_from_args(args, model):
     """What ``sample(cache=...)`` takes for the options of ``add_cache_options``."""
     from skipdit_kernels import SkipCache
 
-    if args.cache == "fast" or not args.cache:
+    if args.cache in ("fast", "turbo") or not args.cache:
         return args.cache or None
     shallow = args.shallow or min(4, model.depth // 2)
     forecast = args.forecast if args.forecast == "auto" else int(args.forecast)
