@@ -3,8 +3,9 @@
 #     bash .ci/sanitize.sh            (after the package is installed; CI: from .ci/run)
 # 1. builds the CPU kernels with -fsanitize=address,undefined into a scratch folder (never over the
 #    installed extension);
-# 2. runs the native op tests (odd and empty shapes, non-contiguous and misaligned inputs) and the
-#    op fuzz tests (then the layout tests again on the AVX2 kernels) with that library (SKIPDIT_NATIVE_LIBRARY) in a Python host that preloads libasan.
+# 2. runs the op contract tests (odd and empty shapes, non-contiguous and misaligned inputs), the native
+#    op tests and the op fuzz tests (then the native contract tests again on the AVX2 kernels) with that
+#    library (SKIPDIT_NATIVE_LIBRARY) in a Python host that preloads libasan.
 # Any sanitizer report aborts the run (UBSan is built non-recovering). Leak checking is off: the
 # Python interpreter and torch keep allocations alive at exit by design.
 # Budget: about 8 minutes on 2 cores (build ~3-4 min, tests ~2-3 min); SKIPDIT_SANITIZE_TIMEOUT (s) bounds it.
@@ -49,7 +50,8 @@ print('native:', ok, why)
 assert ok and 'skipdit_sanitized' in why, why"
 
 step "native op tests and op fuzzing under the sanitizers (the CPU's best kernels)"
-timeout "$LIMIT" python -m pytest -q -p no:cacheprovider python_tests/ops/test_native.py python_tests/ops/test_fuzz_ops.py
-step "layout tests on the AVX2 kernels (test_native's subprocess check covers the portable ones)"
-SKIPDIT_CPU_CAPABILITY=avx2 timeout "$LIMIT" python -m pytest -q -p no:cacheprovider python_tests/ops/test_native.py -k layouts
+timeout "$LIMIT" python -m pytest -q -p no:cacheprovider python_tests/ops/test_contract.py python_tests/ops/test_native.py \
+  python_tests/ops/test_fuzz_ops.py -k "not triton"
+step "the native contract tests on the AVX2 kernels (test_native's subprocess check covers the portable ones)"
+SKIPDIT_CPU_CAPABILITY=avx2 timeout "$LIMIT" python -m pytest -q -p no:cacheprovider python_tests/ops/test_contract.py -k native
 step "done"

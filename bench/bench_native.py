@@ -3,7 +3,8 @@
     python bench/bench_native.py [--threads 2] [--hidden 768 1152] [--dtypes fp32 bf16] [--out bench/results]
     python -m pytest bench/bench_native.py --benchmark-only      # the same cells under pytest-benchmark
 
-Shapes are DiT-B/2 and DiT-XL/2 blocks: batch 4, 256 tokens, hidden 768 / 1152. Each cell times its
+Shapes are DiT-B/2 and DiT-XL/2 blocks: batch 4, 256 tokens, hidden 768 / 1152; the ops (those with
+native kernels) and their inputs are the op specs' (skipdit_kernels/ops/spec.py). Each cell times its
 implementations round-robin in one run, so the ratios compare like with like. The Triton column is
 left out on CPU (Triton only runs there in its numpy interpreter). Results: bench/results/
 native-<cpu model>-<capability>.{json,md}.
@@ -21,69 +22,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
-from skipdit_kernels.ops import native  # noqa: E402
+from skipdit_kernels.ops import native, spec  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SPECS = {s.name: s for s in spec.with_backend("native")}  # the ops with native kernels
 
 
-def make_inputs(hidden: int, dtype, device="cpu", batch=4, tokens=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
-
-    D = hidden
-    mod = r(batch, 6 * D, scale=0.5).chunk(6, dim=1)
-    return dict(
-        x=r(batch, tokens, D), y=r(batch, tokens, D), skip=r(batch, tokens, D), h4=r(batch, tokens, 4 * D, scale=0.5),
-        shift=mod[0], scale=mod[1], gate=mod[2],
-        w1=r(4 * D, D, scale=D**-0.5), b1=r(4 * D, scale=0.1), w2=r(D, 4 * D, scale=(4 * D) ** -0.5), b2=r(D, scale=0.1),
-        nw=(1 + 0.1 * torch.randn(2 * D, generator=g)).to(device), nb=(0.1 * torch.randn(2 * D, generator=g)).to(device),
-        ws=r(D, 2 * D, scale=(2 * D) ** -0.5), bs=r(D, scale=0.1),
-    )
+def make_inputs(op: str, hidden: int, dtype, device="cpu", batch=4, tokens=256, seed=0) -> list:
+    """The op's arguments: its spec's samples at DiT-block widths."""
+    return SPECS[op].sample_args((batch, tokens, hidden), dtype=dtype, device=device, seed=seed)
 
 
-# Each op: (reference call, public op call) over the inputs dict.
-OPS = {
-    "adaln_modulate": (
-        lambda t: ops.adaln_modulate_reference(t["x"], t["shift"], t["scale"], 1e-6),
-        lambda t: ops.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6),
-    ),
-    "gated_residual": (
-        lambda t: ops.gated_residual_reference(t["x"], t["gate"], t["y"]),
-        lambda t: ops.gated_residual(t["x"], t["gate"], t["y"]),
-    ),
-    "linear_gelu": (
-        lambda t: ops.linear_gelu_reference(t["x"], t["w1"], t["b1"]),
-        lambda t: ops.linear_gelu(t["x"], t["w1"], t["b1"]),
-    ),
-    "linear_gated_residual": (
-        lambda t: ops.linear_gated_residual_reference(t["x"], t["h4"], t["w2"], t["b2"], t["gate"]),
-        lambda t: ops.linear_gated_residual(t["x"], t["h4"], t["w2"], t["b2"], t["gate"]),
-    ),
-    "skip_fuse": (
-        lambda t: ops.skip_fuse_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6),
-        lambda t: ops.skip_fuse(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6),
-    ),
-    "skip_fuse_adaln": (
-        lambda t: ops.skip_fuse_adaln_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6),
-        lambda t: ops.skip_fuse_adaln(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6),
-    ),
-}
-
-
-def implementations(op: str, t: dict) -> dict:
-    ref, public = OPS[op]
-    compiled = torch.compile(lambda: ref(t), dynamic=False)
+def implementations(op: str, args: list) -> dict:
+    s = SPECS[op]
+    compiled = torch.compile(lambda: s.reference(*args), dynamic=False)
 
     def native_call():
         with ops.use_backend("native"):
-            return public(t)
+            return s.op(*args)
 
-    impls = {"eager": lambda: ref(t), "compile": compiled, "native": native_call}
+    impls = {"eager": lambda: s.reference(*args), "compile": compiled, "native": native_call}
     if op == "skip_fuse":
-        cat = torch.cat([t["x"], t["skip"]], dim=-1)
-        impls["bare_linear"] = lambda: F.linear(cat, t["ws"], t["bs"])
+        cat = torch.cat([args[0], args[1]], dim=-1)
+        impls["bare_linear"] = lambda: F.linear(cat, args[4], args[5])
     return impls
 
 
@@ -91,13 +52,13 @@ def run(hiddens, dtypes, budget_s=4.0, ops_filter=None) -> list[dict]:
     rows = []
     for dname in dtypes:
         for hidden in hiddens:
-            t = make_inputs(hidden, DTYPES[dname])
-            for op in OPS:
+            for op in SPECS:
                 if ops_filter and op not in ops_filter:
                     continue
                 torch._dynamo.reset()
                 with torch.no_grad():
-                    res = report.time_fns(implementations(op, t), budget_s=budget_s, max_rounds=50)
+                    res = report.time_fns(implementations(op, make_inputs(op, hidden, DTYPES[dname])), budget_s=budget_s,
+                                          max_rounds=50)
                 row = {"op": op, "hidden": hidden, "dtype": dname}
                 for k, v in res.items():
                     if "error" in v:
@@ -170,15 +131,14 @@ try:
     import pytest
 
     @pytest.mark.parametrize("impl", ["eager", "compile", "native"])
-    @pytest.mark.parametrize("op", list(OPS))
+    @pytest.mark.parametrize("op", list(SPECS))
     @pytest.mark.parametrize("hidden", [768, 1152])
     @pytest.mark.parametrize("dname", ["fp32", "bf16"])
     def test_bench_native(benchmark, dname, hidden, op, impl):
         if not native.load():
             pytest.skip("native backend unavailable")
         torch.set_num_threads(2)
-        t = make_inputs(hidden, DTYPES[dname])
-        fn = implementations(op, t)[impl]
+        fn = implementations(op, make_inputs(op, hidden, DTYPES[dname]))[impl]
         with torch.no_grad():
             fn()
             benchmark(fn)

@@ -10,15 +10,17 @@ Grid: hidden 1152; 256 and 1024 tokens; batch 2 and 16; bf16 (on CUDA). On a CPU
 is DiT-B/2 and DiT-XL/2 (hidden 768 and 1152), batch 4 x 256 tokens, fp32 and bf16, and the
 triton column is skipped: Triton runs there only in its numpy interpreter, a test tool.
 
-"eager" is the op's torch reference (the eager chain: cat + fp32 LayerNorm + Linear, ...);
+The ops and their inputs are the op specs' (skipdit_kernels/ops/spec.py: the ops with kernels, sample
+inputs at DiT widths). "eager" is the op's torch reference (the eager chain: cat + fp32 LayerNorm +
+Linear, ...);
 "compile" is torch.compile of that same chain; "triton"/"native" are the public ops on that backend.
-Reported: median ms per call, achieved GB/s (minimum bytes: every input read once, every output
-written once), TFLOP/s for the GEMM ops, and speedup over eager.
+Reported: median ms per call, achieved GB/s (minimum bytes: every input tensor read once, every
+output written once), TFLOP/s for the GEMM ops, and speedup over eager.
 
 Baselines, timed in the same interleaved rounds as the op (so load drift hits them alike):
 - memory-bound ops (adaln_modulate, gated_residual): ``torch.empty_like(x).copy_(x)`` on a tensor of
   the activation's size; "% copy BW" = the op's GB/s / the copy's GB/s (bytes read + written; target
-  of issue 21: >= 80 %). Each cell also gets a "copy" row (its GB/s is the copy bandwidth). The native
+  >= 80 %). Each cell also gets a "copy" row (its GB/s is the copy bandwidth). The native
   kernel is also timed alone (no op layer: "kernel alone % copy BW") and on 32 tokens, whose rows stay
   in cache: a kernel no faster per row there is not limited by memory bandwidth (said when a target
   is missed).
@@ -40,69 +42,46 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
+from skipdit_kernels.ops import spec  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OPS = ("adaln_modulate", "gated_residual", "linear", "linear_gelu", "linear_gated_residual", "skip_fuse", "skip_fuse_adaln")
+SPECS = spec.specs()
+OPS = tuple(name for name, s in SPECS.items() if len(s.backends) > 1)  # the ops with kernels
 IMPLS = ("eager", "compile", "triton", "native")
 
 
-def make_inputs(batch, tokens, hidden, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
-
-    D = hidden
-    mod = r(batch, 6 * D, scale=0.5).chunk(6, dim=1)  # strided, as the adaLN projection yields them
-    return dict(
-        x=r(batch, tokens, D), y=r(batch, tokens, D), skip=r(batch, tokens, D), h4=r(batch, tokens, 4 * D, scale=0.5),
-        shift=mod[0], scale=mod[1], gate=mod[2],
-        wqkv=r(3 * D, D, scale=D**-0.5), bqkv=r(3 * D, scale=0.1),
-        w1=r(4 * D, D, scale=D**-0.5), b1=r(4 * D, scale=0.1), w2=r(D, 4 * D, scale=(4 * D) ** -0.5), b2=r(D, scale=0.1),
-        nw=(1 + 0.1 * torch.randn(2 * D, generator=g)).to(device), nb=(0.1 * torch.randn(2 * D, generator=g)).to(device),
-        ws=r(D, 2 * D, scale=(2 * D) ** -0.5), bs=r(D, scale=0.1),
-    )
+def make_inputs(op, batch, tokens, hidden, dtype, device, seed=0) -> list:
+    """The op's arguments at (batch, tokens, hidden): its spec's samples, GEMM widths of a DiT block
+    (qkv 3 x hidden, MLP 4 x hidden), per-sample vectors as chunk() views of the adaLN projection."""
+    return SPECS[op].sample_args((batch, tokens, hidden), dtype=dtype, device=device, seed=seed)
 
 
-# op -> (reference(t), public op(t))
-CALLS = {
-    "adaln_modulate": (lambda t: ops.adaln_modulate_reference(t["x"], t["shift"], t["scale"], 1e-6),
-                       lambda t: ops.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6)),
-    "gated_residual": (lambda t: ops.gated_residual_reference(t["x"], t["gate"], t["y"]),
-                       lambda t: ops.gated_residual(t["x"], t["gate"], t["y"])),
-    "linear": (lambda t: ops.linear_reference(t["x"], t["wqkv"], t["bqkv"]),
-               lambda t: ops.linear(t["x"], t["wqkv"], t["bqkv"])),
-    "linear_gelu": (lambda t: ops.linear_gelu_reference(t["x"], t["w1"], t["b1"]),
-                    lambda t: ops.linear_gelu(t["x"], t["w1"], t["b1"])),
-    "linear_gated_residual": (lambda t: ops.linear_gated_residual_reference(t["x"], t["h4"], t["w2"], t["b2"], t["gate"]),
-                              lambda t: ops.linear_gated_residual(t["x"], t["h4"], t["w2"], t["b2"], t["gate"])),
-    "skip_fuse": (lambda t: ops.skip_fuse_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6),
-                  lambda t: ops.skip_fuse(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], 1e-6)),
-    "skip_fuse_adaln": (
-        lambda t: ops.skip_fuse_adaln_reference(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6),
-        lambda t: ops.skip_fuse_adaln(t["x"], t["skip"], t["nw"], t["nb"], t["ws"], t["bs"], t["shift"], t["scale"], 1e-6)),
-}
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
-def traffic(op, B, T, D, es):
-    """(minimum bytes moved, flops of the GEMM) for one call."""
-    M, mod = B * T, B * D * es
-    act = M * D * es
-    if op == "adaln_modulate":
-        return 2 * act + 2 * mod, 0
-    if op == "gated_residual":
-        return 3 * act + mod, 0
-    if op == "linear":  # the attention's qkv: h (M, D) -> (M, 3D)
-        return act + 3 * D * D * es + 3 * act, 2 * M * 3 * D * D
-    if op == "linear_gelu":  # h (M, D) -> (M, 4D)
-        return act + 4 * D * D * es + 4 * act, 2 * M * 4 * D * D
-    if op == "linear_gated_residual":  # h (M, 4D) -> (M, D), + x, gate
-        return 4 * act + 4 * D * D * es + 2 * act + mod, 2 * M * D * 4 * D
-    if op == "skip_fuse":
-        return 2 * act + 2 * D * D * es + act, 2 * M * D * 2 * D
-    if op == "skip_fuse_adaln":
-        return 2 * act + 2 * D * D * es + 2 * act + 2 * mod, 2 * M * D * 2 * D
-    raise KeyError(op)
+def gemm_operands(op, args):
+    """(activation (M, K), weight (N, K)) of the op's GEMM, or None."""
+    s = SPECS[op]
+    if s.gemm is None:
+        return None
+    a, w, _ = s.gemm
+    act = torch.cat([args[0], args[1]], dim=-1) if s.folds else args[a]
+    return act.reshape(-1, act.shape[-1]), args[w]
+
+
+def traffic(op, args, outs):
+    """(minimum bytes moved: every input read once, every output written once, flops of the GEMM)."""
+    nbytes = sum(t.numel() * t.element_size() for t in _tensors(args) + _tensors(outs))
+    operands = gemm_operands(op, args)
+    if operands is None:
+        return nbytes, 0
+    act, w = operands
+    return nbytes, 2 * act.shape[0] * act.shape[1] * w.shape[0]
 
 
 def skipped_impls(device: torch.device) -> dict[str, str]:
@@ -116,12 +95,6 @@ def skipped_impls(device: torch.device) -> dict[str, str]:
     if not status["native"][0]:
         out["native"] = status["native"][1]
     return out
-
-
-MEMORY_BOUND = ("adaln_modulate", "gated_residual")
-# op -> (activation operand of its GEMM, weight): the GEMM is act (M, K) @ weight.T (M, N)
-GEMMS = {"linear": ("x", "wqkv"), "linear_gelu": ("x", "w1"), "linear_gated_residual": ("h4", "w2"),
-         "skip_fuse": ("skip2", "ws"), "skip_fuse_adaln": ("skip2", "ws")}
 
 
 def gemm_name(act: torch.Tensor) -> str:
@@ -143,67 +116,58 @@ def gemm_dtype(act: torch.Tensor) -> torch.dtype:
 CACHED_TOKENS = 32  # a (batch 4, 32, hidden) activation and its output stay in L2 (2 MB here)
 
 
-def native_kernels() -> dict:
-    """The memory-bound ops' native kernels called directly (no op layer), inputs dict -> output."""
-    from skipdit_kernels.ops import native
-
-    return {"adaln_modulate": lambda t: native.adaln_modulate(t["x"], t["shift"], t["scale"], 1e-6),
-            "gated_residual": lambda t: native.gated_residual(t["x"], t["gate"], t["y"])}
-
-
-def baselines(op: str, t: dict, with_native: bool) -> dict:
+def baselines(op: str, args: list, with_native: bool) -> dict:
     """The reference points of ``op`` (see the module docstring), timed with its implementations."""
-    x = t["x"]
-    if op in MEMORY_BOUND:
-        out = {"copy": lambda: torch.empty_like(x).copy_(x)}
-        if with_native:  # the kernel alone, here and with its rows in cache: is it memory- or compute-bound?
-            kernel = native_kernels()[op]
-            small = make_inputs(x.shape[0], CACHED_TOKENS, x.shape[2], x.dtype, x.device)
-            out["kernel"] = lambda: kernel(t)
-            out["kernel_cached"] = lambda: kernel(small)
-        return out
-    name, wname = GEMMS[op]
-    compute = gemm_dtype(x)
-    act = torch.cat([x, t["skip"]], dim=-1) if name == "skip2" else t[name]
-    act = act.reshape(-1, act.shape[-1]).to(compute).contiguous()
-    w = t[wname].to(compute)
     from skipdit_kernels.ops import native
 
+    x = _tensors(args)[0]
+    operands = gemm_operands(op, args)
+    if operands is None:  # memory-bound
+        out = {"copy": lambda: torch.empty_like(x).copy_(x)}
+        if with_native and op in native.KERNELS:  # the kernel alone, here and with its rows in cache
+            kernel = native.KERNELS[op]
+            small = make_inputs(op, x.shape[0], CACHED_TOKENS, x.shape[2], x.dtype, x.device)
+            out["kernel"] = lambda: kernel(*args)
+            out["kernel_cached"] = lambda: kernel(*small)
+        return out
+    compute = gemm_dtype(x)
+    act = operands[0].to(compute).contiguous()
+    w = operands[1].to(compute)
     if compute == torch.float32 and native.cpu_fp32_gemm() == "onednn":
         out = {"gemm": lambda: torch.ops.mkldnn._linear_pointwise(act, w, None, "none", [], "")}
     else:
         out = {"gemm": lambda: torch.mm(act, w.t())}
-    if op.startswith("skip_fuse"):
-        out["fold"] = lambda: native._folded(x, t["nw"], t["nb"], t["ws"], t["bs"])
+    if SPECS[op].folds:
+        out["fold"] = lambda: native._folded(x, *args[2:6])
     return out
 
 
-def _on_backend(backend: str, public, t: dict):
+def _on_backend(backend: str, public, args: list):
     with ops.use_backend(backend):
-        return public(t)
+        return public(*args)
 
 
-def implementations(op: str, t: dict, device: torch.device, skip: dict, compile: bool = True) -> dict:
-    ref, public = CALLS[op]
-    impls = {"eager": lambda: ref(t)}
+def implementations(op: str, args: list, device: torch.device, skip: dict, compile: bool = True) -> dict:
+    s = SPECS[op]
+    impls = {"eager": lambda: s.reference(*args)}
     if compile:
         torch._dynamo.reset()
-        impls["compile"] = torch.compile(lambda: ref(t), dynamic=False)
+        impls["compile"] = torch.compile(lambda: s.reference(*args), dynamic=False)
     for backend in ("triton", "native"):
-        if backend not in skip:
-            impls[backend] = lambda backend=backend: _on_backend(backend, public, t)
+        if backend not in skip and backend in s.backends:
+            impls[backend] = lambda backend=backend: _on_backend(backend, s.op, args)
     return impls
 
 
 def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
-    t = make_inputs(B, T, D, DTYPES[dname], device)
-    fns = implementations(op, t, device, skip, compile)
+    args = make_inputs(op, B, T, D, DTYPES[dname], device)
+    fns = implementations(op, args, device, skip, compile)
     if device.type == "cpu":
-        fns.update(baselines(op, t, "native" in fns))
+        fns.update(baselines(op, args, "native" in fns))
     with torch.no_grad():
         res = report.time_fns(fns, device, budget_s=budget_s,
                               min_rounds=3, warmup=1 if device.type == "cpu" else 5)
-    nbytes, flops = traffic(op, B, T, D, DTYPES[dname].itemsize)
+        nbytes, flops = traffic(op, args, SPECS[op].reference(*args))
     row = {"op": op, "batch": B, "tokens": T, "hidden": D, "dtype": dname}
     eager = res["eager"].get("median_s")
     best = None
@@ -234,7 +198,7 @@ def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
     gemm_s = res.get("gemm", {}).get("median_s")
     if gemm_s:
         row["gemm_ms"] = gemm_s * 1e3
-        row["gemm"] = gemm_name(t["x"])
+        row["gemm"] = gemm_name(_tensors(args)[0])
         for impl in ("eager", "native"):
             if f"{impl}_ms" in row:
                 row[f"{impl}_vs_gemm"] = row[f"{impl}_ms"] / row["gemm_ms"]
@@ -250,7 +214,7 @@ def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
 
 def copy_row(B, T, D, dname, device, budget_s) -> dict:
     """The copy bandwidth of a (B, T, D) activation: ``torch.empty_like(x).copy_(x)``, bytes read + written."""
-    x = make_inputs(B, T, D, DTYPES[dname], device)["x"]
+    x = torch.randn(B, T, D, device=device).to(DTYPES[dname])
     res = report.time_fns({"eager": lambda: torch.empty_like(x).copy_(x)}, device, budget_s=budget_s, min_rounds=3)
     s = res["eager"]["median_s"]
     GBps = 2 * x.numel() * x.element_size() / s / 1e9
@@ -262,8 +226,8 @@ PCT_COPY_TARGET, GEMM_TARGET = 80.0, 1.05
 
 
 def target_notes(rows) -> list[str]:
-    """One line per memory-bound / skip-fusion row: the issue-21 target, met or missed, and where the
-    time goes when missed."""
+    """One line per memory-bound / skip-fusion row: its target, met or missed, and where the time goes
+    when missed."""
     notes = []
     for r in rows:
         cell = f"{r['op']} B{r['batch']} T{r['tokens']} D{r['hidden']} {r['dtype']}"
@@ -411,9 +375,13 @@ try:
         if impl in skip:
             pytest.skip(skip[impl])
         B, T, D, dname = cell
-        t = make_inputs(B, T, D, DTYPES[dname], _DEVICE)
-        fn = implementations(op, t, _DEVICE, skip)[impl]
-        nbytes, flops = traffic(op, B, T, D, DTYPES[dname].itemsize)
+        args = make_inputs(op, B, T, D, DTYPES[dname], _DEVICE)
+        fns = implementations(op, args, _DEVICE, skip)
+        if impl not in fns:
+            pytest.skip(f"{op} has no {impl} kernel")
+        fn = fns[impl]
+        with torch.no_grad():
+            nbytes, flops = traffic(op, args, SPECS[op].reference(*args))
         sync = torch.cuda.synchronize if _DEVICE.type == "cuda" else (lambda: None)
 
         def timed():

@@ -1,19 +1,29 @@
-"""bench/report.py: the one interleaved timer, environment record and results writer of bench/."""
-import importlib.util
+"""skipdit_kernels.testing.report: the one interleaved timer, environment record and results writer of
+bench/ (bench/report.py re-exports it) and of gpu_check."""
+import argparse
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-REPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "report.py")
+from skipdit_kernels.testing import report as _report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("skipdit_bench_report_test", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _report
+
+
+def test_bench_scripts_import_the_package_module_as_report():
+    code = "import sys; sys.path.insert(0, 'bench'); import report; from skipdit_kernels.testing import report as r; " \
+           "assert report.time_fns is r.time_fns and report.RESULTS_DIR == r.RESULTS_DIR; print(r.RESULTS_DIR)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == os.path.join(REPO, "bench", "results")
 
 
 def test_time_fns_interleaves_round_by_round(report):
@@ -103,24 +113,33 @@ def test_write_results_takes_the_heading_of_a_body(report, tmp_path, monkeypatch
     assert "quiet (1-min load <= 0.5 per core)" in md and md.count("# ") == 1
 
 
-def test_skipdit_bench_forwards_the_e2e_rounds(monkeypatch):
-    import argparse
-
+@pytest.mark.parametrize("argv, forwarded", [
+    (["bench", "--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"], ["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"]),
+    (["bench", "--", "--help"], ["--help"]),
+    (["bench"], []),
+])
+def test_skipdit_bench_forwards_its_arguments(monkeypatch, argv, forwarded):
+    from skipdit_kernels import cli
     from skipdit_kernels.commands import bench
 
     seen = []
-    monkeypatch.setattr(bench, "_bench_module", lambda: argparse.Namespace(main=lambda argv: seen.append(argv) or 0))
-    parser = argparse.ArgumentParser()
-    bench.configure(parser)
-    assert bench.run(parser.parse_args(["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"])) == 0
-    assert seen == [["--models", "DiT-S/2", "--rounds", "3", "--e2e-rounds", "2"]]
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd: seen.append(cmd) or argparse.Namespace(returncode=0))
+    assert cli.main(argv) == 0
+    assert seen == [[sys.executable, bench.BENCH_FILE, *forwarded]]
+    assert os.path.isfile(bench.BENCH_FILE)
+
+
+def test_skipdit_bench_outside_a_source_checkout_says_so(monkeypatch, capsys):
+    from skipdit_kernels import cli
+    from skipdit_kernels.commands import bench
+
+    monkeypatch.setattr(bench, "BENCH_FILE", "/nonexistent/bench/bench_sampling.py")
+    assert cli.main(["bench", "--rounds", "1"]) == 2
+    assert "source checkout" in capsys.readouterr().err
 
 
 def test_readme_performance_section_is_generated_from_the_results():
     """The README's performance section is what bench/readme_performance.py makes of bench/results."""
-    import subprocess
-    import sys
-
-    script = os.path.join(os.path.dirname(REPORT), "readme_performance.py")
+    script = os.path.join(REPO, "bench", "readme_performance.py")
     proc = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

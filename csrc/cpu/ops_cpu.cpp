@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -323,9 +324,10 @@ Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& w
   const auto& k = table();
   const Storage st = storage_of(x), acc_st = storage_of(weight);
   const float feps = static_cast<float>(eps);
-  // fp32 GEMMs read [x | skip] - p (skipdit/folded.h explains why; its shifted_pair is the CUDA
-  // driver's, here one pass of the shift_pair kernel writes it and takes its statistics); half-precision
-  // GEMMs read [x | skip]. The statistics come from the rows the GEMM reads.
+  // fp32 GEMMs read [x | skip] - p (ops.folding.skip_fuse_folded_torch, the model, says why; one pass
+  // of the shift_pair kernel writes it and takes its statistics, what skipdit/folded.h's shifted_pair
+  // computes for the CUDA driver, pinned to it by csrc/example); half-precision GEMMs read [x | skip].
+  // The statistics come from the rows the GEMM reads.
   const bool shifted = compute == at::kFloat;
   Tensor stats = at::empty({2, M}, x.options().dtype(at::kFloat));
   float* mean = stats.data_ptr<float>();
@@ -365,17 +367,17 @@ Tensor skip_fuse_impl(const Tensor& x_in, const Tensor& skip_in, const Tensor& w
 
 }  // namespace
 
-Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum, const Tensor& bias,
-                 double eps) {
-  check_skip_fuse("skipdit::skip_fuse", x, skip, weight, rowsum, bias);
-  check_cpu("skipdit::skip_fuse", x);
+Tensor skip_fuse_folded(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum,
+                        const Tensor& bias, double eps) {
+  check_skip_fuse("skipdit::skip_fuse_folded", x, skip, weight, rowsum, bias);
+  check_cpu("skipdit::skip_fuse_folded", x);
   return skip_fuse_impl(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, nullptr);
 }
 
-std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,
-                                           const Tensor& rowsum, const Tensor& bias, const Tensor& shift,
-                                           const Tensor& scale, double eps) {
-  const char* op = "skipdit::skip_fuse_adaln";
+std::tuple<Tensor, Tensor> skip_fuse_adaln_folded(const Tensor& x, const Tensor& skip, const Tensor& weight,
+                                                  const Tensor& rowsum, const Tensor& bias, const Tensor& shift,
+                                                  const Tensor& scale, double eps) {
+  const char* op = "skipdit::skip_fuse_adaln_folded";
   check_skip_fuse(op, x, skip, weight, rowsum, bias);
   check_adaln(op, x, shift, scale);
   check_cpu(op, x);
@@ -427,3 +429,14 @@ std::string cpu_capability() {
 std::string cpu_fp32_gemm() { return cpu::fp32_gemm_on_onednn() ? "onednn" : "torch"; }
 
 }  // namespace skipdit
+
+TORCH_LIBRARY_IMPL(skipdit, CPU, m) {
+  m.impl("adaln_modulate", &skipdit::cpu::adaln_modulate);
+  m.impl("gated_residual", &skipdit::cpu::gated_residual);
+  m.impl("linear_gated_residual", &skipdit::cpu::linear_gated_residual);
+  m.impl("linear_gelu", &skipdit::cpu::linear_gelu);
+  m.impl("linear", &skipdit::cpu::linear);
+  m.impl("skip_fuse_folded", &skipdit::cpu::skip_fuse_folded);
+  m.impl("skip_fuse_adaln_folded", &skipdit::cpu::skip_fuse_adaln_folded);
+  m.impl("fold_skip_weights", &skipdit::cpu::fold_skip_weights);
+}

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -339,7 +340,7 @@ void skip_fuse_cuda(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
   const auto compute = weight.scalar_type();
   const Tensor x2 = x.reshape({M, D}), s2 = skip.reshape({M, D});
   // The accumulator stays fp32 (acc - mean * rowsum cancels). fp32 (and TF32) GEMMs read
-  // [x | skip] - p in one GEMM (skipdit/folded.h) and the statistics come from the same rows;
+  // [x | skip] - p in one GEMM (skipdit/folded.h; ops.folding.skip_fuse_folded_torch says why) and the statistics come from the same rows;
   // half-precision GEMMs read x and skip and write fp32 outputs (mm.dtype) that the epilogue adds.
   const bool shifted = compute == at::kFloat;
   Tensor acc, acc2, stats_x = x, stats_skip = skip;
@@ -380,20 +381,20 @@ void skip_fuse_cuda(const Tensor& x_in, const Tensor& skip_in, const Tensor& wei
 }
 }  // namespace
 
-Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum, const Tensor& bias,
-                 double eps) {
-  check_skip_fuse("skipdit::skip_fuse", x, skip, weight, rowsum, bias);
-  check_cuda("skipdit::skip_fuse", x);
+Tensor skip_fuse_folded(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum,
+                        const Tensor& bias, double eps) {
+  check_skip_fuse("skipdit::skip_fuse_folded", x, skip, weight, rowsum, bias);
+  check_cuda("skipdit::skip_fuse_folded", x);
   const c10::cuda::CUDAGuard guard(x.device());
   Tensor h = at::empty({x.size(0), x.size(1), weight.size(0)}, x.options());
   skip_fuse_cuda(x, skip, weight, rowsum, bias, nullptr, nullptr, eps, h, nullptr);
   return h;
 }
 
-std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,
-                                           const Tensor& rowsum, const Tensor& bias, const Tensor& shift,
-                                           const Tensor& scale, double eps) {
-  const char* op = "skipdit::skip_fuse_adaln";
+std::tuple<Tensor, Tensor> skip_fuse_adaln_folded(const Tensor& x, const Tensor& skip, const Tensor& weight,
+                                                  const Tensor& rowsum, const Tensor& bias, const Tensor& shift,
+                                                  const Tensor& scale, double eps) {
+  const char* op = "skipdit::skip_fuse_adaln_folded";
   check_skip_fuse(op, x, skip, weight, rowsum, bias);
   check_adaln(op, x, shift, scale);
   check_cuda(op, x);
@@ -408,3 +409,13 @@ std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, 
 
 }  // namespace cuda
 }  // namespace skipdit
+
+TORCH_LIBRARY_IMPL(skipdit, CUDA, m) {
+  m.impl("adaln_modulate", &skipdit::cuda::adaln_modulate);
+  m.impl("gated_residual", &skipdit::cuda::gated_residual);
+  m.impl("linear_gated_residual", &skipdit::cuda::linear_gated_residual);
+  m.impl("linear_gelu", &skipdit::cuda::linear_gelu);
+  m.impl("linear", &skipdit::cuda::linear);
+  m.impl("skip_fuse_folded", &skipdit::cuda::skip_fuse_folded);
+  m.impl("skip_fuse_adaln_folded", &skipdit::cuda::skip_fuse_adaln_folded);
+}

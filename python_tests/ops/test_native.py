@@ -1,8 +1,10 @@
-"""The native backend (csrc/) against the torch references, on CPU.
+"""The native backend (csrc/) on CPU: what its op specs' contract test (test_contract.py: every op x
+dtype x layout against its reference, opcheck) does not cover: rows of large mean, the folded kernels
+against their torch model, bf16 chains, the GEMM paths, the portable kernels, the weight folding
+kernel, errors raised in C++, torch.compile.
 
-fp32 within 1e-5 relative (1e-4 for the folded skip fusion); bf16 within twice the error that the
-eager bf16 chain makes against an fp32 reference, plus a small atol. The CUDA driver's tests are in
-test_ops_gpu.py (marker ``gpu``).
+bf16 within twice the error that the eager bf16 chain makes against an fp32 reference, plus a small
+atol. The CUDA driver's tests are in test_ops_gpu.py (marker ``gpu``).
 """
 import os
 import subprocess
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 from skipdit_kernels import ops
 from skipdit_kernels.ops import native
-from skipdit_kernels.ops.folding import fold_skip_weights
+from skipdit_kernels.ops.folding import fold_skip_weights, skip_fuse_adaln_folded_torch
 
 pytestmark = pytest.mark.skipif(not native.load(), reason=f"native extension not available: {native._state['error']}")
 
@@ -58,63 +60,7 @@ def skip_params(hidden, g, out=None, dtype=torch.float32):
     return nw, nb, w, b
 
 
-# ---- fp32 ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("tokens", TOKENS)
-def test_adaln_gated_fp32(hidden, tokens):
-    g = gen(hidden + tokens)
-    x = rnd(1, tokens, hidden, g=g, mean=0.3)
-    shift, scale, gate, y_src, *_ = chunked_mod(1, hidden, g)
-    close_rel(SK.adaln_modulate(x, shift, scale, 1e-6), ops.adaln_modulate_reference(x, shift, scale, 1e-6), 1e-5)
-    y = rnd(1, tokens, hidden, g=g)
-    close_rel(SK.gated_residual(x, gate, y), ops.gated_residual_reference(x, gate, y), 1e-5)
-
-
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("tokens", TOKENS)
-def test_gemm_ops_fp32(hidden, tokens):
-    g = gen(7 * hidden + tokens)
-    x = rnd(1, tokens, hidden, g=g)
-    h = rnd(1, tokens, hidden, g=g)
-    w1 = rnd(4 * hidden, hidden, g=g, scale=hidden**-0.5)
-    b1 = rnd(4 * hidden, g=g, scale=0.1)
-    w2 = rnd(hidden, 4 * hidden, g=g, scale=(4 * hidden) ** -0.5)
-    b2 = rnd(hidden, g=g, scale=0.1)
-    gate = chunked_mod(1, hidden, g)[2]
-    act = SK.linear_gelu(h, w1, b1)
-    close_rel(act, ops.linear_gelu_reference(h, w1, b1), 1e-5)
-    close_rel(SK.linear_gelu(h, w1, None), ops.linear_gelu_reference(h, w1, None), 1e-5)
-    close_rel(SK.linear(h, w1, b1), F.linear(h, w1, b1), 1e-5)
-    close_rel(SK.linear(h, w1, None), F.linear(h, w1), 1e-5)
-    hb = h.bfloat16()
-    close_bf16(native.linear(hb, w1.bfloat16(), b1.bfloat16()), F.linear(hb, w1.bfloat16(), b1.bfloat16()), F.linear(hb.float(), w1.bfloat16().float(), b1.bfloat16().float()))
-    close_rel(SK.linear_gated_residual(x, act, w2, b2, gate), ops.linear_gated_residual_reference(x, act, w2, b2, gate), 1e-5)
-
-
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("tokens", TOKENS)
-def test_skip_fuse_fp32(hidden, tokens):
-    g = gen(13 * hidden + tokens)
-    x, skip = rnd(1, tokens, hidden, g=g), rnd(1, tokens, hidden, g=g, mean=0.5)
-    nw, nb, w, b = skip_params(hidden, g)
-    shift, scale = chunked_mod(1, hidden, g)[:2]
-    with ops.use_backend("native"):
-        h = ops.skip_fuse(x, skip, nw, nb, w, b, 1e-6)
-        h2, m2 = ops.skip_fuse_adaln(x, skip, nw, nb, w, b, shift, scale, 1e-6)
-    close_rel(h, ops.skip_fuse_reference(x, skip, nw, nb, w, b, 1e-6), 1e-4)
-    rh, rm = ops.skip_fuse_adaln_reference(x, skip, nw, nb, w, b, shift, scale, 1e-6)
-    close_rel(h2, rh, 1e-4)
-    close_rel(m2, rm, 1e-4)
-
-
-def test_skip_fuse_projection_to_other_width():
-    g = gen(3)
-    x, skip = rnd(2, 17, 64, g=g), rnd(2, 17, 64, g=g)
-    nw, nb, w, b = skip_params(64, g, out=48)
-    with ops.use_backend("native"):
-        close_rel(ops.skip_fuse(x, skip, nw, nb, w, b), ops.skip_fuse_reference(x, skip, nw, nb, w, b), 1e-4)
-
-
+# ---- the folded skip fusion: large-mean rows, the torch model of the kernels ----------------------
 def test_large_mean_rows():
     """Rows whose mean dwarfs their spread: the folded epilogue's acc - mean * rowsum cancels."""
     g = gen(5)
@@ -144,9 +90,9 @@ def _skip_fuse_float64(x, skip, nw, nb, w, b, shift=None, scale=None):
 
 @pytest.mark.parametrize("hidden, tokens", [(1152, 64), (37, 5)])
 def test_skip_fuse_mean_300_within_twice_eager_error(hidden, tokens):
-    """Rows with mean 300 and std 1 (issue 22, item 6): acc - mean * rowsum cancels |mean| / std digits
-    unless the fp32 GEMM reads [x | skip] - row mean (skipdit/folded.h, shared with the CUDA driver,
-    which runs it under TF32 too: test_ops_gpu.py). Against float64: at most twice eager fp32's error
+    """Rows with mean 300 and std 1: acc - mean * rowsum cancels |mean| / std digits unless the fp32
+    GEMM reads [x | skip] - row mean (ops.folding.skip_fuse_folded_torch; the CUDA driver runs it
+    under TF32 too: test_ops_gpu.py). Against float64: at most twice eager fp32's error
     (unshifted: 3.3x here)."""
     g = gen(hidden)
     x, skip = rnd(2, tokens, hidden, g=g, mean=300.0), rnd(2, tokens, hidden, g=g, mean=300.0)
@@ -162,6 +108,38 @@ def test_skip_fuse_mean_300_within_twice_eager_error(hidden, tokens):
         assert err(got, ref) <= 2 * err(eager, ref), (err(got, ref), err(eager, ref))
 
 
+_CASES = [(mean, acts, weights) for mean in (0.0, 300.0) for acts, weights in
+          ((torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16))]
+_BF16_GEMM_ROUNDS_ACC = pytest.mark.xfail(
+    strict=True, reason="known fault: the CPU driver's half-precision folded GEMM (CPUs with bf16 units) stores its "
+    "accumulator in bf16 before the epilogue, so acc - mean * rowsum cancels |mean| / std digits (the model, the "
+    "Triton kernel and the CUDA driver keep it fp32); about 300x the model's error at mean 300")
+
+
+@pytest.mark.parametrize("mean, acts, weights", [
+    pytest.param(*c, marks=_BF16_GEMM_ROUNDS_ACC if c[0] == 300.0 and c[2] == torch.bfloat16 else ()) for c in _CASES],
+    ids=[f"mean{int(m)}-{str(a)[6:]}-{str(w)[6:]}w" for m, a, w in _CASES])
+def test_skip_fuse_folded_follows_its_torch_model(mean, acts, weights):
+    """skipdit::skip_fuse_adaln_folded against ops.folding's model of it (the mean pivot for fp32 GEMMs,
+    none for half-precision ones): against float64 at most twice the model's error, plus bf16's
+    rounding of the outputs."""
+    g = gen(int(mean) + 31)
+    D = 96
+    x, skip = rnd(2, 9, D, g=g, mean=mean).to(acts), rnd(2, 9, D, g=g, mean=mean).to(acts)
+    nw, nb, w, b = skip_params(D, g)
+    shift, scale = (t.to(acts) for t in chunked_mod(2, D, g)[:2])
+    f = fold_skip_weights(nw, nb, w.to(weights), b.to(weights))
+    args = (x, skip, f.weight, f.rowsum, f.bias, shift, scale, 1e-6)
+    got = SK.skip_fuse_adaln_folded(*args)
+    model = skip_fuse_adaln_folded_torch(*args)
+    exact = skip_fuse_adaln_folded_torch(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
+    for out, m, e in zip(got, model, exact):
+        assert out.dtype == acts
+        slack = 0.0 if acts == torch.float32 else 2 ** -8 * e.abs().max().item()
+        err, err_model = (out.double() - e).abs().max().item(), (m.double() - e).abs().max().item()
+        assert err <= 2 * err_model + 1e-6 * e.abs().max().item() + slack, (err, err_model)
+
+
 def test_skip_fuse_bf16_inputs_with_fp32_weights():
     """bf16 activations with fp32 folded weights (the path of CPUs without bf16 units, forced here):
     the fp32 GEMM reads [x | skip] - p computed in fp32 from the bf16 values, the statistics are fp32
@@ -173,96 +151,9 @@ def test_skip_fuse_bf16_inputs_with_fp32_weights():
     f = fold_skip_weights(nw, nb, w, b)
     xb, sb = x.bfloat16(), skip.bfloat16()
     ref = _skip_fuse_float64(xb.float(), sb.float(), nw, nb, w, b)
-    got = SK.skip_fuse(xb, sb, f.weight, f.rowsum, f.bias, 1e-6)
+    got = SK.skip_fuse_folded(xb, sb, f.weight, f.rowsum, f.bias, 1e-6)
     assert got.dtype == torch.bfloat16
     assert (got.double() - ref).abs().max().item() <= 2 ** -8 * ref.abs().max().item()
-
-
-def test_batch_and_non_contiguous():
-    g = gen(11)
-    B, N, D = 3, 33, 96
-    base = rnd(B, N, 2 * D, g=g)
-    x = base[:, :, :D]  # strided rows
-    xt = rnd(B, D, N, g=g).transpose(1, 2)  # non-unit stride along hidden
-    shift, scale, gate = chunked_mod(B, D, g)[:3]
-    y = rnd(N, B, D, g=g).transpose(0, 1)
-    close_rel(SK.adaln_modulate(x, shift, scale, 1e-6), ops.adaln_modulate_reference(x, shift, scale, 1e-6), 1e-5)
-    close_rel(SK.adaln_modulate(xt, shift, scale, 1e-6), ops.adaln_modulate_reference(xt, shift, scale, 1e-6), 1e-5)
-    close_rel(SK.gated_residual(xt, gate, y), ops.gated_residual_reference(xt, gate, y), 1e-5)
-    w, b = rnd(D, D, g=g, scale=D**-0.5), rnd(D, g=g)
-    close_rel(SK.linear_gated_residual(x, xt, w, b, gate), ops.linear_gated_residual_reference(x, xt, w, b, gate), 1e-5)
-    close_rel(SK.linear_gelu(xt, w.t(), b), ops.linear_gelu_reference(xt, w.t(), b), 1e-5)
-    nw, nb, ws, bs = skip_params(D, g)
-    with ops.use_backend("native"):
-        h, m = ops.skip_fuse_adaln(x, y, nw, nb, ws, bs, shift, scale)
-    rh, rm = ops.skip_fuse_adaln_reference(x, y, nw, nb, ws, bs, shift, scale)
-    close_rel(h, rh, 1e-4)
-    close_rel(m, rm, 1e-4)
-
-
-# ---- layouts: odd and empty shapes, non-contiguous and misaligned inputs (also run under ASan/UBSan) --
-def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """``t``'s values in the given memory layout."""
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "misaligned":  # the data pointer one element past an allocation's start
-        base = torch.empty(t.numel() + 1, dtype=t.dtype)
-        out = base[1:].view(t.shape)
-        return out.copy_(t)
-    if layout == "every_other":  # stride 2 along the last dimension
-        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
-        return wide[..., ::2].copy_(t)
-    if layout == "transposed":  # first two dimensions swapped in memory, unit stride kept last
-        if t.dim() < 2:
-            return t
-        return t.transpose(0, 1).contiguous().transpose(0, 1)
-    raise ValueError(layout)
-
-
-LAYOUT_SHAPES = [(0, 5, 8), (2, 0, 8), (1, 1, 1), (3, 7, 37), (2, 5, 130)]
-LAYOUTS = ["contiguous", "misaligned", "every_other", "transposed"]
-
-
-def _layout_cases(B, T, D, dtype, g):
-    x, y, skip = (rnd(B, T, D, g=g, mean=0.2).to(dtype) for _ in range(3))
-    shift, scale, gate = (rnd(B, D, g=g, scale=0.5).to(dtype) for _ in range(3))
-    w, b = rnd(D + 3, D, g=g, scale=D**-0.5).to(dtype), rnd(D + 3, g=g, scale=0.1).to(dtype)
-    wsq, bsq = rnd(D, D, g=g, scale=D**-0.5).to(dtype), rnd(D, g=g, scale=0.1).to(dtype)
-    nw, nb, ws, bs = skip_params(D, g, dtype=dtype)
-    f = fold_skip_weights(nw, nb, ws, bs)
-    return {
-        "adaln_modulate": ((x, shift, scale), lambda a: SK.adaln_modulate(*a, 1e-6),
-                           lambda a: ops.adaln_modulate_reference(*a, 1e-6)),
-        "gated_residual": ((x, gate, y), lambda a: SK.gated_residual(*a), lambda a: ops.gated_residual_reference(*a)),
-        "linear_gelu": ((x, w, b), lambda a: SK.linear_gelu(*a), lambda a: ops.linear_gelu_reference(*a)),
-        "linear": ((x, w, b), lambda a: SK.linear(*a), lambda a: F.linear(*a)),
-        "linear_gated_residual": ((x, y, wsq, bsq, gate), lambda a: SK.linear_gated_residual(*a),
-                                  lambda a: ops.linear_gated_residual_reference(*a)),
-        "skip_fuse": ((x, skip, f.weight, f.rowsum, f.bias), lambda a: SK.skip_fuse(*a, 1e-6),
-                      lambda a: ops.skip_fuse_reference(a[0], a[1], nw, nb, ws.to(a[0].dtype), bs.to(a[0].dtype))),
-        "skip_fuse_adaln": ((x, skip, f.weight, f.rowsum, f.bias, shift, scale),
-                            lambda a: SK.skip_fuse_adaln(*a, 1e-6)[1],
-                            lambda a: ops.skip_fuse_adaln_reference(a[0], a[1], nw, nb, ws.to(a[0].dtype), bs.to(a[0].dtype), a[5], a[6])[1]),
-    }
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_layouts(shape, layout, dtype):
-    g = gen(sum(shape) + len(layout))
-    for op, (args, native_fn, ref_fn) in _layout_cases(*shape, dtype, g).items():
-        laid = tuple(_laid_out(a, layout) if a.dim() >= 1 and a.dtype == dtype else a for a in args)
-        got = native_fn(laid)
-        want = ref_fn(args)
-        assert got.shape == want.shape and got.dtype == want.dtype, op
-        if want.numel() == 0:
-            continue
-        if dtype == torch.float32:
-            close_rel(got, want, 1e-4)
-        else:
-            ref32 = ref_fn(tuple(a.float() for a in args))
-            close_bf16(got, want, ref32, atol=2e-2)
 
 
 # ---- bf16 ---------------------------------------------------------------------------------------
@@ -307,38 +198,7 @@ def test_bf16_weights_run_a_bf16_gemm():
     close_bf16(SK.linear_gelu(h, w, b), ops.linear_gelu_reference(h, w, b), ref32)
 
 
-def test_fp16_rows():
-    g = gen(23)
-    x = rnd(2, 9, 40, g=g)
-    shift, scale = chunked_mod(2, 40, g)[:2]
-    ref32 = ops.adaln_modulate_reference(x, shift, scale)
-    xh, sh, sc = x.half(), shift.half(), scale.half()
-    close_bf16(SK.adaln_modulate(xh, sh, sc, 1e-6), ops.adaln_modulate_reference(xh, sh, sc), ref32, atol=1e-3)
-
-
 # ---- registration, compile, caches, errors ---------------------------------------------------------
-def _opcheck_samples():
-    g = gen(29)
-    x, y, skip = rnd(2, 5, 16, g=g), rnd(2, 5, 16, g=g), rnd(2, 5, 16, g=g)
-    shift, scale, gate = chunked_mod(2, 16, g)[:3]
-    w, b = rnd(16, 16, g=g), rnd(16, g=g)
-    f = fold_skip_weights(*skip_params(16, g))
-    return {
-        "adaln_modulate": (x, shift, scale, 1e-6),
-        "gated_residual": (x, gate, y),
-        "linear_gated_residual": (x, y, w, b, gate),
-        "linear_gelu": (y, w, None),
-        "linear": (y, w, b),
-        "skip_fuse": (x, skip, f.weight, f.rowsum, f.bias, 1e-6),
-        "skip_fuse_adaln": (x, skip, f.weight, f.rowsum, f.bias, shift, scale, 1e-6),
-    }
-
-
-@pytest.mark.parametrize("op", sorted(_opcheck_samples()))
-def test_opcheck(op):
-    torch.library.opcheck(getattr(SK, op).default, _opcheck_samples()[op])
-
-
 def test_compile_fullgraph_skipdit_block():
     from skipdit_kernels.models.layers import DiTBlock, SkipProjection
 
@@ -387,7 +247,7 @@ def test_cpp_checks_its_preconditions():
     with pytest.raises(RuntimeError, match="weight"):
         SK.linear_gelu(x, torch.randn(16, 9), None)
     with pytest.raises(RuntimeError, match="float32"):
-        SK.skip_fuse(x, x, f.weight, f.rowsum.double(), f.bias, 1e-6)
+        SK.skip_fuse_folded(x, x, f.weight, f.rowsum.double(), f.bias, 1e-6)
     with pytest.raises(RuntimeError):
         SK.adaln_modulate(x.int(), torch.randn(2, 8), torch.randn(2, 8), 1e-6)
 

@@ -3,13 +3,14 @@
 On a machine with CUDA the triton and native backends must both be there: a missing build FAILS
 (build the CUDA kernels with ``SKIPDIT_BUILD_CUDA=1 pip install --no-build-isolation -e .``). The
 ``auto`` table picks torch on CUDA until a GPU has measured the kernels, so these tests name each
-backend explicitly. Inputs and bounds are skipdit_kernels.gpu_check's (the same verdict the GPU
-owner's one-screen check prints):
+backend explicitly. Inputs and bounds are the op specs', run by skipdit_kernels.testing.gpu_check
+(the same verdict the GPU owner's one-screen check prints); opcheck of the compiled ops on CUDA is
+the contract test's (test_contract.py, marker ``gpu``):
 
-- values against the torch reference: fp32 (TF32 off) within 1e-5 of max|ref| (1e-4 for GEMM ops);
-  bf16/fp16 within twice the eager op's error against fp32 plus a small atol; hidden 1152, 2 x 255
-  tokens, on contiguous rows (the 16-byte vector path) and on a slice starting at element 1 with row
-  stride 1161 (not a multiple of 8: the scalar path);
+- values against the reference (fp32 with TF32 off, bf16, fp16): within twice the eager op's error
+  against float64 plus the spec's atol; hidden 1152, 2 x 255 tokens, on contiguous tensors (the
+  16-byte vector path) and on slices starting at element 1 with row stride 1161 (not a multiple of 8:
+  the scalar path);
 - skip_fuse on rows of mean 300 and std 1 under TF32: within twice the eager op's error vs float64;
 - a CUDA graph of all ops plus forecast_blend (device weights) and index_copy_ (device index),
   replayed on new inputs: equal to eager on those inputs;
@@ -19,10 +20,9 @@ owner's one-screen check prints):
 import pytest
 import torch
 
-from skipdit_kernels import gpu_check as G
 from skipdit_kernels import ops
-from skipdit_kernels.ops import native
-from skipdit_kernels.ops.folding import fold_skip_weights
+from skipdit_kernels.ops import spec
+from skipdit_kernels.testing import gpu_check as G
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,8 +45,7 @@ def test_backend_is_built_for_cuda(backend):
 
 @pytest.mark.parametrize("layout", G.LAYOUTS)
 @pytest.mark.parametrize("dtype", ("fp32", "bf16", "fp16"))
-@pytest.mark.parametrize("backend", G.BACKENDS)
-@pytest.mark.parametrize("op", G.OPS)
+@pytest.mark.parametrize("op, backend", G.CELLS)
 def test_op_matches_reference(op, backend, dtype, layout):
     _require(backend)
     row = G.check_op(op, backend, dtype, layout)
@@ -56,7 +55,7 @@ def test_op_matches_reference(op, backend, dtype, layout):
 @pytest.mark.parametrize("op", G.OPS)
 def test_small_and_odd_shapes(op):
     """Batch 1, one token, an odd hidden size (no vector path anywhere), on every backend."""
-    for backend in G.BACKENDS:
+    for backend in spec.specs()[op].backends:
         _require(backend)
         for shape in ((1, 1, 1152), (3, 7, 37)):
             for dtype in ("fp32", "bf16"):
@@ -80,17 +79,16 @@ def test_cuda_graph_replays_new_inputs_like_eager(backend, dtype):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("op", G.OPS)
+@pytest.mark.parametrize("op, backend", [c for c in G.CELLS if c[1] != "torch"])
 def test_ops_run_on_their_tensors_device_not_the_current_one(op, backend):
     _require(backend)
     dev = torch.device("cuda", 1)
-    t = G.make_inputs((2, 33, 256), torch.bfloat16, dev)
+    args = spec.specs()[op].sample_args((2, 33, 256), dtype=torch.bfloat16, device=dev)
     with torch.cuda.device(0):
-        got = G.run_op(op, backend, t)
+        got = G.run_op(op, backend, args)
         torch.cuda.synchronize(dev)
         assert torch.cuda.current_device() == 0
-    ref = G.run_op(op, "torch", t)
+    ref = G.run_op(op, "torch", args)
     for g, r in zip(got, ref):
         assert g.device == dev
         torch.testing.assert_close(g, r, atol=3e-2, rtol=3e-2)
@@ -119,20 +117,3 @@ def test_compile_fullgraph_skipdit_block(backend):
         compiled = torch.compile(run, fullgraph=True)(x, skip, c)
     err = ((compiled.float() - eager.float()).abs().max() / eager.float().abs().max()).item()
     assert err < 2e-2, err
-
-
-def test_opcheck_native_cuda():
-    _require("native")
-    t = G.make_inputs((2, 5, 16), torch.float32, "cuda")
-    f = fold_skip_weights(t["nw"], t["nb"], t["ws"], t["bs"])
-    sk = torch.ops.skipdit
-    samples = [
-        (sk.adaln_modulate, (t["x"], t["shift"], t["scale"], 1e-6)),
-        (sk.gated_residual, (t["x"], t["gate"], t["y"])),
-        (sk.linear_gated_residual, (t["x"], t["y"], t["ws"][:, :16].contiguous(), t["bs"], t["gate"])),
-        (sk.linear_gelu, (t["x"], t["w1"], t["b1"])),
-        (sk.skip_fuse, (t["x"], t["skip"], f.weight, f.rowsum, f.bias, 1e-6)),
-        (sk.skip_fuse_adaln, (t["x"], t["skip"], f.weight, f.rowsum, f.bias, t["shift"], t["scale"], 1e-6)),
-    ]
-    for op, args in samples:
-        torch.library.opcheck(op.default, args)

@@ -63,12 +63,17 @@ def test_forecast_runs_through_the_executor(model):
 
 
 def test_skipdit_bench_is_a_command_and_its_flop_bound_is_below_the_block_bound():
+    import importlib.util
+
     from skipdit_kernels import cli
     from skipdit_kernels.commands import bench as bench_command
 
-    args = cli.build_parser().parse_args(["bench", "--models", "DiT-S/2", "--samplers", "ddim10", "--e2e", "none"])
-    assert args.command == "bench" and args.models == ["DiT-S/2"]
-    bench = bench_command._bench_module()
+    argv = ["--models", "DiT-S/2", "--samplers", "ddim10", "--e2e", "none"]
+    args = cli.build_parser().parse_args(["bench", *argv])
+    assert args.command == "bench" and args.args == argv  # forwarded to the benchmark as given
+    module_spec = importlib.util.spec_from_file_location("skipdit_bench_sampling", bench_command.BENCH_FILE)
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
     cfg = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0)
     diffusion = GaussianDiffusion.create(50, method="ddim")
     previous = 1.0

@@ -1,7 +1,9 @@
 """The op layer: every fused computation the models run, one contract each.
 
 Each op has a torch reference (``<op>_reference``) that defines it; the backend chosen with
-``use_backend`` / ``SKIPDIT_BACKEND`` decides which implementation runs.
+``use_backend`` / ``SKIPDIT_BACKEND`` decides which implementation runs. Each op module declares the
+op's spec (``ops.spec.OpSpec``: reference, backends, sample inputs, tolerance), from which the
+backends' kernel tables, the tests, ``testing.gpu_check`` and the op benchmarks derive.
 """
 from ._backend import auto_backend, available_backends, backend_status, current_backend, use_backend
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference

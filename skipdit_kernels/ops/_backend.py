@@ -7,7 +7,8 @@ the ``SKIPDIT_BACKEND`` environment variable, and ``auto``. A backend registers 
 
 ``auto`` looks the op up in a small table shipped with the package (``auto_backends.json``), keyed
 by device kind, op and dtype (``"cuda/skip_fuse/bfloat16"``), filled from benchmark results in
-bench/results/. A missing entry, or an entry naming a backend that cannot run here, means
+bench/results/; ``*`` stands for any dtype or any op (the most specific key wins: op and dtype, op,
+dtype, neither). An op without a kernel on the backend found runs its reference. A missing entry, or an entry naming a backend that cannot run here, means
 ``torch``. ``auto`` never picks ``triton`` on a CPU: there Triton only runs in its numpy interpreter,
 a test tool.
 
@@ -219,8 +220,9 @@ def _backend_usable(name: str) -> bool:
 def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None, grad: bool = False) -> str:
     """The backend ``auto`` picks for ``op`` on ``device`` (and ``dtype``): the table, else torch.
     With ``grad`` (an input requires grad) only backends with a backward qualify."""
-    kind = torch.device(device).type
-    name = _auto_table.get(f"{kind}/{op}/{_dtype_name(dtype)}") or _auto_table.get(f"{kind}/{op}/*")
+    kind, dt = torch.device(device).type, _dtype_name(dtype)
+    name = next((_auto_table[k] for k in (f"{kind}/{op}/{dt}", f"{kind}/{op}/*", f"{kind}/*/{dt}", f"{kind}/*/*")
+                 if k in _auto_table), None)
     if name is None or name == "torch":
         return "torch"
     if name == "triton" and kind != "cuda":

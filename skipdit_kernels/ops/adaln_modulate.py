@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_eps, check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
+from .spec import OpSpec
 
 OP = "adaln_modulate"
 
@@ -35,3 +36,10 @@ def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
     if kernel is None:
         return adaln_modulate_reference(x, shift, scale, eps)
     return kernel(x, shift, scale, eps)
+
+
+def sample_adaln(d, B, T, D, out, mean):
+    return [d.act(B, T, D, mean=mean), d.vec(B, D), d.vec(B, D), 1e-6]
+
+
+SPEC = OpSpec(OP, adaln_modulate, adaln_modulate_reference, sample_adaln, backends=("torch", "triton", "native"))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_same_device, check_same_dtype, check_tensor
+from .spec import OpSpec
 
 
 def _find_flash_attn():
@@ -54,3 +55,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     return attention_reference(q, k, v)
+
+
+SPEC = OpSpec("attention", attention, attention_reference,
+              lambda d, B, T, D, out, mean: [d.act(B, 2, T, D, mean=mean) for _ in range(3)])

@@ -26,6 +26,8 @@ import dataclasses
 
 import torch
 
+from .adaln_modulate import adaln_modulate_reference
+
 
 @dataclasses.dataclass(frozen=True)
 class FoldedSkipWeights:
@@ -52,19 +54,35 @@ def fold_skip_weights(norm_weight, norm_bias, weight, bias) -> FoldedSkipWeights
     return FoldedSkipWeights(folded, rowsum, folded_bias)
 
 
-def skip_fuse_folded_torch(x, skip, folded: FoldedSkipWeights, eps: float):
-    """The folded formula in plain torch (what the kernels compute), for tests and as a fallback.
+def skip_fuse_folded_torch(x, skip, weight, rowsum, bias, eps: float):
+    """What the folded skip-fusion kernels compute (``skipdit::skip_fuse_folded``, the Triton op), in
+    torch: ``weight, rowsum, bias`` as ``fold_skip_weights`` returns them. The one model of the
+    kernels: the Triton op's backward is its vector-Jacobian product, the fakes take its shapes, the
+    tests hold the kernels to it.
 
-    acc - mean * rowsum cancels |mean| / std digits of acc; in fp32 the GEMM therefore reads z - p,
-    p the row's first element, and the epilogue subtracts mean(z - p) * rowsum (computed from the
-    differences: mean(z) - p would carry mean(z)'s rounding, ~|mean| * 2^-24).
-    Half-precision inputs are used as they are (their products accumulate in fp32 exactly)."""
-    z = torch.cat([x, skip], dim=-1)
-    if z.dtype == torch.float32:
-        shifted = z - z[..., :1]  # the statistics of z - p: no large mean to round away
-        var, center = torch.var_mean(shifted, dim=-1, unbiased=False, keepdim=True)
-        acc = shifted @ folded.weight.T
-    else:
-        var, center = torch.var_mean(z.float(), dim=-1, unbiased=False, keepdim=True)
-        acc = (z @ folded.weight.T).float()
-    return (torch.rsqrt(var + eps) * (acc - center * folded.rowsum) + folded.bias).to(x.dtype)
+        h = rstd * (z' @ weight.T - mean(z') * rowsum) + bias,   z' = [x | skip] - p
+
+    Why the shift (the pivot's rationale, for every kernel): ``acc - mean * rowsum`` cancels
+    |mean| / std digits of acc, and TF32 rounds a GEMM's inputs to 11 bits: rows of mean 300 and
+    std 1 would keep almost none. So an fp32 GEMM (fp32 folded weights, whatever the activations'
+    dtype: bf16 activations on CPUs without bf16 units run fp32 GEMMs) reads z - p, p the row's mean
+    in fp32 (it need not be exact), and the epilogue subtracts mean(z - p) * rowsum, where nothing
+    large cancels; the statistics come from z - p too (its variance is z's). The mean rather than
+    one element of the row (say z[0]): then |mean(z - p)| is of the order of the std, and under TF32
+    the GEMM's rounding of z - p and of W' (which rowsum does not see) leaves 2-3x the error of
+    LayerNorm-then-GEMM (simulated); with the mean, about 1x. Half-precision GEMMs read z unshifted:
+    z - p would be rounded to the half type again, while the products of exact half inputs
+    accumulate in fp32 anyway; the accumulator stays fp32 (rounding it to the half type before the
+    epilogue would cancel |mean| / std digits again)."""
+    z = torch.cat([x, skip], dim=-1).float()
+    if weight.dtype == torch.float32:
+        z = z - z.mean(dim=-1, keepdim=True)
+    var, mean = torch.var_mean(z, dim=-1, unbiased=False, keepdim=True)
+    acc = z @ weight.float().T  # products of half inputs are exact in fp32
+    return (torch.rsqrt(var + eps) * (acc - mean * rowsum) + bias).to(x.dtype)
+
+
+def skip_fuse_adaln_folded_torch(x, skip, weight, rowsum, bias, shift, scale, eps: float):
+    """``skip_fuse_folded_torch`` followed by the adaLN modulation of its output: (h, modulated)."""
+    h = skip_fuse_folded_torch(x, skip, weight, rowsum, bias, eps)
+    return h, adaln_modulate_reference(h, shift, scale, eps)

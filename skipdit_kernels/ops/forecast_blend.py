@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from . import _backend
+from .spec import OpSpec
 
 MAX_HISTORY = 4  # forecast order <= 3
 
@@ -117,6 +118,8 @@ def forecast_blend_triton(history: Sequence[torch.Tensor], weights, out: torch.T
     return kernels.blend_into(list(history), w, out)
 
 
-@_backend.register("forecast_blend", "triton")
-def _forecast_blend_triton_backend(history, weights):
-    return forecast_blend_triton(history, weights)
+SPEC = OpSpec(
+    "forecast_blend", forecast_blend, forecast_blend_reference,
+    lambda d, B, T, D, out, mean: [[d.act(B, T, D, mean=mean) for _ in range(3)], d.fp32(3)],
+    backends=("torch", "triton"),
+)

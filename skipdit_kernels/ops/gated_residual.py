@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
+from .spec import OpSpec
 
 
 def gated_residual_reference(x, gate, y):
@@ -59,3 +60,16 @@ def linear_gated_residual(
     if kernel is None:
         return linear_gated_residual_reference(x, h, weight, bias, gate)
     return kernel(x, h, weight, bias, gate)
+
+
+SPEC = OpSpec(
+    "gated_residual", gated_residual, gated_residual_reference,
+    lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.vec(B, D), d.act(B, T, D)],
+    backends=("torch", "triton", "native"),
+)
+LINEAR_SPEC = OpSpec(
+    "linear_gated_residual", linear_gated_residual, linear_gated_residual_reference,
+    lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.act(B, T, out, scale=0.5), d.weight(D, out),
+                                   d.bias(D), d.vec(B, D)],
+    backends=("torch", "triton", "native"), gemm=(1, 2, 3), width=4,
+)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .spec import OpSpec
+
 
 def _check(cond: torch.Tensor, uncond: torch.Tensor, scale) -> None:
     op = "classifier_free_guidance"
@@ -38,3 +40,13 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale) ->
     _check(cond, uncond, scale)
     diff = cond - uncond
     return uncond + (diff.to(torch.promote_types(diff.dtype, torch.float32)) * scale).to(diff.dtype)
+
+
+def _reference(cond, uncond, scale):
+    """The definition: the difference scaled in fp32 (fp64 for fp64 inputs), rounded once."""
+    acc = torch.promote_types(cond.dtype, torch.float32)
+    return uncond + ((cond - uncond).to(acc) * float(scale)).to(cond.dtype)
+
+
+SPEC = OpSpec("classifier_free_guidance", classifier_free_guidance, _reference,
+              lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.act(B, T, D), 3.3])

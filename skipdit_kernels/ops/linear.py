@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from ._checks import check_same_device, check_same_dtype, check_shape, check_tensor
+from .spec import OpSpec
 
 OP = "linear"
 
@@ -44,3 +45,11 @@ def linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if kernel is None:
         return linear_reference(h, weight, bias)
     return kernel(h, weight, bias)
+
+
+def sample_linear(d, B, T, D, out, mean):
+    """h (B, T, D), weight (out, D), bias (out,)."""
+    return [d.act(B, T, D, mean=mean), d.weight(out, D), d.bias(out)]
+
+
+SPEC = OpSpec(OP, linear, linear_reference, sample_linear, backends=("torch", "native"), gemm=(0, 1, 2), width=3)

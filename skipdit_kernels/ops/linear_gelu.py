@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
-from .linear import check_linear_args
+from .linear import check_linear_args, sample_linear
+from .spec import OpSpec
 
 OP = "linear_gelu"
 
@@ -20,3 +21,7 @@ def linear_gelu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if kernel is None:
         return linear_gelu_reference(h, weight, bias)
     return kernel(h, weight, bias)
+
+
+SPEC = OpSpec(OP, linear_gelu, linear_gelu_reference, sample_linear, backends=("torch", "triton", "native"),
+              gemm=(0, 1, 2), width=4)

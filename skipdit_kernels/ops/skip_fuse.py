@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from . import _backend
 from ._checks import check_eps, check_same_device, check_same_dtype, check_shape, check_tensor, check_tokens
 from .adaln_modulate import adaln_modulate_reference, check_adaln_args
+from .folding import skip_fuse_adaln_folded_torch, skip_fuse_folded_torch
+from .spec import OpSpec
 
 
 def skip_fuse_reference(x, skip, norm_weight, norm_bias, weight, bias, eps: float = 1e-6):
@@ -68,3 +70,33 @@ def skip_fuse_adaln(
     if kernel is None:
         return skip_fuse_adaln_reference(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps)
     return kernel(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps)
+
+
+def _float64(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
+    """The contract in float64 (the reference's LayerNorm is fp32 by design)."""
+    z = torch.cat([x, skip], dim=-1).double()
+    normed = F.layer_norm(z, (z.shape[-1],), norm_weight.double(), norm_bias.double(), eps)
+    return F.linear(normed, weight.double(), bias.double())
+
+
+def _float64_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps=1e-6):
+    h = _float64(x, skip, norm_weight, norm_bias, weight, bias, eps)
+    return h, adaln_modulate_reference(h, shift.double(), scale.double(), eps)
+
+
+def _sample(d, B, T, D, out, mean):
+    """x, skip (B, T, D) of one mean, LayerNorm(2D) parameters (fp32), Linear(2D -> out), eps."""
+    return [d.act(B, T, D, mean=mean), d.act(B, T, D, scale=0.5, mean=mean), *d.norm(2 * D), d.weight(out, 2 * D),
+            d.bias(out), 1e-6]
+
+
+def _sample_adaln(d, B, T, D, out, mean):
+    return [*_sample(d, B, T, D, D, mean)[:-1], d.vec(B, D), d.vec(B, D), 1e-6]
+
+
+_KERNELS = ("torch", "triton", "native")
+SPEC = OpSpec("skip_fuse", skip_fuse, skip_fuse_reference, _sample, backends=_KERNELS, native="skip_fuse_folded",
+              gemm=(0, 4, 5), folds=True, kernel_reference=skip_fuse_folded_torch, exact=_float64)
+ADALN_SPEC = OpSpec("skip_fuse_adaln", skip_fuse_adaln, skip_fuse_adaln_reference, _sample_adaln, backends=_KERNELS,
+                    native="skip_fuse_adaln_folded", gemm=(0, 4, 5), folds=True,
+                    kernel_reference=skip_fuse_adaln_folded_torch, exact=_float64_adaln)

@@ -1,6 +1,6 @@
 // Host-side preparation of the CUDA driver's folded skip fusion (ATen ops). The CPU driver computes the
-// same operand and its row statistics in one pass of its shift_pair kernel (csrc/cpu/kernels_impl.h),
-// with the same formula; the reasoning below holds for both.
+// same operand and its row statistics in one pass of its shift_pair kernel (csrc/cpu/kernels_impl.h);
+// csrc/example/example.cpp holds the two to each other on CPU tensors (ctest).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,17 +9,8 @@
 namespace skipdit {
 
 // The folded GEMM's operand when it runs in fp32 (or TF32 on a GPU): z - p as one (rows, 2 * hidden)
-// fp32 matrix, z = [x | skip] per row and p the row's mean (fp32; it need not be exact).
-//
-// acc - mean * rowsum cancels |mean| / std digits of acc, and TF32 rounds the GEMM's inputs to 11
-// bits: rows with mean 300 and std 1 would keep almost none. From z - p the GEMM sees values of the
-// row's spread, and the epilogue subtracts mean(z - p) * rowsum, where nothing large cancels. The
-// statistics are then taken from z - p too (the row-statistics code shifts again, by z - p's first
-// element, and its mean is mean(z - p) itself; the variance is z's). p is the mean rather than one
-// element of the row: with p = z[0], |mean(z - p)| is of the order of the std, and under TF32 the GEMM's
-// rounding of z - p and of W' (which rowsum does not see) leaves 2-3x the error of LayerNorm-then-GEMM
-// (simulated); with the mean, about 1x. Half-precision GEMMs read z unshifted: z - p would be rounded
-// to the half type again, while the products of exact half inputs accumulate in fp32 anyway.
+// fp32 matrix, z = [x | skip] per row and p the row's mean in fp32. Why the shift, and why the mean:
+// skipdit_kernels/ops/folding.py, skip_fuse_folded_torch (the torch model of the folded kernels).
 inline at::Tensor shifted_pair(const at::Tensor& x2, const at::Tensor& s2) {
   // Kernel-internal arithmetic: no autograd recording (the out= calls would refuse inputs that
   // require grad, e.g. activations of a forward run outside no_grad).

@@ -1,4 +1,5 @@
-// The ops of the `skipdit` library (schemas in csrc/register.cpp) and their per-device drivers.
+// What the drivers of the `skipdit` library (schemas in csrc/register.cpp) share: argument checks and
+// the CPU capability report.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,28 +25,7 @@ std::string cpu_capability();
 // Who runs the CPU driver's fp32 GEMMs: "onednn" or "torch" (at::mm; MKL in torch's x86 builds).
 std::string cpu_fp32_gemm();
 
-#define SKIPDIT_DECLARE_OPS                                                                                    \
-  Tensor adaln_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, double eps);               \
-  Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& y);                                 \
-  Tensor linear_gated_residual(const Tensor& x, const Tensor& h, const Tensor& weight,                        \
-                               const std::optional<Tensor>& bias, const Tensor& gate);                        \
-  Tensor linear_gelu(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias);               \
-  Tensor linear(const Tensor& h, const Tensor& weight, const std::optional<Tensor>& bias);                    \
-  Tensor skip_fuse(const Tensor& x, const Tensor& skip, const Tensor& weight, const Tensor& rowsum,           \
-                   const Tensor& bias, double eps);                                                           \
-  std::tuple<Tensor, Tensor> skip_fuse_adaln(const Tensor& x, const Tensor& skip, const Tensor& weight,       \
-                                             const Tensor& rowsum, const Tensor& bias, const Tensor& shift,   \
-                                             const Tensor& scale, double eps);
-
-namespace cpu {
-SKIPDIT_DECLARE_OPS
-// The skip fusion's folded parameters (skipdit_kernels/ops/folding.py) in one pass over the weight;
-// CPU only (the CUDA path folds with ATen ops, ops.folding.fold_skip_weights).
-std::tuple<Tensor, Tensor, Tensor> fold_skip_weights(const Tensor& norm_weight, const Tensor& norm_bias,
-                                                     const Tensor& weight, const Tensor& bias);
-}
-namespace cuda {
-SKIPDIT_DECLARE_OPS
-}
+// The kernels themselves are defined in each driver (cpu/ops_cpu.cpp, cuda/ops_cuda.cu), which
+// registers them with torch's dispatcher; callers reach them through torch.ops.skipdit.*.
 
 }  // namespace skipdit

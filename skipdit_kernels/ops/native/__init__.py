@@ -1,6 +1,8 @@
 """The ``native`` backend: the compiled kernels of csrc/ (torch.ops.skipdit.*).
 
-One op name per kernel; torch's dispatcher runs the CPU or the CUDA driver by the inputs' device.
+Its ops are those whose spec (``ops.spec``) lists the ``native`` backend, each run by the library op
+the spec names (``torch.ops.skipdit.<spec.native>``); torch's dispatcher runs the CPU or the CUDA
+driver by the inputs' device.
 The library comes from the installed extension (``skipdit_kernels._C``, built by ``pip install``),
 or, when that is missing, from a cached JIT build (``build_jit()``, or ``SKIPDIT_NATIVE_JIT=1`` at
 import; ``SKIPDIT_NATIVE_JIT=force`` uses the JIT build even when the extension is installed), or
@@ -9,7 +11,8 @@ Importing this package never fails: without the library the backend reports why.
 
 Weight preparation happens here, on every call (nothing is cached, so no update of the weights is
 ever missed):
-- skip_fuse: the LayerNorm folded into the projection (``ops.folding.fold_skip_weights``).
+- ops that fold (``spec.folds``): the LayerNorm folded into the projection
+  (``ops.folding.fold_skip_weights``); their library ops take the folded weights.
 - bf16/fp16 GEMMs on a CPU without bf16 dot-product units (AVX2-only CPUs such as AMD Zen 3): the
   GEMM runs in fp32 with fp32 copies of the weights, the result rounded to the activation dtype;
   vendor bf16 GEMMs there run 6-7x slower than fp32.
@@ -21,19 +24,21 @@ import os
 
 import torch
 
-from .. import _backend
+from .. import _backend, spec
 from ..folding import fold_skip_weights
 
-_OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
 _HELPERS = ("fold_skip_weights",)  # driver-internal ops, not registered with the op layer
 _state = {"loaded": False, "source": None, "error": "not loaded yet", "fakes": False}
+KERNELS: dict = {}  # op name -> the native backend's kernel (the public op's signature)
 
 
-def _ops_present() -> bool:
+def _missing_ops() -> list[str]:
+    """The library ops the specs (and the driver helpers) need that torch.ops.skipdit lacks."""
+    wanted = [op.native for op in spec.with_backend("native")] + list(_HELPERS)
     try:
-        return all(hasattr(torch.ops.skipdit, op) for op in _OPS + _HELPERS)
+        return [name for name in wanted if not hasattr(torch.ops.skipdit, name)]
     except Exception:
-        return False
+        return wanted
 
 
 def load(jit: bool | None = None, verbose: bool = False) -> bool:
@@ -71,8 +76,9 @@ def load(jit: bool | None = None, verbose: bool = False) -> bool:
                 errors.append(f"JIT build failed ({type(exc).__name__}: {exc})")
         else:
             errors.append("JIT build not requested (skipdit_kernels.ops.native.build_jit() or SKIPDIT_NATIVE_JIT=1)")
-    if _state["source"] is None or not _ops_present():
-        _state["error"] = "; ".join(errors) or "torch.ops.skipdit is incomplete"
+    missing = _missing_ops() if _state["source"] is not None else []
+    if _state["source"] is None or missing:
+        _state["error"] = "; ".join(errors) or f"torch.ops.skipdit lacks {', '.join(missing)} (rebuild the extension)"
         _state["source"] = None
         return False
     from . import _fake
@@ -147,44 +153,30 @@ def _folded(x, norm_weight, norm_bias, weight, bias):
 
 
 # ---- kernels for the op registry -----------------------------------------------------------------
-def adaln_modulate(x, shift, scale, eps=1e-6):
-    return torch.ops.skipdit.adaln_modulate(x, shift, scale, eps)
+def kernel(op: spec.OpSpec):
+    """The native kernel of ``op``: its library op, after the weight preparation its spec asks for
+    (folding, fp32 GEMM weights). Library ops are looked up per call: the library may load later."""
+    name = op.native
+    if op.folds:
+        def run(x, skip, norm_weight, norm_bias, weight, bias, *rest):
+            return getattr(torch.ops.skipdit, name)(x, skip, *_folded(x, norm_weight, norm_bias, weight, bias), *rest)
+    elif op.gemm is not None:
+        a, w, b = op.gemm
 
-
-def gated_residual(x, gate, y):
-    return torch.ops.skipdit.gated_residual(x, gate, y)
-
-
-def linear_gated_residual(x, h, weight, bias, gate):
-    weight, bias = _gemm_params(h, weight, bias)
-    return torch.ops.skipdit.linear_gated_residual(x, h, weight, bias, gate)
-
-
-def linear_gelu(h, weight, bias):
-    weight, bias = _gemm_params(h, weight, bias)
-    return torch.ops.skipdit.linear_gelu(h, weight, bias)
-
-
-def linear(h, weight, bias=None):
-    """F.linear on the native backend (bias in the epilogue; fp32 GEMM for bf16 on CPUs without bf16
-    units). Op "linear" (ops.linear: the attention's qkv, adaLN modulation, final layer)."""
-    weight, bias = _gemm_params(h, weight, bias)
-    return torch.ops.skipdit.linear(h, weight, bias)
-
-
-def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
-    w, rowsum, b = _folded(x, norm_weight, norm_bias, weight, bias)
-    return torch.ops.skipdit.skip_fuse(x, skip, w, rowsum, b, eps)
-
-
-def skip_fuse_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps=1e-6):
-    w, rowsum, b = _folded(x, norm_weight, norm_bias, weight, bias)
-    return torch.ops.skipdit.skip_fuse_adaln(x, skip, w, rowsum, b, shift, scale, eps)
+        def run(*args):
+            args = list(args)
+            args[w], args[b] = _gemm_params(args[a], args[w], args[b])
+            return getattr(torch.ops.skipdit, name)(*args)
+    else:
+        def run(*args):
+            return getattr(torch.ops.skipdit, name)(*args)
+    run.__name__ = run.__qualname__ = op.name
+    return run
 
 
 def _register() -> None:
-    for name in _OPS + ("linear",):
-        _backend.register(name, "native")(globals()[name])
+    for op in spec.with_backend("native"):
+        KERNELS[op.name] = _backend.register(op.name, "native")(kernel(op))
     _backend.register_probe("native", probe)
     _backend.declare_dtypes("native", (torch.float32, torch.bfloat16, torch.float16))
 

@@ -6,9 +6,9 @@ interpreter: a test tool for CPU machines, never a speed path). The kernels are 
 registered the first time the backend is selected (``use_backend("triton")``, SKIPDIT_BACKEND, or
 ``auto`` on CUDA).
 
-Ops: adaln_modulate, gated_residual, linear_gated_residual, linear_gelu, skip_fuse and
-skip_fuse_adaln. ``attention`` has no Triton kernel: every backend runs flash-attn's kernel when it
-qualifies, else torch SDPA (see ops/attention.py).
+Ops: those whose spec (``ops.spec``) lists the ``triton`` backend; each has its entry point, under
+the op's name, in ``_ops.py``. ``attention`` has no Triton kernel: every backend runs flash-attn's
+kernel when it qualifies, else torch SDPA (see ops/attention.py).
 """
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ import os
 import torch
 
 from .. import _backend
-
-OPS = ("adaln_modulate", "gated_residual", "linear_gated_residual", "linear_gelu", "skip_fuse", "skip_fuse_adaln")
-
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
@@ -49,10 +46,11 @@ def load() -> None:
     ok, why = probe()
     if not ok:
         raise RuntimeError(f"backend 'triton' is not available: {why}")
+    from .. import spec
     from . import _ops
 
-    for name in OPS:
-        _backend.register(name, "triton")(getattr(_ops, name))
+    for op in spec.with_backend("triton"):
+        _backend.register(op.name, "triton")(getattr(_ops, op.name))
 
 
 _backend.register_probe("triton", probe)

@@ -17,7 +17,7 @@ from torch.library import triton_op, wrap_triton
 from . import _kernels as K
 from . import interpreting, on_device
 from ..adaln_modulate import adaln_modulate_reference
-from ..folding import fold_skip_weights
+from ..folding import fold_skip_weights, skip_fuse_adaln_folded_torch, skip_fuse_folded_torch
 from ..gated_residual import gated_residual_reference, linear_gated_residual_reference
 from ..linear_gelu import linear_gelu_reference
 
@@ -75,7 +75,7 @@ def _linear_into(a: Tensor, weight: Tensor, bias, x, gate, out: Tensor, epilogue
         x, gate, x_strides, g_strides = out, out, (0, 0, 0), (0, 0)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _launch(K.linear_kernel, K.linear_tuned, "gemm", grid,
-            a3, weight, bias if bias is not None else weight, x, gate, out,
+            a3, weight, bias.contiguous() if bias is not None else weight, x, gate, out,  # the kernel reads bias[n]
             M, N, Kd, T, *a3.stride(), *weight.stride(), *x_strides, *g_strides,
             HAS_BIAS=bias is not None, EPILOGUE=epilogue, ALLOW_TF32=_allow_tf32(a.dtype))
 
@@ -85,7 +85,7 @@ def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
     M, N = B * T, weight.shape[0]
     if M == 0 or N == 0:
         return
-    # The kernel's pivot: each row's mean of [x | skip] in fp32 (one read of x and skip).
+    # The pivot of ops.folding.skip_fuse_folded_torch: each row's mean of [x | skip] in fp32.
     pivot = (x.sum(-1, dtype=torch.float32) + skip.sum(-1, dtype=torch.float32)).div_(2 * D).reshape(M)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _launch(K.skip_fuse_kernel, K.skip_fuse_tuned, "gemm", grid,
@@ -131,7 +131,7 @@ def linear_gated_residual_op(x: Tensor, h: Tensor, weight: Tensor, bias: Tensor 
     return out
 
 
-@triton_op("skipdit_triton::skip_fuse", mutates_args=())
+@triton_op("skipdit_triton::skip_fuse_folded", mutates_args=())
 def skip_fuse_op(x: Tensor, skip: Tensor, weight: Tensor, rowsum: Tensor, bias: Tensor, eps: float) -> Tensor:
     out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device=x.device)
     if not _skip_launch(x):
@@ -139,7 +139,7 @@ def skip_fuse_op(x: Tensor, skip: Tensor, weight: Tensor, rowsum: Tensor, bias: 
     return out
 
 
-@triton_op("skipdit_triton::skip_fuse_adaln", mutates_args=())
+@triton_op("skipdit_triton::skip_fuse_adaln_folded", mutates_args=())
 def skip_fuse_adaln_op(
     x: Tensor, skip: Tensor, weight: Tensor, rowsum: Tensor, bias: Tensor, shift: Tensor, scale: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
@@ -154,19 +154,6 @@ def skip_fuse_adaln_op(
 
 
 # ---- autograd: vjp of the op's torch formula -----------------------------------------------------
-def skip_fuse_folded_formula(x, skip, weight, rowsum, bias, eps):
-    """What skipdit_triton::skip_fuse computes, in torch (fp32 statistics and epilogue)."""
-    z = torch.cat([x, skip], dim=-1)
-    var, mean = torch.var_mean(z.float(), dim=-1, unbiased=False, keepdim=True)
-    acc = (z @ weight.T).float()
-    return (torch.rsqrt(var + eps) * (acc - mean * rowsum) + bias).to(x.dtype)
-
-
-def _skip_fuse_adaln_formula(x, skip, weight, rowsum, bias, shift, scale, eps):
-    h = skip_fuse_folded_formula(x, skip, weight, rowsum, bias, eps)
-    return h, adaln_modulate_reference(h, shift, scale, eps)
-
-
 def _register_vjp(op, formula, n_tensors: int) -> None:
     """Backward of ``op`` = vjp of ``formula`` over its first ``n_tensors`` inputs (the rest are
     non-differentiable scalars; None tensors such as a missing bias get no gradient)."""
@@ -207,8 +194,8 @@ _register_vjp(adaln_modulate_op, adaln_modulate_reference, 3)
 _register_vjp(gated_residual_op, gated_residual_reference, 3)
 _register_vjp(linear_gelu_op, linear_gelu_reference, 3)
 _register_vjp(linear_gated_residual_op, linear_gated_residual_reference, 5)
-_register_vjp(skip_fuse_op, skip_fuse_folded_formula, 5)
-_register_vjp(skip_fuse_adaln_op, _skip_fuse_adaln_formula, 7)
+_register_vjp(skip_fuse_op, skip_fuse_folded_torch, 5)
+_register_vjp(skip_fuse_adaln_op, skip_fuse_adaln_folded_torch, 7)
 
 
 # ---- backend entry points (the public ops' signatures) -------------------------------------------
@@ -236,3 +223,9 @@ def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps=1e-6):
 def skip_fuse_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, eps=1e-6):
     f = fold_skip_weights(norm_weight, norm_bias, weight, bias)
     return skip_fuse_adaln_op(x, skip, f.weight, f.rowsum, f.bias, shift, scale, eps)
+
+
+def forecast_blend(history, weights):
+    from ..forecast_blend import forecast_blend_triton
+
+    return forecast_blend_triton(history, weights)
