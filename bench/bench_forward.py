@@ -224,7 +224,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
         + ", ".join(f"{v} {k.split('.')[1]}" for k, v in kinds.items())
         + ") replayed alone at the same shapes, the GEMMs on the library each path runs (default path: "
         f"{gemm_library}; torch backend: torch's addmm). Medians of 15 interleaved rounds; ratio = forward / "
-        "arithmetic (target of issue 21: <= 1.3).",
+        "arithmetic (target: <= 1.3).",
         "",
         "| path | forward ms | arithmetic ms | ratio (min-max) |",
         "|---|---|---|---|",

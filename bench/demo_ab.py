@@ -1,4 +1,4 @@
-"""The demo's sampling, this checkout against an older one, timed interleaved in one run (issue 21 item 3).
+"""The demo's sampling, this checkout against an older one, timed interleaved in one run.
 
 Both checkouts run the same work, the original ``skipdit demo``'s: the bundled SkipDiT samples the
 10x10 digit grid (100 labels, CFG 3 so a batch of 200, DDIM-50) once with full compute and once with

@@ -1,4 +1,4 @@
-"""Cost of a Forecast Skip-Cache step on CPU (issue 12 target: a cached step with forecast=1 costs
+"""Cost of a Forecast Skip-Cache step on CPU (target: a cached step with forecast=1 costs
 <= 1.03x a cached step with reuse; 2 threads, batch 4). Also the per-step full/cached times that
 give the trajectory speedup of each interval (the fidelity report's "measured speedup").
 

@@ -1,6 +1,6 @@
-"""Forecast Skip-Cache fidelity report (issue 12): PSNR and SSIM of cached samples against the same
+"""Forecast Skip-Cache fidelity report: PSNR and SSIM of cached samples against the same
 model uncached (same seed, hence the same initial and per-step noise), scored per sample (mean and
-worst 5%) and pooled (one MSE over all samples; issue 23), for reuse (order 0) and Lagrange
+worst 5%) and pooled (one MSE over all samples), for reuse (order 0) and Lagrange
 forecast orders 1, 2 at several intervals, under DDIM (eta 0) and DDPM; beside the schedule's
 FLOP bound (block fraction) and the CPU speedup composed from interleaved full and cached step times.
 

@@ -1,4 +1,4 @@
-"""Quality-matched speed sweep (issue 23): forecast order 1 with a warm start of full steps, on the
+"""Quality-matched speed sweep: forecast order 1 with a warm start of full steps, on the
 bundled SkipDiT with the demo's settings, against reuse at interval 2 (the paper's "almost free").
 
     python bench/quality_sweep.py                 # the issue's sweep: DDIM-50, 100 samples, 3 rounds
@@ -206,7 +206,7 @@ def write(result: dict, stem: str, target: float) -> None:
             f"{ref['psnr_mean']:.1f} / {ref['psnr_pooled']:.1f} / {ref['psnr_worst']:.1f}, SSIM {ref['ssim_mean']:.4f}, "
             f"accuracy {ref['accuracy']:.0%}.",
             "",
-            f"Issue 23's target (>= x{target:g} measured wall-time speedup at a pooled PSNR >= {REFERENCE}'s): "
+            f"Target (>= x{target:g} measured wall-time speedup at a pooled PSNR >= {REFERENCE}'s): "
             + ("**met**" if rec["met"] else f"**not met** (x{r['speedup']:.2f})")
             + (f" (timing from {meta['rounds']} round(s) only: not conclusive)" if meta["rounds"] < 3 else "") + ".",
         ]  # fmt: skip
@@ -278,7 +278,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the demo's)")
     p.add_argument("--settings", nargs="+", help="only these settings (plus full and reuse@2), e.g. to confirm a "
                    "timing with more rounds or a fidelity with another seed")  # fmt: skip
-    p.add_argument("--target", type=float, default=1.9, help="issue 23's measured speedup target")
+    p.add_argument("--target", type=float, default=1.9, help="the measured speedup target")
     p.add_argument("--tag", default="cpu-bundled")
     p.add_argument("--out", default=RESULTS, help="results directory")
     p.add_argument("--rewrite", help="re-render the .md/.png from this .json without running")

@@ -71,13 +71,6 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _umask_mode(path: str) -> None:
-    """Give a file the mode of any other file the user writes (safetensors creates 0600 files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def save_state(path: str, model, ema, optimizer, step: int, extra: dict | None = None,
                optimizer_state: dict | None = None) -> None:
     _atomic_save(
@@ -445,7 +438,6 @@ def train(
             save_state(state_path, full_model, full_ema, optimizer, step, hparams, optim_state)
             tmp = os.path.join(out, MODEL_FILE + ".tmp.safetensors")
             save_checkpoint(full_ema, tmp, metadata={"step": str(step), "ema_decay": str(ema_decay), "stage": stage})
-            _umask_mode(tmp)
             os.replace(tmp, os.path.join(out, MODEL_FILE))
         if world > 1:
             dist.barrier()

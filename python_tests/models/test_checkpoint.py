@@ -176,3 +176,13 @@ def test_inferred_preset_uses_official_heads(tmp_path):
 
     cls, config = infer_config(model.state_dict())
     assert cls is sk.SkipDiT and config["num_heads"] == 6 and config["depth"] == 12 and config["input_size"] == 16
+
+
+def test_saved_weight_files_get_the_mode_of_any_other_file(tmp_path):
+    """safetensors writes 0600 files; ours get 0666 minus the umask, like any file the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    model = sk.DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
+    for name in ("w.safetensors", "w.pt"):
+        sk.save_checkpoint(model, tmp_path / name)
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name

@@ -342,11 +342,11 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = getattr(model, "config", None)
     if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
+        from ..files import save_safetensors
 
         metadata = dict(metadata or {})
         if config is not None:
             metadata[_CONFIG_KEY] = json.dumps(config)
-        save_file(state, path, metadata=metadata)
+        save_safetensors(state, path, metadata=metadata)
     else:
         torch.save({"model": state, _CONFIG_KEY: dict(config or {}), **({"metadata": metadata} if metadata else {})}, path)
