@@ -326,3 +326,29 @@ def test_denoising_calls_a_pipeline_names_are_trajectories_of_their_own():
         assert all(torch.equal(a, b) for a, b in zip(named[name], alone[name]))
         # unnamed: the second call at a timestep on the same latents is the step's second branch
         assert all(torch.equal(a, b) for a, b in zip(unnamed[name], alone[name]))
+
+
+def test_the_alpha_sigma_basis_reads_the_pipelines_noise_schedule(monkeypatch):
+    """``forecast_basis='alpha-sigma'`` fits the scheduler's own ``alphas_cumprod`` (a scaled-linear
+    schedule is not DDPM's linear one); a bare transformer must be given it, and a scheduler without
+    one (flow matching) is refused before work."""
+    from skipdit_kernels.cache import schedule
+
+    cache = sk.SkipCache(interval=2, shallow_blocks=1, start_t=1000, forecast=1, forecast_basis="alpha-sigma")
+    tables = []
+    weights = schedule.alpha_sigma_weights
+    monkeypatch.setattr(schedule, "alpha_sigma_weights", lambda nodes, t, table: tables.append(table) or weights(nodes, t, table))
+    pipe = dit_pipeline(diffusers.DDIMScheduler(clip_sample=False, beta_schedule="scaled_linear"))
+    sd.apply_skip_cache(pipe, cache)
+    dit_call(pipe)
+    linear = diffusers.DDIMScheduler().alphas_cumprod
+    assert not torch.equal(pipe.scheduler.alphas_cumprod, linear)
+    assert tables and all(torch.equal(torch.as_tensor(table), pipe.scheduler.alphas_cumprod) for table in tables)
+    pipe = dit_pipeline()
+    with pytest.raises(ValueError, match="alphas_cumprod="):
+        sd.enable_skip_cache(pipe.transformer, cache)
+    sd.enable_skip_cache(pipe.transformer, cache, alphas_cumprod=pipe.scheduler.alphas_cumprod).close()
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler does not have"):
+        sd.apply_skip_cache(pipe, cache)
+    assert type(pipe) is diffusers.DiTPipeline

@@ -103,15 +103,21 @@ def _schedule(transformer, cache: SkipCache | None, forecast, caller: str) -> tu
 
 
 def enable_skip_cache(
-    transformer, cache: SkipCache | None = None, *, forecast: int | None = None, fast_blocks: bool = True
+    transformer,
+    cache: SkipCache | None = None,
+    *,
+    forecast: int | None = None,
+    fast_blocks: bool = True,
+    alphas_cumprod=None,
 ) -> SkipCacheRequest:
     """Start a step-by-step Skip-Cache request on a diffusers transformer in the calling context:
     every call of it is a step (cached or full as the schedule says) until the returned request is
     closed (``close()``, a ``with`` block, or ``disable_skip_cache``). A rising timestep or new input
     shapes start a fresh trajectory. ``cache``: default ``default_cache(transformer)``;
     ``forecast``: an explicit order 0..3 (``"auto"`` needs a pipeline's scheduler: ValueError);
-    ``fast_blocks`` as in ``apply_skip_cache``. TypeError naming the supported classes for anything
-    else; ValueError for a schedule that does not fit the transformer."""
+    ``fast_blocks`` as in ``apply_skip_cache``; ``alphas_cumprod``: the sampler's noise schedule
+    (``scheduler.alphas_cumprod``), needed by ``forecast_basis="alpha-sigma"``. TypeError naming the
+    supported classes for anything else; ValueError for a schedule that does not fit the transformer."""
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(
             f"enable_skip_cache takes a diffusers transformer (for a pipeline: apply_skip_cache), got {type(transformer).__name__}"
@@ -122,7 +128,21 @@ def enable_skip_cache(
             "forecast='auto' is resolved from a pipeline's scheduler; for a bare transformer give an "
             f"explicit order (0 reuses; {AUTO_DETERMINISTIC_ORDER} is the choice for deterministic samplers)"
         )
-    return SkipCacheRequest(transformer, family, cache, fast_blocks)
+    return SkipCacheRequest(transformer, family, cache, fast_blocks, alphas_cumprod)
+
+
+def _noise_schedule(scheduler, cache: SkipCache, caller: str):
+    """The scheduler's ``alphas_cumprod`` where the forecast basis reads it (else None); ValueError
+    for a scheduler without one (flow matching: no DDPM noise schedule to fit in)."""
+    if cache.forecast_basis != "alpha-sigma":
+        return None
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        raise ValueError(
+            f"{caller}: forecast_basis='alpha-sigma' fits the noise schedule's alphas_cumprod, which "
+            f"{type(scheduler).__name__} does not have; use the default forecast_basis='polynomial'"
+        )
+    return alphas
 
 
 def disable_skip_cache(transformer) -> None:
@@ -154,9 +174,11 @@ def _call_with_skip_cache(pipe, base: type, args: tuple, kwargs: dict):
         params.apply_defaults()
         stochastic = scheduler_is_stochastic(pipe.scheduler, params.arguments.get("eta", 0.0))
         cache = cache.with_forecast(resolve_forecast("auto", stochastic=stochastic))
+    alphas = _noise_schedule(pipe.scheduler, cache, type(pipe).__name__)
     with contextlib.ExitStack() as requests:
         for transformer in _transformers(pipe):
-            requests.enter_context(SkipCacheRequest(transformer, family_of(transformer), cache, applied.fast_blocks))
+            family = family_of(transformer)
+            requests.enter_context(SkipCacheRequest(transformer, family, cache, applied.fast_blocks, alphas))
         return base.__call__(pipe, *args, **kwargs)
 
 
@@ -202,6 +224,7 @@ def apply_skip_cache(
             f"got {type(pipe).__name__} (for a transformer itself: enable_skip_cache(transformer, cache))"
         )
     _, cache = _schedule(transformer, cache, forecast, "apply_skip_cache")
+    _noise_schedule(getattr(pipe, "scheduler", None), cache, "apply_skip_cache")
     for other in _transformers(pipe)[1:]:
         _schedule(other, cache, None, "apply_skip_cache")
     previous = _PIPES.get(pipe)

@@ -32,7 +32,7 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ...cache import SkipCache
+from ...cache import ScheduleCursor, SkipCache
 from ...cache.forward import DeepCache, EagerWorkspace
 from .family import Family
 from .offload import AddedHook
@@ -87,8 +87,8 @@ class _Trajectory:
     steps, not branches). ``name``: (the call's name or None, the branch). The deep history is kept
     per segment of the middle units (``_Installation.segments``), keyed by the segment's first unit."""
 
-    def __init__(self, cache: SkipCache, signature, name, residual: bool):
-        self.cursor = cache.cursor()
+    def __init__(self, cache: SkipCache, signature, name, residual: bool, alphas_cumprod=None):
+        self.cursor = ScheduleCursor(cache, alphas_cumprod)
         self.signature, self.name = signature, name
         self.residual = residual
         self.slots = cache.slots
@@ -342,7 +342,15 @@ class SkipCacheRequest:
     schedule (explicit forecast order); ``fast_blocks``: this request's choice. Counters:
     ``full_steps``, ``cached_steps``, ``last_step_full``. A context manager."""
 
-    def __init__(self, transformer: torch.nn.Module, family: Family, cache: SkipCache, fast_blocks: bool):
+    def __init__(
+        self, transformer: torch.nn.Module, family: Family, cache: SkipCache, fast_blocks: bool, alphas_cumprod=None
+    ):
+        if cache.forecast_basis == "alpha-sigma" and alphas_cumprod is None:
+            raise ValueError(
+                "forecast_basis='alpha-sigma' needs the sampler's noise schedule: pass alphas_cumprod= "
+                "(scheduler.alphas_cumprod), or apply_skip_cache to the pipeline"
+            )
+        self.alphas_cumprod = alphas_cumprod
         self.family = family
         self.num_units = len(family.units(transformer))
         cache.check_units(self.num_units, family.partners(self.num_units))
@@ -383,7 +391,9 @@ class SkipCacheRequest:
         branch = self._branch + 1 if call_name is None and repeated else 0
         traj = self._trajectories.get((call_name, branch))
         if traj is None or traj.signature != signature or (traj.last_t is not None and t_step > traj.last_t):
-            traj = _Trajectory(self.cache, signature, (call_name, branch), residual=self.family.long_skips is None)
+            traj = _Trajectory(
+                self.cache, signature, (call_name, branch), self.family.long_skips is None, self.alphas_cumprod
+            )
         for deep, _ in traj.deep.values():
             deep.discard()  # what a step that raised had staged
         cursor = copy.deepcopy(traj.cursor)
