@@ -12,6 +12,7 @@ Environment:
 The CPU kernels are compiled for a portable baseline plus AVX2 and AVX-512 variants chosen at run
 time (never -march=native).
 """
+
 import glob
 import importlib.util
 import os
@@ -49,8 +50,11 @@ def extension_modules():
         return [], {}
     compiler = os.environ.get("CXX", "c++").split()[0]
     if shutil.which(compiler) is None:
-        print(f"skipdit-kernels: no C++ compiler ({compiler!r} not found): installing without the native "
-              "extension; the PyTorch reference runs (skipdit info says which backends are live)", file=sys.stderr)
+        print(
+            f"skipdit-kernels: no C++ compiler ({compiler!r} not found): installing without the native "
+            "extension; the PyTorch reference runs (skipdit info says which backends are live)",
+            file=sys.stderr,
+        )
         return [], {}
     try:
         import torch
@@ -72,7 +76,11 @@ def extension_modules():
         if want_cuda == "1" and not usable:
             raise SystemExit(
                 "SKIPDIT_BUILD_CUDA=1 but "
-                + ("this torch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit was found (set CUDA_HOME)")
+                + (
+                    "this torch has no CUDA"
+                    if torch.version.cuda is None
+                    else "no CUDA toolkit was found (set CUDA_HOME)"
+                )
             )
         # auto: compile for a GPU that is here, or for the targets named; minutes saved on CPU machines.
         wanted = want_cuda == "1" or torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST"))
@@ -117,7 +125,7 @@ setup(
     extras_require={
         # the integration tests build tiny diffusers models and pipelines (with tiny transformers text encoders),
         # and run them under accelerate's CPU offload hooks; the request is a diffusers.hooks.HookRegistry hook
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.42", "transformers", "accelerate"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.42", "transformers", "accelerate", "ruff"],
         "diffusers": ["diffusers>=0.42"],
     },
     entry_points={"console_scripts": ["skipdit=skipdit_kernels.cli:main"]},

@@ -29,6 +29,7 @@ are skipped and the report says so.
 
     python bench/bench_diffusers.py [--cases all|random|trained] [--match HunyuanDiT] [--rounds 7] [--quick] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import diffusers  # noqa: E402
-
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
@@ -138,7 +138,7 @@ def trained_dit_pipe(scheduler):
         # rows up to 1000, each past the classes a copy of this model's null row, as the pipeline means
         # (a table, not a hook: a hook on a block's submodule sends the fast blocks to diffusers' forward).
         table = block.norm1.emb.class_embedder.embedding_table
-        rows = torch.cat([table.weight.data[:null], table.weight.data[null:null + 1].expand(1001 - null, -1)])
+        rows = torch.cat([table.weight.data[:null], table.weight.data[null : null + 1].expand(1001 - null, -1)])
         block.norm1.emb.class_embedder.embedding_table = torch.nn.Embedding.from_pretrained(rows, freeze=True).eval()
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(
@@ -181,7 +181,10 @@ def trained_hunyuan_pipe(scheduler):
     pipe = _hunyuan_pipeline(transformer, scheduler, latent_channels=1)
     labels, null = torch.tensor(TRAINED_LABELS), torch.full((len(TRAINED_LABELS),), 10)
     e1, e2 = prompts["prompt_embeds"], prompts["prompt_embeds_2"]
-    ones1, ones2 = torch.ones(len(labels), e1.shape[1], dtype=torch.long), torch.ones(len(labels), e2.shape[1], dtype=torch.long)
+    ones1, ones2 = (
+        torch.ones(len(labels), e1.shape[1], dtype=torch.long),
+        torch.ones(len(labels), e2.shape[1], dtype=torch.long),
+    )
     embeds = dict(
         prompt_embeds=e1[labels], negative_prompt_embeds=e1[null], prompt_attention_mask=ones1, negative_prompt_attention_mask=ones1,
         prompt_embeds_2=e2[labels], negative_prompt_embeds_2=e2[null], prompt_attention_mask_2=ones2, negative_prompt_attention_mask_2=ones2,
@@ -279,14 +282,42 @@ def _wrap_decode(decode, store):
 
 CASES = [
     # kind, name, builder, size, scheduler, steps, Skip-Cache schedule
-    ("random", "HunyuanDiT 12L/128 64 tok, DDPM-50", hunyuan_pipe, (12, 128, 16),
-     lambda: diffusers.DDPMScheduler(), 50, sk.SkipCache.preset("video", forecast="auto")),
-    ("random", "HunyuanDiT 12L/128 64 tok, DDIM-50", hunyuan_pipe, (12, 128, 16),
-     lambda: diffusers.DDIMScheduler(), 50, sk.SkipCache.preset("video", forecast="auto")),
-    ("random", "DiT 12L/192 64 tok, DDIM-50", dit_pipe, (12, 192, 16),
-     lambda: diffusers.DDIMScheduler(), 50, sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto")),
-    ("random", "DiT 12L/192 64 tok, DDPM-50", dit_pipe, (12, 192, 16),
-     lambda: diffusers.DDPMScheduler(), 50, sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto")),
+    (
+        "random",
+        "HunyuanDiT 12L/128 64 tok, DDPM-50",
+        hunyuan_pipe,
+        (12, 128, 16),
+        lambda: diffusers.DDPMScheduler(),
+        50,
+        sk.SkipCache.preset("video", forecast="auto"),
+    ),
+    (
+        "random",
+        "HunyuanDiT 12L/128 64 tok, DDIM-50",
+        hunyuan_pipe,
+        (12, 128, 16),
+        lambda: diffusers.DDIMScheduler(),
+        50,
+        sk.SkipCache.preset("video", forecast="auto"),
+    ),
+    (
+        "random",
+        "DiT 12L/192 64 tok, DDIM-50",
+        dit_pipe,
+        (12, 192, 16),
+        lambda: diffusers.DDIMScheduler(),
+        50,
+        sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto"),
+    ),
+    (
+        "random",
+        "DiT 12L/192 64 tok, DDPM-50",
+        dit_pipe,
+        (12, 192, 16),
+        lambda: diffusers.DDPMScheduler(),
+        50,
+        sk.SkipCache(interval=2, shallow_blocks=2, forecast="auto"),
+    ),
 ]
 _TRAINED = "trained DiT 8L/96 16 tok x20"
 _DDIM = lambda: diffusers.DDIMScheduler(clip_sample=False)  # noqa: E731
@@ -296,19 +327,69 @@ for _steps in (50, 20):
     for _interval, _shallow in ((2, 1), (3, 1), (2, 2), (4, 1)):
         if _steps == 20 and (_interval, _shallow) != (2, 1):
             continue
-        CASES.append(("trained", f"{_TRAINED}, DDIM-{_steps}, i{_interval} s{_shallow}", trained_dit_pipe, (), _DDIM,
-                      _steps, sk.SkipCache(interval=_interval, shallow_blocks=_shallow, forecast="auto")))
-    CASES.append(("trained", f"{_TRAINED}, DPM++2M-{_steps}, i2 s1", trained_dit_pipe, (), _DPM, _steps,
-                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
-    CASES.append(("trained", f"{_TRAINED}, DDPM-{_steps}, i2 s1", trained_dit_pipe, (), _DDPM, _steps,
-                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+        CASES.append(
+            (
+                "trained",
+                f"{_TRAINED}, DDIM-{_steps}, i{_interval} s{_shallow}",
+                trained_dit_pipe,
+                (),
+                _DDIM,
+                _steps,
+                sk.SkipCache(interval=_interval, shallow_blocks=_shallow, forecast="auto"),
+            )
+        )
+    CASES.append(
+        (
+            "trained",
+            f"{_TRAINED}, DPM++2M-{_steps}, i2 s1",
+            trained_dit_pipe,
+            (),
+            _DPM,
+            _steps,
+            sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto"),
+        )
+    )
+    CASES.append(
+        (
+            "trained",
+            f"{_TRAINED}, DDPM-{_steps}, i2 s1",
+            trained_dit_pipe,
+            (),
+            _DDPM,
+            _steps,
+            sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto"),
+        )
+    )
 _HUNYUAN = "trained HunyuanDiT 10L/64 16 tok x20"
 if os.path.exists(HUNYUAN_WEIGHTS):  # bench/results/training/hunyuandit/train_hunyuandit.py writes it
-    for _label, _scheduler, _steps in (("DDIM", _DDIM, 50), ("DDIM", _DDIM, 20), ("DPM++2M", _DPM, 20), ("DDPM", _DDPM, 50)):
-        CASES.append(("trained", f"{_HUNYUAN}, {_label}-{_steps}, video preset", trained_hunyuan_pipe, (), _scheduler,
-                      _steps, sk.SkipCache.preset("video", forecast="auto")))
-    CASES.append(("trained", f"{_HUNYUAN}, DDIM-50, i2 s1", trained_hunyuan_pipe, (), _DDIM, 50,
-                  sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")))
+    for _label, _scheduler, _steps in (
+        ("DDIM", _DDIM, 50),
+        ("DDIM", _DDIM, 20),
+        ("DPM++2M", _DPM, 20),
+        ("DDPM", _DDPM, 50),
+    ):
+        CASES.append(
+            (
+                "trained",
+                f"{_HUNYUAN}, {_label}-{_steps}, video preset",
+                trained_hunyuan_pipe,
+                (),
+                _scheduler,
+                _steps,
+                sk.SkipCache.preset("video", forecast="auto"),
+            )
+        )
+    CASES.append(
+        (
+            "trained",
+            f"{_HUNYUAN}, DDIM-50, i2 s1",
+            trained_hunyuan_pipe,
+            (),
+            _DDIM,
+            50,
+            sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto"),
+        )
+    )
 # Flow-matching families without long skips (random weights; timesteps need no care: the schedule is the
 # interval's alone, full steps at counter % interval == 0, so the cache-dit mask is the same plan).
 _FLOW = lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)  # noqa: E731
@@ -341,7 +422,10 @@ def cache_dit_calibrators() -> dict:
     version has it, DMD (its exponential-basis forecast). An uncalibrated DBCache is plain reuse."""
     if cache_dit is None:
         return {}
-    out = {f"cache-dit DBCache+TaylorSeer{k}": (lambda k=k: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=k)) for k in (1, 2)}
+    out = {
+        f"cache-dit DBCache+TaylorSeer{k}": (lambda k=k: cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=k))
+        for k in (1, 2)
+    }
     if hasattr(cache_dit, "DMDCalibratorConfig"):
         out["cache-dit DBCache+DMD"] = cache_dit.DMDCalibratorConfig
     return out
@@ -377,8 +461,10 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
         pipes[label] = pipe
     # The same schedules without the fast blocks (diffusers' own block forward): what the cache gives
     # apart from the fused kernels.
-    for label, c in [("skip-cache reuse, fast blocks off", cache.with_forecast(0)),
-                     (f"skip-cache forecast {auto}, fast blocks off", cache.with_forecast(auto))][: 1 if auto == 0 else 2]:
+    for label, c in [
+        ("skip-cache reuse, fast blocks off", cache.with_forecast(0)),
+        (f"skip-cache forecast {auto}, fast blocks off", cache.with_forecast(auto)),
+    ][: 1 if auto == 0 else 2]:
         pipe = copy.deepcopy(base)
         sd.apply_skip_cache(pipe, c, fast_blocks=False)
         pipes[label] = pipe
@@ -417,8 +503,13 @@ def run_case(kind, name, builder, size, make_scheduler, steps, cache, rounds):
             if label != "uncached":
                 f = fidelity(x.clamp(-1, 1), ref.clamp(-1, 1), data_range=2.0)
                 pixels[label].update(pixel_psnr_db=f["psnr_mean"], pixel_ssim=f["ssim_mean"])
-    times = report.time_fns({label: (lambda pipe=pipe: call(pipe, steps)) for label, pipe in pipes.items()},
-                            min_rounds=rounds, max_rounds=rounds, budget_s=0.0, warmup=0)  # warmed up by the runs above
+    times = report.time_fns(
+        {label: (lambda pipe=pipe: call(pipe, steps)) for label, pipe in pipes.items()},
+        min_rounds=rounds,
+        max_rounds=rounds,
+        budget_s=0.0,
+        warmup=0,
+    )  # warmed up by the runs above
     rows = []
     for label in pipes:
         if "error" in times[label]:
@@ -500,7 +591,9 @@ def main(argv=None):
         for r in rows:
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     env.update(diffusers=diffusers.__version__, cache_dit=getattr(cache_dit, "__version__", None), rounds=rounds)
-    which = "".join(f"{re.sub(r'[^a-z0-9]+', '-', w.lower()).strip('-')}-" for w in (args.cases, args.match) if w and w != "all")
+    which = "".join(
+        f"{re.sub(r'[^a-z0-9]+', '-', w.lower()).strip('-')}-" for w in (args.cases, args.match) if w and w != "all"
+    )
     name_stem = f"diffusers-{which}{env['date']}"
     stem = os.path.join(args.out, f"{name_stem}-{report.device_tag()}")
     os.makedirs(args.out, exist_ok=True)
@@ -529,7 +622,10 @@ def main(argv=None):
                      f"{same} | {p} | {px} | {ss} | {acc} |")  # fmt: skip
     lines += ["", "Forecast (auto) against cache-dit and reuse, per case:", "", *_summary(all_rows), ""]
     for case, note in notes.items():
-        lines.append(f"- {case}: {note['full_steps']}/{note['steps']} full steps" + (f"; {note['cache_dit']}" if note["cache_dit"] else ""))
+        lines.append(
+            f"- {case}: {note['full_steps']}/{note['steps']} full steps"
+            + (f"; {note['cache_dit']}" if note["cache_dit"] else "")
+        )
     for case, outputs in pictures.items():
         png = f"{stem}-{case.split(' ')[1].lower()}.png"  # the family's name
         order = ["uncached", "cache-dit DBCache", *(k for k in outputs if k.startswith("skip-cache reuse") and "fast blocks off" not in k),
@@ -538,8 +634,15 @@ def main(argv=None):
                          for k in order if k in outputs], png, nrow=5, scale=4)  # fmt: skip
         lines.append(f"\n{os.path.basename(png)}: {case}, {' | '.join(k for k in order if k in outputs)} | "
                      "the last panel's difference from uncached x10 (labels 0-4, 5-9, 0-4, 5-9 by row).")  # fmt: skip
-    report.write_results(name_stem, all_rows, meta=dict(notes=notes, rounds=rounds), env=env, out_dir=args.out,
-                         title="Skip-Cache vs cache-dit DBCache in diffusers pipelines", body="\n".join(lines) + "\n")
+    report.write_results(
+        name_stem,
+        all_rows,
+        meta=dict(notes=notes, rounds=rounds),
+        env=env,
+        out_dir=args.out,
+        title="Skip-Cache vs cache-dit DBCache in diffusers pipelines",
+        body="\n".join(lines) + "\n",
+    )
     print("wrote", stem + ".md")
 
 

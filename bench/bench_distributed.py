@@ -21,6 +21,7 @@ processes; the setups are interleaved round by round (each round spawns every se
 drifts hit all alike): median and min-max of --rounds. Results:
 bench/results/distributed-<device tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,7 +95,10 @@ def _worker(rank: int, world: int, port: int, job: dict, out: str) -> None:
 SP_MODELS = {
     # name: (description, shallow blocks for Skip-Cache)
     "DiT-S/2": ("SkipDiT DiT-S/2 random weights, 256px (32x32 latents: 256 tokens, 6 heads, 12 blocks)", 2),
-    "Latte-S/2": ("LatteSkip Latte-S/2 random weights, 8 frames of 16x16 latents (64 tokens a frame, 6 heads, 6 pairs)", 1),
+    "Latte-S/2": (
+        "LatteSkip Latte-S/2 random weights, 8 frames of 16x16 latents (64 tokens a frame, 6 heads, 6 pairs)",
+        1,
+    ),
 }
 
 
@@ -192,7 +196,9 @@ def sequence_parallel_main(args) -> None:
                                  full_step_mib=None if full is None else full / 2**20,
                                  cached_step_mib=None if cached is None else cached / 2**20,
                                  status_exchanges=None if not stats else stats["status_exchanges"]))  # fmt: skip
-            stem = _write_sequence_parallel(args, rows, env, began, date)  # after every group: a stopped run keeps its rows
+            stem = _write_sequence_parallel(
+                args, rows, env, began, date
+            )  # after every group: a stopped run keeps its rows
     print(f"wrote {stem}.json and .md")
 
 
@@ -261,7 +267,8 @@ def main() -> None:
         "On a loaded machine, 2 OpenMP threads in one process wait on each other whenever one is descheduled, "
         "so 1x2 can be far slower than 1x1; 2x1 (no shared thread pool) is the fairer comparison to 1x1 then.",
         f"DDIM {args.steps} steps, CFG scale 4, fp32, eager; Skip-Cache interval 2 (shallow blocks: "
-        + ", ".join(f"{m} {MODELS[m][1]}" for m in args.models) + ").",
+        + ", ".join(f"{m} {MODELS[m][1]}" for m in args.models)
+        + ").",
         "cfg-parallel: one request of `batch` labels; 1 process = sample() (model batch 2 x batch), "
         "2 processes = sample_cfg_parallel (model batch `batch` per rank, one all_gather per step).",
         "data-parallel: sample_ddp of `samples` samples in batches of `batch` (including rank 0 writing the "

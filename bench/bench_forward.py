@@ -11,6 +11,7 @@ fp32 rows: official eager, official torch.compile, package torch backend, packag
 variants share one set of random weights (not the zero-initialised adaLN of a fresh model) and are
 timed round-robin in one run. Results: bench/results/forward-<cpu model>-<capability>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,7 @@ def paired_ratio(fn_a, fn_b, rounds: int = 41, block_s: float = 0.03) -> dict:
     processes is not counted, which wall-clock timing cannot avoid at load 4-5 per core; a ratio per
     round cancels slow drift (frequency, cache pressure from neighbours); the median discards rounds
     hit by a burst."""
+
     def timed(fn, n):
         t0 = time.thread_time()
         for _ in range(n):
@@ -91,8 +93,15 @@ def paired_ratio(fn_a, fn_b, rounds: int = 41, block_s: float = 0.03) -> dict:
         ratios.append(a / b)
         a_s.append(a / calls)
         b_s.append(b / calls)
-    return {"ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "a_ms": statistics.median(a_s) * 1e3, "b_ms": statistics.median(b_s) * 1e3, "calls": calls, "rounds": rounds}
+    return {
+        "ratio": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "a_ms": statistics.median(a_s) * 1e3,
+        "b_ms": statistics.median(b_s) * 1e3,
+        "calls": calls,
+        "rounds": rounds,
+    }
 
 
 def check(batch: int = 8) -> int:
@@ -121,25 +130,40 @@ def check(batch: int = 8) -> int:
             r = paired_ratio(lambda: default(xd, t, y), lambda: reference(xd, t, y))
             if r["ratio"] > CHECK_LIMIT:
                 again = paired_ratio(lambda: default(xd, t, y), lambda: reference(xd, t, y), rounds=2 * r["rounds"])
-                r["ratio"] = (r["ratio"] * r["rounds"] + again["ratio"] * again["rounds"]) / (r["rounds"] + again["rounds"])
-                r.update({k: again[k] for k in ("a_ms", "b_ms")}, min=min(r["min"], again["min"]), max=max(r["max"], again["max"]))
+                r["ratio"] = (r["ratio"] * r["rounds"] + again["ratio"] * again["rounds"]) / (
+                    r["rounds"] + again["rounds"]
+                )
+                r.update(
+                    {k: again[k] for k in ("a_ms", "b_ms")},
+                    min=min(r["min"], again["min"]),
+                    max=max(r["max"], again["max"]),
+                )
             name = str(dtype).replace("torch.", "")
-            line = (f"{name}: default/torch {r['ratio']:.3f} (rounds {r['min']:.2f}-{r['max']:.2f}; "
-                    f"{r['a_ms']:.2f} vs {r['b_ms']:.2f} ms CPU per forward)")
+            line = (
+                f"{name}: default/torch {r['ratio']:.3f} (rounds {r['min']:.2f}-{r['max']:.2f}; "
+                f"{r['a_ms']:.2f} vs {r['b_ms']:.2f} ms CPU per forward)"
+            )
             print("bench_forward --check", line, flush=True)
             if r["ratio"] > CHECK_LIMIT:
                 failures.append(line)
     load = os.getloadavg()[0]
     if failures:
-        print(f"bench_forward --check: FAIL: native default path > {CHECK_LIMIT:.2f}x the torch backend on the bundled "
-              f"model, batch {batch}, 1 thread ({'; '.join(failures)}; load average {load:.1f})")
+        print(
+            f"bench_forward --check: FAIL: native default path > {CHECK_LIMIT:.2f}x the torch backend on the bundled "
+            f"model, batch {batch}, 1 thread ({'; '.join(failures)}; load average {load:.1f})"
+        )
         return 1
     print(f"bench_forward --check: ok (limit {CHECK_LIMIT:.2f}x, load average {load:.1f})")
     return 0
 
 
-ARITHMETIC = ("aten.addmm.default", "aten.mm.default", "aten.bmm.default", "aten.convolution.default",
-              "aten._scaled_dot_product_flash_attention_for_cpu.default")
+ARITHMETIC = (
+    "aten.addmm.default",
+    "aten.mm.default",
+    "aten.bmm.default",
+    "aten.convolution.default",
+    "aten._scaled_dot_product_flash_attention_for_cpu.default",
+)
 
 
 def captured_arithmetic(fn) -> list:
@@ -208,12 +232,24 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     for func, _, _ in calls:
         kinds[str(func)] = kinds.get(str(func), 0) + 1
     result = {
-        "environment": report.environment(), "batch": batch,
-        "arithmetic_calls": kinds, "default_path_gemm_library": gemm_library,
-        "default_path": {"forward_ms": vs_default["a_ms"], "arithmetic_ms": vs_default["b_ms"], "ratio": vs_default["ratio"],
-                         "ratio_min": vs_default["min"], "ratio_max": vs_default["max"]},
-        "torch_backend": {"forward_ms": vs_torch["a_ms"], "arithmetic_ms": vs_torch["b_ms"], "ratio": vs_torch["ratio"],
-                          "ratio_min": vs_torch["min"], "ratio_max": vs_torch["max"]},
+        "environment": report.environment(),
+        "batch": batch,
+        "arithmetic_calls": kinds,
+        "default_path_gemm_library": gemm_library,
+        "default_path": {
+            "forward_ms": vs_default["a_ms"],
+            "arithmetic_ms": vs_default["b_ms"],
+            "ratio": vs_default["ratio"],
+            "ratio_min": vs_default["min"],
+            "ratio_max": vs_default["max"],
+        },
+        "torch_backend": {
+            "forward_ms": vs_torch["a_ms"],
+            "arithmetic_ms": vs_torch["b_ms"],
+            "ratio": vs_torch["ratio"],
+            "ratio_min": vs_torch["min"],
+            "ratio_max": vs_torch["max"],
+        },
     }
     env = result["environment"]
     md = [
@@ -231,10 +267,14 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     ]
     for name in ("default_path", "torch_backend"):
         r = result[name]
-        md.append(f"| {name} | {r['forward_ms']:.1f} | {r['arithmetic_ms']:.1f} | {r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+        md.append(
+            f"| {name} | {r['forward_ms']:.1f} | {r['arithmetic_ms']:.1f} | {r['ratio']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
+        )
     print("\n".join(md))
     if out_dir:
-        report.write_results("demo-overhead", meta=result, env=result["environment"], body="\n".join(md), out_dir=out_dir)
+        report.write_results(
+            "demo-overhead", meta=result, env=result["environment"], body="\n".join(md), out_dir=out_dir
+        )
     return result
 
 
@@ -242,8 +282,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="CI regression guard (alone): see check()")
     p.add_argument("--demo", action="store_true", help="bundled model: forward vs its GEMMs + attention alone")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared 2-core machine a "
-                   "second thread mostly measures the neighbours)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine a second thread mostly measures the neighbours)",
+    )
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-native", action="store_true")
@@ -265,7 +309,11 @@ def main(argv=None):
 
     with torch.no_grad():
         if "fp32" in args.dtypes:
-            fns = {"official_eager": official, "torch_backend": on_backend(model, "torch"), "native": on_backend(model, "native")}
+            fns = {
+                "official_eager": official,
+                "torch_backend": on_backend(model, "torch"),
+                "native": on_backend(model, "native"),
+            }
             compile_s = {}
             if not args.no_compile:
                 t0 = time.perf_counter()
@@ -279,12 +327,19 @@ def main(argv=None):
                 compile_s["native_compile"] = time.perf_counter() - t0
             ref = official(x, t, y)
             errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = report.time_fns({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, max_rounds=50, warmup=1)
+            timing = report.time_fns(
+                {k: (lambda f=f: f(x, t, y)) for k, f in fns.items()},
+                budget_s=args.budget,
+                min_rounds=3,
+                max_rounds=50,
+                warmup=1,
+            )
             results["fp32"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
                 "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
                 "rounds": {k: v["rounds"] for k, v in timing.items()},
-                "rel_err_vs_official": errors, "compile_s": compile_s,
+                "rel_err_vs_official": errors,
+                "compile_s": compile_s,
             }
             print("fp32", {k: round(v, 1) for k, v in results["fp32"]["ms"].items()}, "errors", errors, flush=True)
         if "bf16" in args.dtypes:
@@ -297,10 +352,19 @@ def main(argv=None):
                     return official(x, t, y)
 
             native_bf16 = on_backend(model_bf16, "native")
-            fns = {"official_autocast_bf16": official_autocast, "native_bf16": lambda x, t, y: native_bf16(x.bfloat16(), t, y)}
+            fns = {
+                "official_autocast_bf16": official_autocast,
+                "native_bf16": lambda x, t, y: native_bf16(x.bfloat16(), t, y),
+            }
             ref = official(x, t, y)
             errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = report.time_fns({k: (lambda f=f: f(x, t, y)) for k, f in fns.items()}, budget_s=args.budget, min_rounds=3, max_rounds=50, warmup=1)
+            timing = report.time_fns(
+                {k: (lambda f=f: f(x, t, y)) for k, f in fns.items()},
+                budget_s=args.budget,
+                min_rounds=3,
+                max_rounds=50,
+                warmup=1,
+            )
             results["bf16"] = {
                 "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
                 "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},

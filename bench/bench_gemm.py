@@ -8,6 +8,7 @@ oneDNN's JIT kernels, so the native CPU driver sends fp32 GEMMs to oneDNN there
 
     python bench/bench_gemm.py [--threads 1] [--budget 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import report  # noqa: E402
+
 from skipdit_kernels.ops import native  # noqa: E402
 
 # (model, layer, rows M, in K, out N): the bundled demo model (hidden 96, 16 tokens, a CFG batch of

@@ -9,6 +9,7 @@ implementations round-robin in one run, so the ratios compare like with like. Th
 left out on CPU (Triton only runs there in its numpy interpreter). Results: bench/results/
 native-<cpu model>-<capability>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,27 +58,43 @@ def run(hiddens, dtypes, budget_s=4.0, ops_filter=None) -> list[dict]:
                     continue
                 torch._dynamo.reset()
                 with torch.no_grad():
-                    res = report.time_fns(implementations(op, make_inputs(op, hidden, DTYPES[dname])), budget_s=budget_s,
-                                          max_rounds=50)
+                    res = report.time_fns(
+                        implementations(op, make_inputs(op, hidden, DTYPES[dname])), budget_s=budget_s, max_rounds=50
+                    )
                 row = {"op": op, "hidden": hidden, "dtype": dname}
                 for k, v in res.items():
                     if "error" in v:
                         row[f"{k}_error"] = v["error"]
                     else:
-                        row.update({f"{k}_ms": v["median_s"] * 1e3, f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3],
-                                    "rounds": v["rounds"]})
+                        row.update(
+                            {
+                                f"{k}_ms": v["median_s"] * 1e3,
+                                f"{k}_min_max_ms": [v["min_s"] * 1e3, v["max_s"] * 1e3],
+                                "rounds": v["rounds"],
+                            }
+                        )
                 # Ratios: median of the per-round ratios (drift within a round cancels).
-                ratio = lambda a, b: report.round_ratio(res, a, b)["ratio"] if f"{a}_ms" in row and f"{b}_ms" in row else None  # noqa: E731
+                ratio = lambda a, b: (
+                    report.round_ratio(res, a, b)["ratio"] if f"{a}_ms" in row and f"{b}_ms" in row else None
+                )  # noqa: E731
                 row["native_vs_eager"] = ratio("native", "eager")
                 row["native_vs_compile"] = ratio("native", "compile")
                 if "bare_linear" in res and ratio("bare_linear", "native"):
                     row["native_over_bare_linear"] = ratio("bare_linear", "native")
                 rows.append(row)
-                print(f"{dname} D={hidden} {op:22s} " + "  ".join(
-                    f"{k} {row[f'{k}_ms']:8.2f} ms" if f"{k}_ms" in row else f"{k} {row[f'{k}_error']}" for k in res)
+                print(
+                    f"{dname} D={hidden} {op:22s} "
+                    + "  ".join(
+                        f"{k} {row[f'{k}_ms']:8.2f} ms" if f"{k}_ms" in row else f"{k} {row[f'{k}_error']}" for k in res
+                    )
                     + "".join(f"  x{row[k]:.2f} {k[10:]}" for k in ("native_vs_eager", "native_vs_compile") if row[k])
-                    + (f"  {row['native_over_bare_linear']:.3f}x bare Linear" if "native_over_bare_linear" in row else ""),
-                    flush=True)
+                    + (
+                        f"  {row['native_over_bare_linear']:.3f}x bare Linear"
+                        if "native_over_bare_linear" in row
+                        else ""
+                    ),
+                    flush=True,
+                )
     return rows
 
 
@@ -91,6 +108,7 @@ def markdown(rows, env) -> str:
         "| dtype | hidden | op | eager | compile | native | bare | native/eager | native/compile |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
     def ms(r, impl):
         if f"{impl}_ms" not in r:
             return "error" if f"{impl}_error" in r else ""

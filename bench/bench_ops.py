@@ -29,6 +29,7 @@ Baselines, timed in the same interleaved rounds as the op (so load drift hits th
   "native / GEMM" (skip_fuse target: <= 1.05). For the skip fusion also the weight folding alone
   ("fold ms", recomputed on every call), so that a miss shows where the time goes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -165,8 +166,7 @@ def run_cell(op, B, T, D, dname, device, budget_s, skip, compile=True) -> dict:
     if device.type == "cpu":
         fns.update(baselines(op, args, "native" in fns))
     with torch.no_grad():
-        res = report.time_fns(fns, device, budget_s=budget_s,
-                              min_rounds=3, warmup=1 if device.type == "cpu" else 5)
+        res = report.time_fns(fns, device, budget_s=budget_s, min_rounds=3, warmup=1 if device.type == "cpu" else 5)
         nbytes, flops = traffic(op, args, SPECS[op].reference(*args))
     row = {"op": op, "batch": B, "tokens": T, "hidden": D, "dtype": dname}
     eager = res["eager"].get("median_s")
@@ -218,8 +218,17 @@ def copy_row(B, T, D, dname, device, budget_s) -> dict:
     res = report.time_fns({"eager": lambda: torch.empty_like(x).copy_(x)}, device, budget_s=budget_s, min_rounds=3)
     s = res["eager"]["median_s"]
     GBps = 2 * x.numel() * x.element_size() / s / 1e9
-    return {"op": "copy", "batch": B, "tokens": T, "hidden": D, "dtype": dname, "eager_ms": s * 1e3,
-            "eager_GBps": GBps, "copy_GBps": GBps, "rounds": res["eager"]["rounds"]}
+    return {
+        "op": "copy",
+        "batch": B,
+        "tokens": T,
+        "hidden": D,
+        "dtype": dname,
+        "eager_ms": s * 1e3,
+        "eager_GBps": GBps,
+        "copy_GBps": GBps,
+        "rounds": res["eager"]["rounds"],
+    }
 
 
 PCT_COPY_TARGET, GEMM_TARGET = 80.0, 1.05
@@ -234,14 +243,21 @@ def target_notes(rows) -> list[str]:
         if r.get("native_pct_copy") is not None:
             pct, eager = r["native_pct_copy"], r.get("eager_pct_copy")
             verdict = "met" if pct >= PCT_COPY_TARGET else "MISSED"
-            line = (f"{cell}: native at {pct:.0f} % of copy bandwidth ({r['copy_GBps']:.1f} GB/s), target >= "
-                    f"{PCT_COPY_TARGET:.0f} %: {verdict}; eager chain at {eager:.0f} %")
+            line = (
+                f"{cell}: native at {pct:.0f} % of copy bandwidth ({r['copy_GBps']:.1f} GB/s), target >= "
+                f"{PCT_COPY_TARGET:.0f} %: {verdict}; eager chain at {eager:.0f} %"
+            )
             here, cached = r.get("kernel_ns_per_row"), r.get("kernel_cached_ns_per_row")
             if verdict == "MISSED" and here and cached:
-                bound = ("not memory-bound: no faster per row with its rows in cache" if cached >= 0.8 * here
-                         else "memory-bound: faster per row with its rows in cache")
-                line += (f"; the kernel alone (no op layer) at {r['kernel_pct_copy']:.0f} %, {here:.0f} ns per row "
-                         f"here and {cached:.0f} ns at {CACHED_TOKENS} tokens ({bound})")
+                bound = (
+                    "not memory-bound: no faster per row with its rows in cache"
+                    if cached >= 0.8 * here
+                    else "memory-bound: faster per row with its rows in cache"
+                )
+                line += (
+                    f"; the kernel alone (no op layer) at {r['kernel_pct_copy']:.0f} %, {here:.0f} ns per row "
+                    f"here and {cached:.0f} ns at {CACHED_TOKENS} tokens ({bound})"
+                )
             notes.append(line)
         elif r["op"].startswith("skip_fuse") and r.get("native_vs_gemm") is not None:
             ratio, total, gemm, fold = r["native_vs_gemm"], r["native_ms"], r["gemm_ms"], r.get("fold_ms", 0.0)
@@ -251,7 +267,8 @@ def target_notes(rows) -> list[str]:
                 f"{cell}: native {ratio:.3f}x the bare {r['gemm']} GEMM, target <= {GEMM_TARGET}: {verdict}; "
                 f"profile of {total:.2f} ms: GEMM {gemm:.2f} ms ({100 * gemm / total:.0f} %), weight folding "
                 f"{fold:.2f} ms ({100 * fold / total:.0f} %), statistics + shift + epilogue + call {rest:.2f} ms "
-                f"({100 * rest / total:.0f} %)")
+                f"({100 * rest / total:.0f} %)"
+            )
     return notes
 
 
@@ -265,10 +282,20 @@ def columns() -> list[tuple[str, str]]:
     cols = [("op", "op"), ("batch", "B"), ("tokens", "T"), ("hidden", "D"), ("dtype", "dtype")]
     for impl in IMPLS:
         cols += [(f"{impl}_ms", f"{impl} ms"), (f"{impl}_speedup", f"{impl} x")]
-    cols += [("eager_GBps", "eager GB/s"), ("best_GBps", "best GB/s"), ("best_TFLOPs", "best TFLOP/s"),
-             ("copy_GBps", "copy GB/s"), ("eager_pct_copy", "eager % copy BW"), ("native_pct_copy", "native % copy BW"),
-             ("kernel_pct_copy", "kernel alone % copy BW"), ("gemm", "GEMM"), ("gemm_ms", "GEMM ms"), ("fold_ms", "fold ms"), ("native_vs_gemm", "native / GEMM"),
-             ("fastest_backend", "fastest backend")]
+    cols += [
+        ("eager_GBps", "eager GB/s"),
+        ("best_GBps", "best GB/s"),
+        ("best_TFLOPs", "best TFLOP/s"),
+        ("copy_GBps", "copy GB/s"),
+        ("eager_pct_copy", "eager % copy BW"),
+        ("native_pct_copy", "native % copy BW"),
+        ("kernel_pct_copy", "kernel alone % copy BW"),
+        ("gemm", "GEMM"),
+        ("gemm_ms", "GEMM ms"),
+        ("fold_ms", "fold ms"),
+        ("native_vs_gemm", "native / GEMM"),
+        ("fastest_backend", "fastest backend"),
+    ]
     return cols
 
 
@@ -317,12 +344,20 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="0.3 s of timing per cell and no torch.compile column")
     p.add_argument("--out", default=report.RESULTS_DIR)
     p.add_argument("--write-auto", action="store_true", help="update skipdit_kernels/ops/auto_backends.json")
-    p.add_argument("--auto-margin", type=float, default=1.1,
-                   help="a backend enters the auto table only when this much faster than torch eager")
+    p.add_argument(
+        "--auto-margin",
+        type=float,
+        default=1.1,
+        help="a backend enters the auto table only when this much faster than torch eager",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    grid = [(int(b), int(t), int(d), dt) for b, t, d, dt in (c.split(",") for c in args.cells)] if args.cells else default_grid(device)
+    grid = (
+        [(int(b), int(t), int(d), dt) for b, t, d, dt in (c.split(",") for c in args.cells)]
+        if args.cells
+        else default_grid(device)
+    )
     budget = args.budget or (0.3 if args.quick else 1.0 if device.type == "cpu" else 0.5)
     skip = skipped_impls(device)
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -341,23 +376,45 @@ def main(argv=None):
                 row["best_GBps"] = row.get(f"{key}_GBps")
                 row["best_TFLOPs"] = row.get(f"{key}_TFLOPs")
             rows.append(row)
-            print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if not k.endswith("GBps") and not k.endswith("TFLOPs")), flush=True)
-    notes = [
-        "Median ms per call of interleaved rounds; `x` = speedup over eager; GB/s counts the minimum bytes "
-        "(inputs read once, outputs written once); TFLOP/s counts the GEMM only.",
-        "eager = the op's torch reference chain; compile = torch.compile of that chain (inductor); "
-        "triton/native = the public op on that backend.",
-    ] + [f"{impl} skipped: {why}" for impl, why in skip.items()] + (
-        ["quick mode: 0.3 s per cell, no torch.compile column"] if args.quick else []) + target_notes(rows)
+            print(
+                " ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in row.items()
+                    if not k.endswith("GBps") and not k.endswith("TFLOPs")
+                ),
+                flush=True,
+            )
+    notes = (
+        [
+            "Median ms per call of interleaved rounds; `x` = speedup over eager; GB/s counts the minimum bytes "
+            "(inputs read once, outputs written once); TFLOP/s counts the GEMM only.",
+            "eager = the op's torch reference chain; compile = torch.compile of that chain (inductor); "
+            "triton/native = the public op on that backend.",
+        ]
+        + [f"{impl} skipped: {why}" for impl, why in skip.items()]
+        + (["quick mode: 0.3 s per cell, no torch.compile column"] if args.quick else [])
+        + target_notes(rows)
+    )
     for line in target_notes(rows):
         print(line)
-    stem = report.write_results("ops", rows, columns(), meta={"grid": grid, "budget_s": budget, "loadavg_1m_start": load_start,
-                                                              "quick": args.quick}, device=device,
-                                notes=notes, out_dir=args.out, title="Op benchmarks")
+    stem = report.write_results(
+        "ops",
+        rows,
+        columns(),
+        meta={"grid": grid, "budget_s": budget, "loadavg_1m_start": load_start, "quick": args.quick},
+        device=device,
+        notes=notes,
+        out_dir=args.out,
+        title="Op benchmarks",
+    )
     print("wrote", stem + ".{json,md}")
     if args.write_auto:
-        write_auto_table(rows, device, margin=args.auto_margin, source=os.path.relpath(stem + ".json", os.path.dirname(os.path.dirname(report.RESULTS_DIR))))
+        write_auto_table(
+            rows,
+            device,
+            margin=args.auto_margin,
+            source=os.path.relpath(stem + ".json", os.path.dirname(os.path.dirname(report.RESULTS_DIR))),
+        )
         print("updated the auto table")
 
 
@@ -392,8 +449,9 @@ try:
             timed()
             benchmark(timed)
         s = benchmark.stats.stats.median
-        benchmark.extra_info.update(GBps=nbytes / s / 1e9, TFLOPs=flops / s / 1e12 if flops else None,
-                                    device=report.device_tag(_DEVICE))
+        benchmark.extra_info.update(
+            GBps=nbytes / s / 1e9, TFLOPs=flops / s / 1e12 if flops else None, device=report.device_tag(_DEVICE)
+        )
 except ImportError:  # pragma: no cover
     pass
 

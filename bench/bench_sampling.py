@@ -27,6 +27,7 @@ Peak memory: CPU, the growth of the process's peak RSS over one full + one cache
 subprocess (buffers included); CUDA, torch.cuda.max_memory_allocated over one full + one cached step.
 Results: bench/results/sampling-<device tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ from official_dit import OfficialSkipDiT  # noqa: E402
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels import ops  # noqa: E402
 from skipdit_kernels.cache import Condition  # noqa: E402
-from skipdit_kernels.sampling import SkipStackExecutor  # noqa: E402
-from skipdit_kernels.sampling import GaussianDiffusion  # noqa: E402
+from skipdit_kernels.sampling import (
+    GaussianDiffusion,  # noqa: E402
+    SkipStackExecutor,  # noqa: E402
+)
 from skipdit_kernels.sampling.trajectory import NUM_COEF, SamplerTrajectory, sampler_coefficients  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -308,35 +311,64 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, e2e_rounds,
                 table.append((f"{prefix} {label}, Skip-Cache {k}", name, k))
         for label, name, interval in table:
             if f"{name}/full" in failed or (interval and f"{name}/cached" in failed):
-                rows.append(dict(model=preset, batch=batch, sampler=sampler, variant=label,
-                                 error=failed.get(f"{name}/full") or failed.get(f"{name}/cached")))
+                rows.append(
+                    dict(
+                        model=preset,
+                        batch=batch,
+                        sampler=sampler,
+                        variant=label,
+                        error=failed.get(f"{name}/full") or failed.get(f"{name}/cached"),
+                    )
+                )
                 continue
             full_s = t[f"{name}/full"]
             cached_s = t.get(f"{name}/cached")
             lat = latency(full_s, cached_s, interval)
             n_full, n_cached = schedule_counts(diffusion, interval)
-            row = dict(model=preset, batch=batch, sampler=sampler, variant=label, dtype=str(dtype).split(".")[-1],
-                       full_steps=n_full, cached_steps=n_cached, full_step_ms=1e3 * full_s,
-                       cached_step_ms=1e3 * cached_s if (cached_s and interval) else None,
-                       full_step_span_ms=span(timing[f"{name}/full"], 1e3),
-                       cached_step_span_ms=span(timing[f"{name}/cached"], 1e3) if (cached_s and interval) else None,
-                       latency_s=lat, speedup_vs_a=base_a / lat, speedup_vs_b=base_b / lat)
+            row = dict(
+                model=preset,
+                batch=batch,
+                sampler=sampler,
+                variant=label,
+                dtype=str(dtype).split(".")[-1],
+                full_steps=n_full,
+                cached_steps=n_cached,
+                full_step_ms=1e3 * full_s,
+                cached_step_ms=1e3 * cached_s if (cached_s and interval) else None,
+                full_step_span_ms=span(timing[f"{name}/full"], 1e3),
+                cached_step_span_ms=span(timing[f"{name}/cached"], 1e3) if (cached_s and interval) else None,
+                latency_s=lat,
+                speedup_vs_a=base_a / lat,
+                speedup_vs_b=base_b / lat,
+            )
             if interval is not None:
                 bound, block_bound = flop_bound(cfg, diffusion, interval)
                 own_full = latency(full_s, None, None)
-                row.update(flop_bound=bound, block_bound=block_bound, cache_speedup=own_full / lat,
-                           of_bound=(own_full / lat) / bound)
+                row.update(
+                    flop_bound=bound,
+                    block_bound=block_bound,
+                    cache_speedup=own_full / lat,
+                    of_bound=(own_full / lat) / bound,
+                )
             rows.append(row)
 
         if e2e and sampler in e2e.get("samplers", ()):
-            chosen = [row for row in rows if row["sampler"] == sampler and row["variant"] in e2e.get(preset, ())
-                      and "error" not in row]
+            chosen = [
+                row
+                for row in rows
+                if row["sampler"] == sampler and row["variant"] in e2e.get(preset, ()) and "error" not in row
+            ]
             if chosen:
-                runs = {row["variant"]: e2e_run(row["variant"], model, runner, diffusion, batch, device, variants)
-                        for row in chosen}
-                log(f"{preset} batch {batch} {sampler}: {len(runs)} whole trajectories x {e2e_rounds} interleaved rounds")
-                whole = report.time_fns(runs, device, min_rounds=e2e_rounds, max_rounds=e2e_rounds, budget_s=0.0,
-                                        warmup=0)
+                runs = {
+                    row["variant"]: e2e_run(row["variant"], model, runner, diffusion, batch, device, variants)
+                    for row in chosen
+                }
+                log(
+                    f"{preset} batch {batch} {sampler}: {len(runs)} whole trajectories x {e2e_rounds} interleaved rounds"
+                )
+                whole = report.time_fns(
+                    runs, device, min_rounds=e2e_rounds, max_rounds=e2e_rounds, budget_s=0.0, warmup=0
+                )
                 for row in chosen:
                     w = whole[row["variant"]]
                     if "error" in w:
@@ -344,8 +376,10 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, e2e_rounds,
                         log(f"  e2e {row['variant']} failed: {w['error']}")
                         continue
                     row.update(e2e_s=w["median_s"], e2e_span_s=span(w, 1.0))
-                    log(f"  e2e {preset} {sampler} {row['variant']}: {w['median_s']:.1f} s "
-                        f"({span(w, 1.0)}; composed {row['latency_s']:.1f} s)")
+                    log(
+                        f"  e2e {preset} {sampler} {row['variant']}: {w['median_s']:.1f} s "
+                        f"({span(w, 1.0)}; composed {row['latency_s']:.1f} s)"
+                    )
         del variants
 
     if memory and device.type == "cpu":
@@ -353,7 +387,9 @@ def bench_model(preset, batch, dtype, device, samplers, rounds, e2e, e2e_rounds,
         for variant in ["official", "ours"] + ([fused] if fused else []):
             mem[variant] = probe_in_subprocess(preset, variant, batch, threads)
         for row in rows:
-            key = "official" if row["variant"].startswith("(a)") else ("ours" if "fused" not in row["variant"] else fused)
+            key = (
+                "official" if row["variant"].startswith("(a)") else ("ours" if "fused" not in row["variant"] else fused)
+            )
             row["peak_mb"] = mem.get(key)
     elif memory and device.type == "cuda":
         for row in rows:
@@ -370,8 +406,14 @@ def _variant_key(label: str) -> str:
 def graph_pool_mb(pool) -> float | None:
     """Memory reserved by one CUDA-graph private pool (segments tagged with its id), or None."""
     try:
-        return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
-                   if tuple(seg.get("segment_pool_id", ())) == tuple(pool)) / 2**20
+        return (
+            sum(
+                seg["total_size"]
+                for seg in torch.cuda.memory_snapshot()
+                if tuple(seg.get("segment_pool_id", ())) == tuple(pool)
+            )
+            / 2**20
+        )
     except Exception:
         return None
 
@@ -401,18 +443,39 @@ def e2e_run(variant, model, runner, diffusion, batch, device, variants):
 
     def run():
         with ops.use_backend(v.backend):
-            sk.sample(model, labels, steps=diffusion.num_steps, method=diffusion.method, cfg_scale=CFG_SCALE,
-                      cache=cache, progress=False, executor=v.ex, cuda_graphs=v.graphs)
+            sk.sample(
+                model,
+                labels,
+                steps=diffusion.num_steps,
+                method=diffusion.method,
+                cfg_scale=CFG_SCALE,
+                cache=cache,
+                progress=False,
+                executor=v.ex,
+                cuda_graphs=v.graphs,
+            )
 
     return run
 
 
 COLUMNS = [
-    ("model", "model"), ("sampler", "sampler"), ("variant", "variant"), ("full_steps", "full"),
-    ("cached_steps", "cached"), ("full_step_ms", "full step ms"), ("full_step_span_ms", "min-max"),
-    ("cached_step_ms", "cached step ms"), ("cached_step_span_ms", "min-max"),
-    ("latency_s", "latency s"), ("e2e_s", "e2e s"), ("e2e_span_s", "min-max"), ("speedup_vs_a", "vs (a)"), ("speedup_vs_b", "vs (b)"),
-    ("flop_bound", "FLOP bound"), ("cache_speedup", "cache speedup"), ("of_bound", "of bound"),
+    ("model", "model"),
+    ("sampler", "sampler"),
+    ("variant", "variant"),
+    ("full_steps", "full"),
+    ("cached_steps", "cached"),
+    ("full_step_ms", "full step ms"),
+    ("full_step_span_ms", "min-max"),
+    ("cached_step_ms", "cached step ms"),
+    ("cached_step_span_ms", "min-max"),
+    ("latency_s", "latency s"),
+    ("e2e_s", "e2e s"),
+    ("e2e_span_s", "min-max"),
+    ("speedup_vs_a", "vs (a)"),
+    ("speedup_vs_b", "vs (b)"),
+    ("flop_bound", "FLOP bound"),
+    ("cache_speedup", "cache speedup"),
+    ("of_bound", "of bound"),
     ("peak_mb", "peak MB"),
 ]
 
@@ -426,9 +489,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per step kind (medians)")
-    p.add_argument("--e2e", default="default",
-                   help="whole-trajectory runs: 'none', 'default' (CPU: DDIM-50 rows a, b, c4 of DiT-S/2; "
-                        "GPU: every DDIM-50 row), or 'all' (every DDIM-50 row)")
+    p.add_argument(
+        "--e2e",
+        default="default",
+        help="whole-trajectory runs: 'none', 'default' (CPU: DDIM-50 rows a, b, c4 of DiT-S/2; "
+        "GPU: every DDIM-50 row), or 'all' (every DDIM-50 row)",
+    )
     p.add_argument("--e2e-rounds", type=int, default=3, help="interleaved rounds of the whole trajectories (medians)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--out", default=report.RESULTS_DIR)
@@ -466,8 +532,19 @@ def run(args) -> int:
     fused_note = ""
     for preset in args.models:
         for batch in args.batches:
-            r, fused_note = bench_model(preset, batch, dtype, device, args.samplers, args.rounds, e2e, args.e2e_rounds,
-                                        not args.no_memory, args.threads, log)
+            r, fused_note = bench_model(
+                preset,
+                batch,
+                dtype,
+                device,
+                args.samplers,
+                args.rounds,
+                e2e,
+                args.e2e_rounds,
+                not args.no_memory,
+                args.threads,
+                log,
+            )
             rows += r
     notes += [
         f"{env['name']}; {args.dtype}; batch = sampled images (CFG scale {CFG_SCALE}: the model runs 2 x batch); "
@@ -483,19 +560,33 @@ def run(args) -> int:
         f"(e): {fused_note}.",
     ]
     if device.type != "cuda":
-        notes.append("(d) CUDA graphs: skipped (no GPU on this machine); the graph path is covered by gpu-marked "
-                     "tests only.")
+        notes.append(
+            "(d) CUDA graphs: skipped (no GPU on this machine); the graph path is covered by gpu-marked tests only."
+        )
     if device.type == "cpu" and not args.no_memory:
-        notes.append("peak MB: growth of peak RSS over one full + one cached step in a fresh process "
-                     "(activations, workspace and the executor's buffers; weights excluded).")
+        notes.append(
+            "peak MB: growth of peak RSS over one full + one cached step in a fresh process "
+            "(activations, workspace and the executor's buffers; weights excluded)."
+        )
     elif device.type == "cuda" and not args.no_memory:
-        notes.append("peak MB: torch.cuda.max_memory_allocated above the allocation before one full + one cached "
-                     "step (weights and the executor's persistent buffers excluded: they exist before); for graph rows "
-                     "the memory reserved by the graphs' private pool is added (replays allocate nothing).")
+        notes.append(
+            "peak MB: torch.cuda.max_memory_allocated above the allocation before one full + one cached "
+            "step (weights and the executor's persistent buffers excluded: they exist before); for graph rows "
+            "the memory reserved by the graphs' private pool is added (replays allocate nothing)."
+        )
     notes.append(f"whole benchmark wall time {time.perf_counter() - started:.0f} s.")
     columns = COLUMNS + [("error", "error")] * any("error" in r for r in rows)
-    stem = report.write_results("sampling", rows, columns, meta=vars(args) | {"e2e": str(e2e)}, device=device,
-                                notes=notes, env=env, out_dir=args.out, title="End-to-end sampling latency")
+    stem = report.write_results(
+        "sampling",
+        rows,
+        columns,
+        meta=vars(args) | {"e2e": str(e2e)},
+        device=device,
+        notes=notes,
+        env=env,
+        out_dir=args.out,
+        title="End-to-end sampling latency",
+    )
     print(open(stem + ".md").read())
     print(f"wrote {stem}.json and .md")
     return 0

@@ -21,6 +21,7 @@ Deep-unit rows: per step, the rows the deep units ran on (counted by ``BatchedSa
 full step's rows) against the rows whose step is full: equal when the deep units run on full rows only.
 Results: bench/results/serving-<device tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from report import environment, markdown_table, write_results  # noqa: E402
+
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.embedded import load_bundled  # noqa: E402
 from skipdit_kernels.sampling.batched import BatchedSampler  # noqa: E402
-from report import environment, markdown_table, write_results  # noqa: E402
 
 SCHEDULES = [sk.SkipCache(interval=2, shallow_blocks=1), sk.SkipCache(interval=3, shallow_blocks=1),
              sk.SkipCache(interval=4, shallow_blocks=1), "fast"]  # fmt: skip
@@ -94,7 +96,9 @@ def batched(model, requests, arrivals, batch: int | None):
         while nxt < n and arrivals[nxt] <= clock.now and (batch is None or not len(sampler) and len(admit) < batch):
             admit.append(nxt)
             nxt += 1
-        report = clock.compute(lambda: ([ids.__setitem__(sampler.add(**requests[i]), i) for i in admit], sampler.step())[1])
+        report = clock.compute(
+            lambda: ([ids.__setitem__(sampler.add(**requests[i]), i) for i in admit], sampler.step())[1]
+        )
         if report.deep_rows != report.full_rows:
             raise AssertionError(f"deep units ran on {report.deep_rows} rows, {report.full_rows} full")
         deep, full, calls = deep + report.deep_rows, full + report.full_rows, calls + report.calls
@@ -129,7 +133,9 @@ def main(argv=None) -> None:
     one = clock.now
     arrivals = [i * args.gap * one for i in range(args.requests)]
     strategies = {"(a) one at a time": lambda: one_at_a_time(model, requests, arrivals)}
-    strategies.update({f"(b) static batch {b}": (lambda b=b: batched(model, requests, arrivals, b)) for b in args.batch})
+    strategies.update(
+        {f"(b) static batch {b}": (lambda b=b: batched(model, requests, arrivals, b)) for b in args.batch}
+    )
     strategies["(c) different steps"] = lambda: batched(model, requests, arrivals, None)
     per_round: dict[str, list[dict]] = {k: [] for k in strategies}
     counts, reference, max_diff = {}, None, 0.0
@@ -142,8 +148,9 @@ def main(argv=None) -> None:
                 reference = latents
             max_diff = max(max_diff, max(float((latents[i] - reference[i]).abs().max()) for i in latents))
             print(f"round {rnd} {name}: {per_round[name][-1]}", flush=True)
-    best_static = max((k for k in strategies if k.startswith("(b)")),
-                      key=lambda k: statistics.median(m["rps"] for m in per_round[k]))
+    best_static = max(
+        (k for k in strategies if k.startswith("(b)")), key=lambda k: statistics.median(m["rps"] for m in per_round[k])
+    )
     cont = "(c) different steps"
     ratios = [c["rps"] / b["rps"] for c, b in zip(per_round[cont], per_round[best_static])]
     rows = []
@@ -161,10 +168,16 @@ def main(argv=None) -> None:
         ))  # fmt: skip
     c_row = next(r for r in rows if r["strategy"] == cont)
     b_row = next(r for r in rows if r["strategy"] == best_static)
-    verdict = (f"(c) / best static ({best_static}) throughput: median {statistics.median(ratios):.2f}x over "
-               f"{len(ratios)} rounds (min {min(ratios):.2f}, max {max(ratios):.2f}); p95 latency "
-               f"{c_row['p95_latency_s']:.2f} s vs {b_row['p95_latency_s']:.2f} s. Target >= 1.3x at equal or lower p95: "
-               + ("met" if statistics.median(ratios) >= 1.3 and c_row["p95_latency_s"] <= b_row["p95_latency_s"] else "NOT met"))
+    verdict = (
+        f"(c) / best static ({best_static}) throughput: median {statistics.median(ratios):.2f}x over "
+        f"{len(ratios)} rounds (min {min(ratios):.2f}, max {max(ratios):.2f}); p95 latency "
+        f"{c_row['p95_latency_s']:.2f} s vs {b_row['p95_latency_s']:.2f} s. Target >= 1.3x at equal or lower p95: "
+        + (
+            "met"
+            if statistics.median(ratios) >= 1.3 and c_row["p95_latency_s"] <= b_row["p95_latency_s"]
+            else "NOT met"
+        )
+    )
     notes = [
         f"{args.requests} requests, bundled SkipDiT, DDIM-{args.steps}, one sample each, CFG 1.5 on even requests, "
         "Skip-Cache cycling interval 2/3/4 (shallow 1, reuse) and 'fast'.",
@@ -180,8 +193,15 @@ def main(argv=None) -> None:
             ("p95_latency_s", "p95 latency s"), ("model_calls", "model calls"),
             ("deep_rows_per_call", "deep rows / call"), ("full_rows_per_call", "full rows / call"),
             ("deep_rows_of_all_steps", "deep rows / all rows")]  # fmt: skip
-    stem = write_results(args.name, rows, cols, meta=dict(vars(args), one_request_s=one, ratios=ratios), notes=notes,
-                         env=env, title="Serving: requests at different steps vs static batches vs one at a time")
+    stem = write_results(
+        args.name,
+        rows,
+        cols,
+        meta=dict(vars(args), one_request_s=one, ratios=ratios),
+        notes=notes,
+        env=env,
+        title="Serving: requests at different steps vs static batches vs one at a time",
+    )
     print(markdown_table(rows, cols))
     print("\n".join(notes))
     print(stem)

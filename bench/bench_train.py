@@ -13,6 +13,7 @@ state), as a pure-bf16 step; autocast is not used (the fused ops take one dtype 
 
 Writes bench/results/train-step-<device tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,22 +71,49 @@ def main() -> None:
         official = OfficialSkipDiT.from_skipdit(ours)
         ours = ours.to(dtype)
         official = official.to(dtype)
-        timing = report.time_fns({"ours": step_fn(ours, args.batch, dtype), "official": step_fn(official, args.batch, dtype)},
-                                 budget_s=args.budget, min_rounds=args.rounds)
+        timing = report.time_fns(
+            {"ours": step_fn(ours, args.batch, dtype), "official": step_fn(official, args.batch, dtype)},
+            budget_s=args.budget,
+            min_rounds=args.rounds,
+        )
         row = dict(dtype=name, **{f"{k}_error": v["error"] for k, v in timing.items() if "error" in v})
         if not any("error" in v for v in timing.values()):
             ratio = report.round_ratio(timing, "ours", "official")
-            row.update(ours_s=timing["ours"]["median_s"], official_s=timing["official"]["median_s"],
-                       speedup=ratio["ratio"], speedup_min=ratio["min"], speedup_max=ratio["max"], rounds=ratio["rounds"])
+            row.update(
+                ours_s=timing["ours"]["median_s"],
+                official_s=timing["official"]["median_s"],
+                speedup=ratio["ratio"],
+                speedup_min=ratio["min"],
+                speedup_max=ratio["max"],
+                rounds=ratio["rounds"],
+            )
         rows.append(row)
         print(rows[-1], flush=True)
-    meta = dict(environment=env, batch=args.batch, threads=args.threads, model="SkipDiT-S/2, 32x32x4 latents, 1000 classes",
-                note="speedup = median over rounds of official step time / ours (>1: ours faster)")
-    report.write_results("train-step", rows, [("dtype", "dtype"), ("ours_s", "ours s/step"), ("official_s", "official s/step"),
-                         ("speedup", "official / ours (median)"), ("speedup_min", "min"), ("speedup_max", "max"),
-                         ("rounds", "rounds")], meta=meta, env=env, title="Training step, SkipDiT-S/2, batch %d" % args.batch,
-                         notes=[meta["note"]] + (["bf16: both models cast to bf16 (pure-bf16 step)"]
-                                                 if "bfloat16" in args.dtypes else []))
+    meta = dict(
+        environment=env,
+        batch=args.batch,
+        threads=args.threads,
+        model="SkipDiT-S/2, 32x32x4 latents, 1000 classes",
+        note="speedup = median over rounds of official step time / ours (>1: ours faster)",
+    )
+    report.write_results(
+        "train-step",
+        rows,
+        [
+            ("dtype", "dtype"),
+            ("ours_s", "ours s/step"),
+            ("official_s", "official s/step"),
+            ("speedup", "official / ours (median)"),
+            ("speedup_min", "min"),
+            ("speedup_max", "max"),
+            ("rounds", "rounds"),
+        ],
+        meta=meta,
+        env=env,
+        title="Training step, SkipDiT-S/2, batch %d" % args.batch,
+        notes=[meta["note"]]
+        + (["bf16: both models cast to bf16 (pure-bf16 step)"] if "bfloat16" in args.dtypes else []),
+    )
 
 
 if __name__ == "__main__":

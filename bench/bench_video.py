@@ -19,6 +19,7 @@ linears, final layer); "of bound" = measured speedup / bound (target >= 0.9). Th
 count and load average are recorded with the results (the machine is shared: numbers under load are
 noisy). Results: bench/results/video-<device tag>.{json,md}. GPU numbers are never produced here.
 """
+
 from __future__ import annotations
 
 import argparse

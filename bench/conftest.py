@@ -4,6 +4,7 @@ Benchmarks import their helpers (report.py) from this directory, run on at most
 SKIPDIT_BENCH_THREADS CPU threads (default 2), and never put Triton into its interpreter: on a CPU
 machine the Triton columns are skipped, with the reason, rather than simulated.
 """
+
 import os
 import sys
 

@@ -19,6 +19,7 @@ Writes bench/results/convert-study-<tag>.{json,md,png} and the run folders under
 bench/results/convert-study-<tag>/ (logs only are kept: the weights are deleted at the end unless
 --keep).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,23 @@ def loadavg():
 
 def finetune(model, out, stage, steps, lr, args, init_from_path=None):
     started = time.perf_counter()
-    r = train(model, "digits", steps=steps, batch_size=args.batch_size, lr=lr, ema_decay=0.999, grad_clip=1.0,
-              seed=args.seed, out_dir=out, save_every=0, log_every=args.log_every, progress=False, threads=args.threads,
-              stage=stage, init_from_path=init_from_path)
+    r = train(
+        model,
+        "digits",
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        ema_decay=0.999,
+        grad_clip=1.0,
+        seed=args.seed,
+        out_dir=out,
+        save_every=0,
+        log_every=args.log_every,
+        progress=False,
+        threads=args.threads,
+        stage=stage,
+        init_from_path=init_from_path,
+    )
     return r, time.perf_counter() - started
 
 
@@ -60,8 +75,10 @@ def cached_feature_stability(model, labels, args, skip: bool) -> float:
     """Mean cosine similarity between adjacent sampling steps of what a cached step reuses: the
     input of unit L-1 (SkipDiT: the deep state at the boundary) or the middle units' residual (DiT)."""
     outs = {i: [] for i in range(model.depth)}
-    hooks = [b.register_forward_hook(lambda m, i_, o, i=i: outs[i].append(o.detach().float().clone()))
-             for i, b in enumerate(model.blocks)]
+    hooks = [
+        b.register_forward_hook(lambda m, i_, o, i=i: outs[i].append(o.detach().float().clone()))
+        for i, b in enumerate(model.blocks)
+    ]
     try:
         sk.sample(model, labels, steps=50, method="ddim", cfg_scale=3.0, seed=0, progress=False)
     finally:
@@ -69,8 +86,10 @@ def cached_feature_stability(model, labels, args, skip: bool) -> float:
             h.remove()
     k = model.depth - 2
     feats = [outs[k][s] - (0 if skip else outs[0][s]) for s in range(len(outs[k]))]
-    sims = [torch.nn.functional.cosine_similarity(feats[s - 1].flatten(1), feats[s].flatten(1), dim=1).mean().item()
-            for s in range(1, len(feats))]
+    sims = [
+        torch.nn.functional.cosine_similarity(feats[s - 1].flatten(1), feats[s].flatten(1), dim=1).mean().item()
+        for s in range(1, len(feats))
+    ]
     return float(sum(sims) / len(sims))
 
 
@@ -109,8 +128,11 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model, conversion = cv.convert_dit(dit, init, calibration)
         converted[init] = model
-        results["step0"][init] = dict(relative_error=cv.step0_relative_error(model, held_out),
-                                      carried=len(conversion.carried), new=len(conversion.new))
+        results["step0"][init] = dict(
+            relative_error=cv.step0_relative_error(model, held_out),
+            carried=len(conversion.carried),
+            new=len(conversion.new),
+        )
         sk.save_checkpoint(model, os.path.join(base, f"converted-{init}.safetensors"))
     print("step 0:", results["step0"], flush=True)
 
@@ -118,18 +140,39 @@ def main() -> None:
     runs = {}
     for init in cv.INITS:
         model = sk.SkipDiT(**dit.config)  # init_from_path loads the converted weights
-        r, sec = finetune(model, os.path.join(base, f"skip-{init}"), "skip", args.skip_steps, args.skip_lr, args,
-                          os.path.join(base, f"converted-{init}.safetensors"))
+        r, sec = finetune(
+            model,
+            os.path.join(base, f"skip-{init}"),
+            "skip",
+            args.skip_steps,
+            args.skip_lr,
+            args,
+            os.path.join(base, f"converted-{init}.safetensors"),
+        )
         runs[f"skip-{init}"] = dict(result=r, seconds=sec)
         print(f"stage skip ({init}): {sec:.0f} s", flush=True)
     model = sk.SkipDiT(**dit.config)
-    r, sec = finetune(model, os.path.join(base, "all-identity"), "all", args.all_steps, args.all_lr, args,
-                      os.path.join(base, "skip-identity"))
+    r, sec = finetune(
+        model,
+        os.path.join(base, "all-identity"),
+        "all",
+        args.all_steps,
+        args.all_lr,
+        args,
+        os.path.join(base, "skip-identity"),
+    )
     runs["all-identity"] = dict(result=r, seconds=sec)
     print(f"stage all: {sec:.0f} s", flush=True)
     plain = sk.DiT(**dit.config)
-    r, sec = finetune(plain, os.path.join(base, "plain-dit"), "all", args.skip_steps + args.all_steps, args.all_lr, args,
-                      sk.embedded.asset_path("dit"))
+    r, sec = finetune(
+        plain,
+        os.path.join(base, "plain-dit"),
+        "all",
+        args.skip_steps + args.all_steps,
+        args.all_lr,
+        args,
+        sk.embedded.asset_path("dit"),
+    )
     runs["plain-dit"] = dict(result=r, seconds=sec)
     print(f"plain DiT fine-tune: {sec:.0f} s", flush=True)
     results["training"] = {}
@@ -149,28 +192,48 @@ def main() -> None:
     real = classifier_features(classifier, x)
     labels = torch.arange(args.samples) % 10
     rows = []
-    cached_models = {"DiT (bundled)", "DiT fine-tuned", "SkipDiT after skip + all"}  # CPU time: the stage-skip model uncached only
-    for name, (model, is_skip) in models.items():
+    cached_models = {
+        "DiT (bundled)",
+        "DiT fine-tuned",
+        "SkipDiT after skip + all",
+    }  # CPU time: the stage-skip model uncached only
+    for name, (model, _) in models.items():
         model.eval()
         for seed in args.seeds:
-            full = sk.sample(model, labels, steps=50, method="ddim", cfg_scale=3.0, seed=seed, progress=False).clamp(-1, 1)
-            row = dict(model=name, seed=seed, interval=1, accuracy=classifier_accuracy(classifier, full, labels),
-                       fd=frechet_distance(classifier_features(classifier, full), real))
+            full = sk.sample(model, labels, steps=50, method="ddim", cfg_scale=3.0, seed=seed, progress=False).clamp(
+                -1, 1
+            )
+            row = dict(
+                model=name,
+                seed=seed,
+                interval=1,
+                accuracy=classifier_accuracy(classifier, full, labels),
+                fd=frechet_distance(classifier_features(classifier, full), real),
+            )
             rows.append(row)
             if name not in cached_models:
                 continue
             for interval in args.intervals:
                 cache = sk.SkipCache(interval=interval, shallow_blocks=1)
-                out = sk.sample(model, labels, steps=50, method="ddim", cfg_scale=3.0, seed=seed, progress=False,
-                                cache=cache).clamp(-1, 1)
-                rows.append(dict(model=name, seed=seed, interval=interval,
-                                 psnr_mean=psnr(out, full), psnr_pooled=psnr(out, full, reduction="pooled"),
-                                 accuracy=classifier_accuracy(classifier, out, labels),
-                                 fd=frechet_distance(classifier_features(classifier, out), real)))
-            print(name, seed, [round(r.get("psnr_pooled", 0), 2) for r in rows[-len(args.intervals):]], flush=True)
+                out = sk.sample(
+                    model, labels, steps=50, method="ddim", cfg_scale=3.0, seed=seed, progress=False, cache=cache
+                ).clamp(-1, 1)
+                rows.append(
+                    dict(
+                        model=name,
+                        seed=seed,
+                        interval=interval,
+                        psnr_mean=psnr(out, full),
+                        psnr_pooled=psnr(out, full, reduction="pooled"),
+                        accuracy=classifier_accuracy(classifier, out, labels),
+                        fd=frechet_distance(classifier_features(classifier, out), real),
+                    )
+                )
+            print(name, seed, [round(r.get("psnr_pooled", 0), 2) for r in rows[-len(args.intervals) :]], flush=True)
     results["samples"] = rows
-    results["stability"] = {name: cached_feature_stability(models[name][0], torch.arange(20) % 10, args, models[name][1])
-                            for name in models}
+    results["stability"] = {
+        name: cached_feature_stability(models[name][0], torch.arange(20) % 10, args, models[name][1]) for name in models
+    }
     results["load_end"] = loadavg()
     results["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write(results, args, base)
@@ -197,33 +260,56 @@ def write(results, args, base) -> None:
         return sum(vals) / len(vals) if vals else float("nan")
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = [f"# Converting the bundled DiT to a SkipDiT ({args.tag})", "",
-             f"CPU: {report.cpu_model()}, 2 cores shared with other jobs; torch.set_num_threads({args.threads}); load "
-             f"average {results['load_start']} at the start, {results['load_end']} at the end of the evaluation run. "
-             f"Training {sum(r['seconds'] for r in results['training'].values()) / 60:.1f} min of wall time (per run "
-             f"below; the machine's load varied, so minutes are not comparable between runs), evaluation "
-             f"{results['total_seconds'] / 60:.1f} min. Command: `nice -n 10 python bench/convert_study.py --tag "
-             f"{args.tag} --skip-steps {args.skip_steps} --all-steps {args.all_steps}` (a rerun resumes finished runs).",
-             "", "## Step 0: output change of the conversion", "",
-             "Relative L2 change of the model output (eps and variance) against the original DiT on 512 held-out digits "
-             "noised to uniform random timesteps (the identity init is fitted on 256 other digits).", "",
-             "| init | carried tensors | new tensors | relative change |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# Converting the bundled DiT to a SkipDiT ({args.tag})",
+        "",
+        f"CPU: {report.cpu_model()}, 2 cores shared with other jobs; torch.set_num_threads({args.threads}); load "
+        f"average {results['load_start']} at the start, {results['load_end']} at the end of the evaluation run. "
+        f"Training {sum(r['seconds'] for r in results['training'].values()) / 60:.1f} min of wall time (per run "
+        f"below; the machine's load varied, so minutes are not comparable between runs), evaluation "
+        f"{results['total_seconds'] / 60:.1f} min. Command: `nice -n 10 python bench/convert_study.py --tag "
+        f"{args.tag} --skip-steps {args.skip_steps} --all-steps {args.all_steps}` (a rerun resumes finished runs).",
+        "",
+        "## Step 0: output change of the conversion",
+        "",
+        "Relative L2 change of the model output (eps and variance) against the original DiT on 512 held-out digits "
+        "noised to uniform random timesteps (the identity init is fitted on 256 other digits).",
+        "",
+        "| init | carried tensors | new tensors | relative change |",
+        "| --- | --- | --- | --- |",
+    ]
     for init, r in results["step0"].items():
         lines.append(f"| {init} | {r['carried']} | {r['new']} | {r['relative_error']:.3f} |")
-    lines += ["", "## Fine-tuning", "", f"Bundled digits, batch {args.batch_size}, AdamW, EMA 0.999 with warm-up, grad clip 1. "
-              f"Stage skip: {args.skip_steps} steps at lr {args.skip_lr}; stage all: {args.all_steps} steps at lr {args.all_lr}; "
-              f"the plain DiT: {args.skip_steps + args.all_steps} steps at lr {args.all_lr}.", "",
-              "| run | minutes | first logged loss | last logged loss |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Fine-tuning",
+        "",
+        f"Bundled digits, batch {args.batch_size}, AdamW, EMA 0.999 with warm-up, grad clip 1. "
+        f"Stage skip: {args.skip_steps} steps at lr {args.skip_lr}; stage all: {args.all_steps} steps at lr {args.all_lr}; "
+        f"the plain DiT: {args.skip_steps + args.all_steps} steps at lr {args.all_lr}.",
+        "",
+        "| run | minutes | first logged loss | last logged loss |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, r in results["training"].items():
         lines.append(f"| {name} | {r['seconds'] / 60:.1f} | {r['log'][0]['loss']:.4f} | {r['log'][-1]['loss']:.4f} |")
-    lines += ["", f"## Samples (DDIM-50, CFG 3, {args.samples} samples, seeds {args.seeds}; means over the seeds)", "",
-              "| model | accuracy | FD | " + " | ".join(f"@{i} PSNR mean / pooled | @{i} accuracy" for i in args.intervals) + " |",
-              "| --- | --- | --- | " + " | ".join("--- | ---" for _ in args.intervals) + " |"]
+    lines += [
+        "",
+        f"## Samples (DDIM-50, CFG 3, {args.samples} samples, seeds {args.seeds}; means over the seeds)",
+        "",
+        "| model | accuracy | FD | "
+        + " | ".join(f"@{i} PSNR mean / pooled | @{i} accuracy" for i in args.intervals)
+        + " |",
+        "| --- | --- | --- | " + " | ".join("--- | ---" for _ in args.intervals) + " |",
+    ]
     for m in models:
         cells = [f"{mean(m, 1, 'accuracy'):.0%}", f"{mean(m, 1, 'fd'):.2f}"]
         for i in args.intervals:
             if any(r["model"] == m and r["interval"] == i for r in rows):
-                cells += [f"{mean(m, i, 'psnr_mean'):.2f} / {mean(m, i, 'psnr_pooled'):.2f}", f"{mean(m, i, 'accuracy'):.0%}"]
+                cells += [
+                    f"{mean(m, i, 'psnr_mean'):.2f} / {mean(m, i, 'psnr_pooled'):.2f}",
+                    f"{mean(m, i, 'accuracy'):.0%}",
+                ]
             else:
                 cells += ["-", "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -231,28 +317,47 @@ def write(results, args, base) -> None:
     if conv in models and plain in models:
         gains = [mean(conv, i, "psnr_pooled") - mean(plain, i, "psnr_pooled") for i in args.intervals]
         gains_orig = [mean(conv, i, "psnr_pooled") - mean(orig, i, "psnr_pooled") for i in args.intervals]
-        worst = min(r["psnr_pooled"] - next(q["psnr_pooled"] for q in rows if q["model"] == plain and q["seed"] == r["seed"]
-                                            and q["interval"] == r["interval"])
-                    for r in rows if r["model"] == conv and r["interval"] > 1)
-        lines += ["", "Findings:", "",
-                  "- Skip-Cache on the converted model against caching the DiT fine-tuned for the same steps at equal "
-                  "computed blocks, pooled PSNR gain: " + ", ".join(f"@{i} {g:+.2f} dB" for i, g in zip(args.intervals, gains))
-                  + f" (smallest single seed and interval: {worst:+.2f} dB); against the bundled DiT: "
-                  + ", ".join(f"@{i} {g:+.2f} dB" for i, g in zip(args.intervals, gains_orig)) + ".",
-                  f"- Uncached samples: accuracy {mean(conv, 1, 'accuracy'):.0%} (converted) vs {mean(plain, 1, 'accuracy'):.0%} "
-                  f"(DiT fine-tuned) and {mean(orig, 1, 'accuracy'):.0%} (bundled DiT); Frechet distance {mean(conv, 1, 'fd'):.1f} "
-                  f"vs {mean(plain, 1, 'fd'):.1f} and {mean(orig, 1, 'fd'):.1f} (100 samples in a 64-d feature space: "
-                  "a noisy estimate, but the converted model's is the highest).",
-                  "- Initialisation: at every logged window of stage skip (the same batches for both) the identity init's "
-                  "loss is below the official init's; it is the default."]
+        worst = min(
+            r["psnr_pooled"]
+            - next(
+                q["psnr_pooled"]
+                for q in rows
+                if q["model"] == plain and q["seed"] == r["seed"] and q["interval"] == r["interval"]
+            )
+            for r in rows
+            if r["model"] == conv and r["interval"] > 1
+        )
+        lines += [
+            "",
+            "Findings:",
+            "",
+            "- Skip-Cache on the converted model against caching the DiT fine-tuned for the same steps at equal "
+            "computed blocks, pooled PSNR gain: "
+            + ", ".join(f"@{i} {g:+.2f} dB" for i, g in zip(args.intervals, gains))
+            + f" (smallest single seed and interval: {worst:+.2f} dB); against the bundled DiT: "
+            + ", ".join(f"@{i} {g:+.2f} dB" for i, g in zip(args.intervals, gains_orig))
+            + ".",
+            f"- Uncached samples: accuracy {mean(conv, 1, 'accuracy'):.0%} (converted) vs {mean(plain, 1, 'accuracy'):.0%} "
+            f"(DiT fine-tuned) and {mean(orig, 1, 'accuracy'):.0%} (bundled DiT); Frechet distance {mean(conv, 1, 'fd'):.1f} "
+            f"vs {mean(plain, 1, 'fd'):.1f} and {mean(orig, 1, 'fd'):.1f} (100 samples in a 64-d feature space: "
+            "a noisy estimate, but the converted model's is the highest).",
+            "- Initialisation: at every logged window of stage skip (the same batches for both) the identity init's "
+            "loss is below the official init's; it is the default.",
+        ]
     lines += ["", "Per seed (pooled PSNR at each interval):", ""]
     for m in models:
         for seed in args.seeds:
             vals = [r.get("psnr_pooled") for r in rows if r["model"] == m and r["seed"] == seed and r["interval"] > 1]
             if vals:
-                lines.append(f"- {m}, seed {seed}: " + ", ".join(f"@{i} {v:.2f} dB" for i, v in zip(args.intervals, vals)))
-    lines += ["", "Feature stability (mean cosine similarity between adjacent steps of the feature a cached step reuses; "
-              "20 samples, DDIM-50, CFG 3):", ""]
+                lines.append(
+                    f"- {m}, seed {seed}: " + ", ".join(f"@{i} {v:.2f} dB" for i, v in zip(args.intervals, vals))
+                )
+    lines += [
+        "",
+        "Feature stability (mean cosine similarity between adjacent steps of the feature a cached step reuses; "
+        "20 samples, DDIM-50, CFG 3):",
+        "",
+    ]
     for name, v in results["stability"].items():
         lines.append(f"- {name}: {v:.4f}")
     lines += ["", f"![study]({os.path.basename(stem)}.png)", ""]
@@ -263,10 +368,16 @@ def write(results, args, base) -> None:
         axes[0].plot([row["step"] for row in r["log"]], [row["loss"] for row in r["log"]], label=name)
     axes[0].set(xlabel="step (of its stage)", ylabel="loss (logged window mean)", title="fine-tuning", yscale="log")
     for m in models:
-        pts = [(i, mean(m, i, "psnr_pooled")) for i in args.intervals if any(r["model"] == m and r["interval"] == i for r in rows)]
+        pts = [
+            (i, mean(m, i, "psnr_pooled"))
+            for i in args.intervals
+            if any(r["model"] == m and r["interval"] == i for r in rows)
+        ]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", label=m)
-    axes[1].set(xlabel="cache interval (1 shallow unit)", ylabel="pooled PSNR vs own uncached (dB)", title="Skip-Cache fidelity")
+    axes[1].set(
+        xlabel="cache interval (1 shallow unit)", ylabel="pooled PSNR vs own uncached (dB)", title="Skip-Cache fidelity"
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -13,6 +13,7 @@ median of per-round ratios old / new. The old checkout must be built (its ``_C``
 ``skipdit demo`` itself now samples three variants over two timing rounds (six ``sample()`` calls
 where the original made two), so its total wall time is not the measure; this work is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-
 from report import environment, stats, write_results  # noqa: E402
 
 NEW = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ def run_worker(tree: str, threads: int) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"worker in {tree} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None) -> None:
@@ -68,8 +68,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # so that the results record the workers' thread count
     env = environment()
-    old_rev = subprocess.run(["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    new_rev = subprocess.run(["git", "-C", NEW, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    old_rev = subprocess.run(
+        ["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    new_rev = subprocess.run(
+        ["git", "-C", NEW, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     trees = {"old": args.old, "new": NEW}
     samples = {k: [] for k in trees}
     for r in range(args.rounds):
@@ -79,6 +83,7 @@ def main(argv=None) -> None:
                                              for k, v in samples.items()), flush=True)  # fmt: skip
     rows = []
     for work in ("full", "cached", "both"):
+
         def seconds(name, work=work):
             return [s["full"] + s["cached"] if work == "both" else s[work] for s in samples[name]]
 
@@ -94,8 +99,9 @@ def main(argv=None) -> None:
         f"full compute then Skip-Cache interval 3 shallow 1; {args.threads} thread(s); one fresh process per "
         f"checkout per round, {args.rounds} rounds alternating which goes first; speedup = median of per-round "
         "ratios old / new (min-max).",
-        "full-compute images of both checkouts agree (sum |x| within 1e-3)" if same else
-        "full-compute images of the two checkouts differ beyond 1e-3 in sum |x|: see the JSON",
+        "full-compute images of both checkouts agree (sum |x| within 1e-3)"
+        if same
+        else "full-compute images of the two checkouts differ beyond 1e-3 in sum |x|: see the JSON",
     ]
     stem = write_results("demo-ab", rows, columns=[
         ("work", "work"), ("old_s", "old s (median)"), ("old_min_s", "min"), ("old_max_s", "max"),

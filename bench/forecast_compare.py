@@ -26,6 +26,7 @@ computes the same blocks; its own per-call overheads are in bench/bench_diffuser
     python bench/forecast_compare.py run --model skipdit --sampler ddim-50 --intervals 2,3,4,6,8,10
     python bench/forecast_compare.py report parts/*.json      # -> results/forecast-compare-<tag>-<date>.{md,json,png}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,12 @@ OURS = {
     "taylor 2": dict(forecast=2),
     "alpha-sigma": dict(forecast=1, forecast_basis="alpha-sigma"),
 }
-CACHE_DIT = ("cache-dit DBCache", "cache-dit DBCache+TaylorSeer1", "cache-dit DBCache+TaylorSeer2", "cache-dit DBCache+DMD")
+CACHE_DIT = (
+    "cache-dit DBCache",
+    "cache-dit DBCache+TaylorSeer1",
+    "cache-dit DBCache+TaylorSeer2",
+    "cache-dit DBCache+DMD",
+)
 
 
 def scores(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -94,6 +100,7 @@ def skipdit_case(sampler: str, n: int):
 
 def pipeline_case(family: str, sampler: str):
     import bench_diffusers as bd
+
     from skipdit_kernels.integrations import diffusers as sd
 
     method, steps = sampler.split("-")
@@ -117,7 +124,9 @@ def pipeline_case(family: str, sampler: str):
     def run_cache_dit(label, cache):
         pipe = copy.deepcopy(base)
         calibrator = bd.cache_dit_calibrators().get(label)
-        bd._enable_cache_dit(pipe, cache, cache.full_steps(timesteps), steps, None if calibrator is None else calibrator())
+        bd._enable_cache_dit(
+            pipe, cache, cache.full_steps(timesteps), steps, None if calibrator is None else calibrator()
+        )
         return count_blocks(blocks_of(pipe), lambda: call(pipe, steps))
 
     return dict(run=run, timesteps=timesteps, num_units=len(blocks_of(base)),
@@ -166,7 +175,11 @@ def run_cell(args) -> dict:
                 step_cost_s=dict(full=t_full, cached=t_cached), rounds=args.rounds, env=env, rows=rows)  # fmt: skip
 
 
-MODEL_NAMES = {"skipdit": "bundled SkipDiT (sample())", "dit": "trained DiT pipeline", "hunyuan": "trained HunyuanDiT pipeline"}
+MODEL_NAMES = {
+    "skipdit": "bundled SkipDiT (sample())",
+    "dit": "trained DiT pipeline",
+    "hunyuan": "trained HunyuanDiT pipeline",
+}
 
 
 def best_peer(rows):
@@ -188,7 +201,9 @@ def write_report(parts: list[dict], stem: str) -> None:
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in p["rows"]:
             if "error" in r:
-                lines.append(f"| {r['interval']} | x{r['flop_bound']:.2f} | | | | {r['method']} | failed: {r['error'][:80]} | | |")
+                lines.append(
+                    f"| {r['interval']} | x{r['flop_bound']:.2f} | | | | {r['method']} | failed: {r['error'][:80]} | | |"
+                )
                 continue
             lines.append(f"| {r['interval']} | x{r['flop_bound']:.2f} | x{r['speedup_measured']:.2f} | {r['full_steps']}/{r['cached_steps']} | "
                          f"{r['blocks_per_call'] or '-'} | {r['method']} | {r['psnr_mean']:.2f} | {r['psnr_pooled']:.2f} | {r['psnr_worst5']:.2f} |")  # fmt: skip
@@ -223,7 +238,10 @@ def write_report(parts: list[dict], stem: str) -> None:
                 if peer is not None:
                     c += f", {rs[m]['psnr_pooled'] - peer['psnr_pooled']:+.2f} vs {peer['method']}"
                 cells.append(c)
-            lines.append(f"- {MODEL_NAMES[p['model']]}, {p['sampler'].upper()}, interval {interval} (x{rs['reuse']['flop_bound']:.2f}): " + "; ".join(cells))
+            lines.append(
+                f"- {MODEL_NAMES[p['model']]}, {p['sampler'].upper()}, interval {interval} (x{rs['reuse']['flop_bound']:.2f}): "
+                + "; ".join(cells)
+            )
     lines.append("")
     try:
         import matplotlib
@@ -234,7 +252,10 @@ def write_report(parts: list[dict], stem: str) -> None:
         fig, axes = plt.subplots(2, len(parts), figsize=(4.2 * len(parts), 7.5), squeeze=False)
         for k, p in enumerate(parts):
             methods = list(dict.fromkeys(r["method"] for r in p["rows"] if "psnr_pooled" in r))
-            for row, key, xlabel in ((0, "flop_bound", "FLOP bound"), (1, "speedup_measured", "measured speedup (CPU)")):
+            for row, key, xlabel in (
+                (0, "flop_bound", "FLOP bound"),
+                (1, "speedup_measured", "measured speedup (CPU)"),
+            ):
                 ax = axes[row][k]
                 for m in methods:
                     rs = [r for r in p["rows"] if r["method"] == m and "psnr_pooled" in r]
@@ -245,7 +266,7 @@ def write_report(parts: list[dict], stem: str) -> None:
                 ax.set_ylabel("PSNR pooled (dB)")
                 ax.set_title(f"{MODEL_NAMES[p['model']]}\n{p['sampler'].upper()}", fontsize=9)
                 ax.grid(alpha=0.3)
-        widest = max(range(len(parts)), key=lambda k: len({r['method'] for r in parts[k]['rows']}))
+        widest = max(range(len(parts)), key=lambda k: len({r["method"] for r in parts[k]["rows"]}))
         axes[0][widest].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(stem + ".png", dpi=100)

@@ -8,6 +8,7 @@ ratio of medians is reported, with min-max, the CPU and the load average at star
 
     python bench/forecast_cost.py [--ckpt /tmp/skipdit_forecast_model.pt] [--batch 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ def measure(model, orders, batch, interval, shallow, rounds):
             for t in range(980, 39, -20):  # stop_t (20) would reset the state
                 x = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
                 tt = torch.full((batch,), t)
-                for o in (orders if (t // 20) % 2 else orders[::-1]):
+                for o in orders if (t // 20) % 2 else orders[::-1]:
                     m = models[o]
                     start = time.perf_counter()
                     m(x, tt, y)
@@ -83,7 +84,9 @@ def main(argv=None):
     ms = lambda s: f"{s['median_s'] * 1e3:.3f} ms ({s['min_s'] * 1e3:.2f}-{s['max_s'] * 1e3:.2f})"  # noqa: E731
     for batch in args.batch:
         res = measure(model, [0, 1, 2], batch, 2, args.shallow, args.rounds)
-        out[batch] = {o: {k: {n: v for n, v in s.items() if n != "samples_s"} for k, s in r.items()} for o, r in res.items()}
+        out[batch] = {
+            o: {k: {n: v for n, v in s.items() if n != "samples_s"} for k, s in r.items()} for o, r in res.items()
+        }
         reuse = res[0]["cached"]["median_s"]
         print(f"batch {batch}: full {ms(res[0]['full'])}, cached reuse {ms(res[0]['cached'])}, "
               f"forecast 1 {ms(res[1]['cached'])} (x{res[1]['cached']['median_s'] / reuse:.3f}), "

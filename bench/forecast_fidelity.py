@@ -12,6 +12,7 @@ has it; otherwise a SkipDiT trained here on sklearn's digits upscaled to 16x16 (
 which). Samples live in [-1, 1]; PSNR uses peak-to-peak 2: 10 log10(4 / MSE) (``metrics.fidelity``).
 Writes bench/results/forecast-fidelity-<device>-<date>.{md,json,png}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def load_model(args):
     cfg = dict(input_size=16, patch_size=args.patch, in_channels=1, hidden_size=128, depth=8, num_heads=4,
                num_classes=10, learn_sigma=False)  # fmt: skip
     model = sk.SkipDiT(**cfg)
-    desc = (f"SkipDiT depth 8, hidden 128, patch {args.patch}, 16x16 digits, trained here for {args.train_iters} "
-            f"AdamW steps of batch {args.train_batch} (bundled model unavailable: {why})")
+    desc = (
+        f"SkipDiT depth 8, hidden 128, patch {args.patch}, 16x16 digits, trained here for {args.train_iters} "
+        f"AdamW steps of batch {args.train_batch} (bundled model unavailable: {why})"
+    )
     if path and os.path.exists(path):
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval(), desc
@@ -96,11 +99,15 @@ def run_sampler(model, method, steps, n, intervals, orders, args, rows):
             cache = sk.SkipCache(interval=interval, shallow_blocks=args.shallow, forecast=order)
             out, info = sk.sample(model, cache=cache, return_info=True, **kw)
             row = dict(
-                sampler=f"{method.upper()}-{steps}", interval=interval, order=order, **fidelity(out, ref),
+                sampler=f"{method.upper()}-{steps}",
+                interval=interval,
+                order=order,
+                **fidelity(out, ref),
                 block_fraction=cache.block_fraction(timesteps, model.depth),
                 speedup=steps * step["full"] / (info.full_steps * step["full"] + info.cached_steps * step["cached"]),
                 step_ms={k: {n: v[n] * 1e3 for n in ("median_s", "min_s", "max_s")} for k, v in times.items()},
-                full=info.full_steps, cached=info.cached_steps,
+                full=info.full_steps,
+                cached=info.cached_steps,
                 auto=order == resolve_forecast("auto", stochastic),
             )
             row["flop_bound"] = 1 / row["block_fraction"]
@@ -137,8 +144,12 @@ def write(rows, meta, stem):
                      f"{'*' if by[o]['auto'] else ''}" if o in by else "" for o in orders]  # fmt: skip
             delta = (f"{by[1]['psnr_mean'] - by[0]['psnr_mean']:+.1f} / {by[1]['psnr_pooled'] - by[0]['psnr_pooled']:+.1f}"
                      if 0 in by and 1 in by else "")  # fmt: skip
-            lines.append(f"| {interval} | x{by[orders[0]]['flop_bound']:.2f} | x{speed:.2f} | " + " | ".join(cells) + f" | {delta} |")
-        lines += ["", "`*`: the order `forecast=\"auto\"` resolves to for this sampler.", ""]
+            lines.append(
+                f"| {interval} | x{by[orders[0]]['flop_bound']:.2f} | x{speed:.2f} | "
+                + " | ".join(cells)
+                + f" | {delta} |"
+            )
+        lines += ["", '`*`: the order `forecast="auto"` resolves to for this sampler.', ""]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines))
     try:
@@ -152,10 +163,21 @@ def write(rows, meta, stem):
         for ax, sampler in zip(axes[0], samplers):
             sel = [r for r in rows if r["sampler"] == sampler]
             for order in sorted({r["order"] for r in sel}):
-                pts = sorted((r["flop_bound"], r["psnr_mean"], r["interval"], r["psnr_pooled"]) for r in sel if r["order"] == order)
+                pts = sorted(
+                    (r["flop_bound"], r["psnr_mean"], r["interval"], r["psnr_pooled"])
+                    for r in sel
+                    if r["order"] == order
+                )
                 label = "reuse" if order == 0 else f"forecast order {order}"
                 line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{label}, per-sample mean")[0]
-                ax.plot([p[0] for p in pts], [p[3] for p in pts], "o--", color=line.get_color(), alpha=0.5, label=f"{label}, pooled")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[3] for p in pts],
+                    "o--",
+                    color=line.get_color(),
+                    alpha=0.5,
+                    label=f"{label}, pooled",
+                )
                 for bx, py, iv, _ in pts:
                     ax.annotate(str(iv), (bx, py), textcoords="offset points", xytext=(3, 3), fontsize=7)
             ax.set_title(sampler)

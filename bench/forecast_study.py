@@ -17,6 +17,7 @@ or 4; and mixtures of these. The weights are computed by overriding ``ScheduleCu
 The winner is kept as ``SkipCache(forecast_basis="alpha-sigma")``; the numbers are in
 bench/results/forecast-study-*.md (``bench/forecast_compare.py`` is the full comparison).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from forecast_compare import scores  # noqa: E402
+
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.cache import schedule  # noqa: E402
 from skipdit_kernels.cache.forecast import lagrange_weights, linear_alphas_cumprod  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-
-from forecast_compare import scores  # noqa: E402
 
 AB = linear_alphas_cumprod()
 ONE, ALPHA, SIGMA = (lambda t: 1.0), (lambda t: math.sqrt(AB[round(t)])), (lambda t: math.sqrt(1 - AB[round(t)]))
@@ -58,7 +58,9 @@ def damped(g):
     def fn(counters, s, times, t):
         if len(counters) < 2:
             return (1.0,) * len(counters)
-        return _pad(lagrange_weights([float(c) for c in counters[-2:]], counters[-1] + g * (s - counters[-1])), len(counters))
+        return _pad(
+            lagrange_weights([float(c) for c in counters[-2:]], counters[-1] + g * (s - counters[-1])), len(counters)
+        )
 
     return fn
 
@@ -80,7 +82,10 @@ def basis(funcs, points):
         if n < 2:
             return _pad((1.0,), len(counters))
         v = torch.tensor([[g(x) for g in funcs[:n]] for x in times[-n:]], dtype=torch.float64)
-        return _pad((torch.tensor([g(t) for g in funcs[:n]], dtype=torch.float64) @ torch.linalg.pinv(v)).tolist(), len(counters))
+        return _pad(
+            (torch.tensor([g(t) for g in funcs[:n]], dtype=torch.float64) @ torch.linalg.pinv(v)).tolist(),
+            len(counters),
+        )
 
     return fn
 

@@ -6,6 +6,7 @@ Linear(FP32 LayerNorm(cat([x, skip]))). The embedders are the package's (plain t
 function). Parameter names follow the official checkpoints, so a SkipDiT's state_dict loads into it
 (plus the skip LayerNorms, kept here as skip_linears.{j}.norm).
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,7 +61,9 @@ class Block(nn.Module):
 
 class FP32LayerNorm(nn.LayerNorm):
     def forward(self, x):
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 class SkipLinear(nn.Module):
@@ -86,8 +89,18 @@ class FinalLayer(nn.Module):
 
 
 class OfficialSkipDiT(nn.Module):
-    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, num_classes=1000, learn_sigma=True):
+    def __init__(
+        self,
+        input_size=32,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        num_classes=1000,
+        learn_sigma=True,
+    ):
         super().__init__()
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.patch_size, self.depth = patch_size, depth

@@ -2,6 +2,7 @@
 round by round (ABBA): python bench/protocol_ab.py ROUNDS [OLD NEW], the trees' roots (default
 /tmp/ab/old and /tmp/ab/new). Prints median, min and max seconds per step, the new/old ratio, the CPU and the load
 average at start and end."""
+
 import os
 import statistics
 import subprocess
@@ -11,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
 
 env = report.environment()
-code = r'''
+code = r"""
 import sys, time, torch
 sys.path.insert(0, sys.argv[1])
 import skipdit_kernels as sk
@@ -28,13 +29,18 @@ else:
     labels = [1]
 sk.sample(m, labels, **{**kw, "steps": 4})
 t = time.perf_counter(); sk.sample(m, labels, **kw); print((time.perf_counter() - t) / kw["steps"])
-'''
+"""
 res = {}
 trees = dict(zip(("old", "new"), sys.argv[2:4] or ("/tmp/ab/old", "/tmp/ab/new")))
 for r in range(int(sys.argv[1])):
     for which in ("dits", "tiny"):
-        for v in (("old", "new") if r % 2 else ("new", "old")):
-            out = subprocess.run([sys.executable, "-c", code, os.path.abspath(trees[v]), which], capture_output=True, text=True, cwd="/tmp")
+        for v in ("old", "new") if r % 2 else ("new", "old"):
+            out = subprocess.run(
+                [sys.executable, "-c", code, os.path.abspath(trees[v]), which],
+                capture_output=True,
+                text=True,
+                cwd="/tmp",
+            )
             res.setdefault((which, v), []).append(float(out.stdout.strip().splitlines()[-1]))
 for (which, v), xs in sorted(res.items()):
     print(which, v, "median s/step %.5f" % statistics.median(xs), "min %.5f max %.5f" % (min(xs), max(xs)))

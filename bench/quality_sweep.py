@@ -20,6 +20,7 @@ on a loaded machine use ``--threads 1`` (OpenMP oversubscription distorts timing
 
 Writes bench/results/quality-sweep-<tag>-<date>.{json,md,png}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,8 +118,13 @@ def run(args) -> dict:
         row.update(fidelity(out, reference), accuracy=classifier_accuracy(classifier, out, labels))
         if name != "full":
             row["psnr_per_sample"] = [round(float(v), 3) for v in psnr(out, reference, reduction="none")]
-        row.update(seconds=t["samples_s"], median_s=t["median_s"], min_s=t["min_s"], max_s=t["max_s"],
-                   speedup=report.round_ratio(timing, name, "full")["ratio"])
+        row.update(
+            seconds=t["samples_s"],
+            median_s=t["median_s"],
+            min_s=t["min_s"],
+            max_s=t["max_s"],
+            speedup=report.round_ratio(timing, name, "full")["ratio"],
+        )
     meta["loadavg_end"] = loadavg()
     return dict(meta=meta, rows=list(rows.values()))
 
@@ -158,9 +164,17 @@ def readme_table(rows: list[dict], rec: dict, meta: dict) -> list[str]:
              "| schedule, interval | " + " | ".join(str(i) for i in intervals) + " |",
              "| --- |" + " --- |" * len(intervals)]  # fmt: skip
     for label, key in families:
-        cells = [f"{by[key(i)]['psnr_mean']:.1f} ({by[key(i)]['psnr_pooled']:.1f})" if key(i) in by else "" for i in intervals]
-        speed = [f"{by[key(i)]['speedup']:.2f} ({by[key(i)]['flop_bound']:.2f})" if key(i) in by else "" for i in intervals]
-        lines += [f"| {label} | " + " | ".join(cells) + " |", "| speedup, measured (bound) | " + " | ".join(speed) + " |"]
+        cells = [
+            f"{by[key(i)]['psnr_mean']:.1f} ({by[key(i)]['psnr_pooled']:.1f})" if key(i) in by else ""
+            for i in intervals
+        ]
+        speed = [
+            f"{by[key(i)]['speedup']:.2f} ({by[key(i)]['flop_bound']:.2f})" if key(i) in by else "" for i in intervals
+        ]
+        lines += [
+            f"| {label} | " + " | ".join(cells) + " |",
+            "| speedup, measured (bound) | " + " | ".join(speed) + " |",
+        ]
     return lines
 
 

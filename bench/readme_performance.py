@@ -8,6 +8,7 @@ is typed by hand.
     python bench/readme_performance.py            # rewrite the section
     python bench/readme_performance.py --check    # exit 1 when the README is not what the results give
 """
+
 from __future__ import annotations
 
 import argparse

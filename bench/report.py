@@ -7,4 +7,5 @@ importable as ``report`` by the scripts of bench/ (``sys.path`` holds this folde
     t = report.time_fns({"eager": f, "native": g})
     report.write_results("ops", rows, columns=[("op", "op"), ("eager_ms", "eager ms")], env=env)
 """
+
 from skipdit_kernels.testing.report import *  # noqa: F401,F403

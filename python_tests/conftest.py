@@ -1,4 +1,5 @@
 """Test configuration: Triton runs under its interpreter when there is no GPU; gpu tests skip cleanly."""
+
 import os
 
 import pytest

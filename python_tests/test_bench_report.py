@@ -1,5 +1,6 @@
 """skipdit_kernels.testing.report: the one interleaved timer, environment record and results writer of
 bench/ (bench/report.py re-exports it) and of gpu_check."""
+
 import argparse
 import json
 import os
@@ -19,8 +20,10 @@ def report():
 
 
 def test_bench_scripts_import_the_package_module_as_report():
-    code = "import sys; sys.path.insert(0, 'bench'); import report; from skipdit_kernels.testing import report as r; " \
-           "assert report.time_fns is r.time_fns and report.RESULTS_DIR == r.RESULTS_DIR; print(r.RESULTS_DIR)"
+    code = (
+        "import sys; sys.path.insert(0, 'bench'); import report; from skipdit_kernels.testing import report as r; "
+        "assert report.time_fns is r.time_fns and report.RESULTS_DIR == r.RESULTS_DIR; print(r.RESULTS_DIR)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == os.path.join(REPO, "bench", "results")
@@ -39,8 +42,14 @@ def test_time_fns_interleaves_round_by_round(report):
 def test_time_fns_sizes_the_rounds_from_the_budget(report):
     import time
 
-    out = report.time_fns({"a": lambda: time.sleep(0.01), "b": lambda: time.sleep(0.01)}, budget_s=0.1, min_rounds=1,
-                          max_rounds=100, warmup=0, pause_s=0)
+    out = report.time_fns(
+        {"a": lambda: time.sleep(0.01), "b": lambda: time.sleep(0.01)},
+        budget_s=0.1,
+        min_rounds=1,
+        max_rounds=100,
+        warmup=0,
+        pause_s=0,
+    )
     assert 2 <= out["a"]["rounds"] == out["b"]["rounds"] <= 5  # about 0.1 s of calls at 0.02 s a round
 
 
@@ -55,8 +64,9 @@ def test_time_fns_reports_a_failing_variant_and_keeps_timing_the_others(report):
     def broken():
         raise ValueError("no kernel for this dtype")
 
-    out = report.time_fns({"ok": lambda: None, "flaky": flaky, "broken": broken}, budget_s=0.0, min_rounds=3,
-                          warmup=1, pause_s=0)
+    out = report.time_fns(
+        {"ok": lambda: None, "flaky": flaky, "broken": broken}, budget_s=0.0, min_rounds=3, warmup=1, pause_s=0
+    )
     assert list(out) == ["ok", "flaky", "broken"]
     assert out["ok"]["rounds"] == 3
     assert out["flaky"] == {"error": "RuntimeError: backend lost"}
@@ -71,15 +81,26 @@ def test_round_ratio_is_the_median_of_per_round_ratios(report):
 
 def test_environment_records_cpu_threads_and_load(report):
     env = report.environment()
-    for key in ("cpu", "torch_cpu_capability", "native_cpu_capability", "threads", "cores", "load_average", "torch",
-                "date", "name"):
+    for key in (
+        "cpu",
+        "torch_cpu_capability",
+        "native_cpu_capability",
+        "threads",
+        "cores",
+        "load_average",
+        "torch",
+        "date",
+        "name",
+    ):
         assert key in env
     assert len(env["load_average"]) == 3
     assert report.device_tag() == report.device_tag("cpu") and " " not in report.device_tag()
 
 
-@pytest.mark.parametrize("start, end, quiet", [([0.4, 0, 0], [0.9, 0, 0], True), ([0.4, 0, 0], [1.2, 0, 0], False),
-                                               ([3.0, 0, 0], [0.1, 0, 0], False)])
+@pytest.mark.parametrize(
+    "start, end, quiet",
+    [([0.4, 0, 0], [0.9, 0, 0], True), ([0.4, 0, 0], [1.2, 0, 0], False), ([3.0, 0, 0], [0.1, 0, 0], False)],
+)
 def test_quiet_is_judged_per_core_at_start_and_end(report, start, end, quiet):
     env = {"cores": 2, "load_average": start, "load_average_end": end}
     assert report.quiet(env) is quiet
@@ -90,8 +111,16 @@ def test_write_results_states_the_load_and_marks_a_loaded_machine(report, tmp_pa
     env = report.environment()
     env.update(load_average=[5.0, 4.0, 3.0], cores=2)
     monkeypatch.setattr(report, "load_average", lambda: [0.2, 0.3, 0.4])
-    stem = report.write_results("unit", [{"op": "x", "ms": 1.5}], [("op", "op"), ("ms", "ms")], meta={"k": 1},
-                                notes=["a note"], out_dir=str(tmp_path), title="Unit", env=env)
+    stem = report.write_results(
+        "unit",
+        [{"op": "x", "ms": 1.5}],
+        [("op", "op"), ("ms", "ms")],
+        meta={"k": 1},
+        notes=["a note"],
+        out_dir=str(tmp_path),
+        title="Unit",
+        env=env,
+    )
     assert os.path.basename(stem) == f"unit-{report.device_tag()}"
     data = json.load(open(stem + ".json"))
     assert data["environment"]["load_average"] == [5.0, 4.0, 3.0]
@@ -113,11 +142,17 @@ def test_write_results_takes_the_heading_of_a_body(report, tmp_path, monkeypatch
     assert "quiet (1-min load <= 0.5 per core)" in md and md.count("# ") == 1
 
 
-@pytest.mark.parametrize("argv, forwarded", [
-    (["bench", "--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"], ["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"]),
-    (["bench", "--", "--help"], ["--help"]),
-    (["bench"], []),
-])
+@pytest.mark.parametrize(
+    "argv, forwarded",
+    [
+        (
+            ["bench", "--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"],
+            ["--rounds", "3", "--e2e-rounds", "2", "--models", "DiT-S/2"],
+        ),
+        (["bench", "--", "--help"], ["--help"]),
+        (["bench"], []),
+    ],
+)
 def test_skipdit_bench_forwards_its_arguments(monkeypatch, argv, forwarded):
     from skipdit_kernels import cli
     from skipdit_kernels.commands import bench

@@ -1,5 +1,6 @@
 """The ``skipdit`` command line: one-line errors before any work, presets, image outputs, file modes,
 and a --help that does not import torch."""
+
 import json
 import os
 import subprocess
@@ -13,7 +14,6 @@ import torch
 
 import skipdit_kernels as sk
 from skipdit_kernels import cli, embedded
-from skipdit_kernels.commands import sample as sample_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = embedded.asset_path("skipdit")
@@ -28,8 +28,12 @@ def no_sampling(monkeypatch):
 
     # skipdit_kernels.sample first: the package resolves it lazily from skipdit_kernels.sampling, and
     # would otherwise remember (and monkeypatch restore) the patched function
-    for target in ("skipdit_kernels.sample", "skipdit_kernels.sampling.sample", "skipdit_kernels.train.train",
-                   "skipdit_kernels.train.build_model"):
+    for target in (
+        "skipdit_kernels.sample",
+        "skipdit_kernels.sampling.sample",
+        "skipdit_kernels.train.train",
+        "skipdit_kernels.train.build_model",
+    ):
         monkeypatch.setattr(target, refuse)
 
 
@@ -91,10 +95,14 @@ def test_unknown_device_names_the_available_devices(capsys, tmp_path, no_samplin
 
 def test_vae_folder_is_checked_before_sampling(capsys, tmp_path, no_sampling):
     out = str(tmp_path / "x.png")
-    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "nope"), "--out", out])
+    err = refused(
+        capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "nope"), "--out", out]
+    )
     assert "VAE folder not found" in err and "nope" in err
     (tmp_path / "empty").mkdir()
-    err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "empty"), "--out", out])
+    err = refused(
+        capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "empty"), "--out", out]
+    )
     assert "no config.json" in err
 
 
@@ -102,7 +110,9 @@ def test_vae_without_diffusers_is_refused_before_sampling(capsys, tmp_path, monk
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else find_spec(name, *a)
+    )
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text("{}")
     err = refused(capsys, ["sample", "--random-init", "--preset", "DiT-S/8", "--vae", str(tmp_path / "vae"),
@@ -147,8 +157,10 @@ def test_a_preset_size_loads_a_skipdit_checkpoint_as_skipdit(tmp_path, monkeypat
 
     def record(model, labels, **kwargs):
         seen.append(model)
-        return torch.zeros(len(labels), 1, 8, 8), type("Info", (), dict(steps=1, method="ddim", full_steps=1,
-                                                                          cached_steps=0, seconds=0.0, forecast=0))
+        return torch.zeros(len(labels), 1, 8, 8), type(
+            "Info", (), dict(steps=1, method="ddim", full_steps=1, cached_steps=0, seconds=0.0, forecast=0)
+        )
+
     monkeypatch.setattr("skipdit_kernels.sampling.sample", record)
     assert cli.main(["sample", "--ckpt", str(ckpt), "--preset", "DiT-S/8", "--labels", "0", "--cfg", "1",
                      "--out", str(tmp_path / "x.png")]) == 0  # fmt: skip
@@ -181,7 +193,9 @@ def test_other_refusals_before_work(capsys, tmp_path, no_sampling):
     assert "--random-init" in refused(capsys, ["sample", "--out", npz])
     assert "--ckpt" in refused(capsys, ["sample", "--ckpt", str(tmp_path / "nope.pt"), "--out", npz])
     assert "--skip goes with --random-init" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--skip", "--out", png])
-    assert "apply to image and video output only" in refused(capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz])
+    assert "apply to image and video output only" in refused(
+        capsys, ["sample", "--ckpt", BUNDLED, "--scale", "2", "--out", npz]
+    )
     err = refused(capsys, ["sample", "--ckpt", BUNDLED, "--out", str(tmp_path / "missing" / "x.png")])
     assert "does not exist" in err
     assert "must be >= 1, got 0" in parse_error(capsys, ["sample", "--steps", "0"])
@@ -193,8 +207,24 @@ def test_sample_pngs_of_small_models_are_upscaled(tmp_path, scale, side):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    argv = ["sample", "--ckpt", BUNDLED, "--labels", "0", "1", "2", "--steps", "2", "--method", "ddim", "--cfg", "1",
-            "--no-progress", "--out", str(out)] + (["--scale", str(scale)] if scale else [])
+    argv = [
+        "sample",
+        "--ckpt",
+        BUNDLED,
+        "--labels",
+        "0",
+        "1",
+        "2",
+        "--steps",
+        "2",
+        "--method",
+        "ddim",
+        "--cfg",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ] + (["--scale", str(scale)] if scale else [])
     assert cli.main(argv) == 0
     with Image.open(out) as image:
         factor = side // 16
@@ -224,8 +254,25 @@ def test_weight_files_get_the_usual_mode(tmp_path):
 def test_classifier_training_run_files_get_the_usual_mode(tmp_path):
     previous = os.umask(0o022)
     try:
-        assert cli.main(["train", "--model", "classifier", "--epochs", "1", "--threads", "1", "--no-progress",
-                         "--out", str(tmp_path / "run"), "--export", str(tmp_path / "clf.safetensors")]) == 0
+        assert (
+            cli.main(
+                [
+                    "train",
+                    "--model",
+                    "classifier",
+                    "--epochs",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--no-progress",
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--export",
+                    str(tmp_path / "clf.safetensors"),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(previous)
     for path in (tmp_path / "run" / "model.safetensors", tmp_path / "run" / "log.jsonl", tmp_path / "clf.safetensors"):
@@ -250,7 +297,8 @@ def test_train_defaults_give_the_bundled_size_on_the_bundled_digits(tmp_path, ca
     model = sk.load_checkpoint(tmp_path / "run" / "model.safetensors")
     assert type(model) is sk.SkipDiT
     assert {k: model.config[k] for k in ("input_size", "patch_size", "hidden_size", "depth", "num_heads")} == dict(
-        input_size=16, patch_size=4, hidden_size=96, depth=8, num_heads=4)
+        input_size=16, patch_size=4, hidden_size=96, depth=8, num_heads=4
+    )
     assert "1797 training images" in capsys.readouterr().out
 
 
@@ -337,12 +385,28 @@ def test_one_source_of_weights(capsys, tmp_path, no_sampling):
     assert "--bundled" in refused(capsys, ["sample", "--out", str(tmp_path / "x.npz")])
 
 
-@pytest.mark.parametrize("name,suffix,shape", [("skipdit", "png", None), ("dit", "npz", (2, 1, 16, 16)),
-                                               ("video", "gif", None)])
+@pytest.mark.parametrize(
+    "name,suffix,shape", [("skipdit", "png", None), ("dit", "npz", (2, 1, 16, 16)), ("video", "gif", None)]
+)
 def test_sample_bundled(tmp_path, capsys, name, suffix, shape):
     out = tmp_path / f"s.{suffix}"
-    argv = ["sample", "--bundled", name, "--labels", "3", "7", "--steps", "2", "--method", "ddim", "--threads", "1",
-            "--no-progress", "--out", str(out)]
+    argv = [
+        "sample",
+        "--bundled",
+        name,
+        "--labels",
+        "3",
+        "7",
+        "--steps",
+        "2",
+        "--method",
+        "ddim",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "1 thread (--threads)" in printed and out.exists()
@@ -352,8 +416,12 @@ def test_sample_bundled(tmp_path, capsys, name, suffix, shape):
 
 def test_sample_bundled_video_defaults_to_a_gif(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["sample", "--bundled", "video", "--steps", "2", "--method", "ddim", "--threads", "1",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["sample", "--bundled", "video", "--steps", "2", "--method", "ddim", "--threads", "1", "--no-progress"]
+        )
+        == 0
+    )
     assert (tmp_path / "samples.gif").exists()
 
 
@@ -363,16 +431,36 @@ def test_threads_default_is_chosen_and_printed(tmp_path, capsys):
     threads, why = _timing.default_threads()
     assert 1 <= threads <= _timing.usable_cores() and "usable cores" in why
     assert _timing.default_threads(processes=64)[0] == 1
-    assert cli.main(["sample", "--bundled", "skipdit", "--labels", "1", "--steps", "2", "--method", "ddim",
-                     "--no-progress", "--out", str(tmp_path / "x.npz")]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--bundled",
+                "skipdit",
+                "--labels",
+                "1",
+                "--steps",
+                "2",
+                "--method",
+                "ddim",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 0
+    )
     assert f"{threads} thread" in capsys.readouterr().out and torch.get_num_threads() == threads
 
 
 def test_every_skipdit_environment_variable_is_registered_and_printed(capsys):
     from skipdit_kernels import environment
 
-    names = set(subprocess.run(["git", "grep", "-ohE", "SKIPDIT_[A-Z0-9_]+", "--", ".", ":!*.md"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.split())
+    names = set(
+        subprocess.run(
+            ["git", "grep", "-ohE", "SKIPDIT_[A-Z0-9_]+", "--", ".", ":!*.md"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.split()
+    )
     if not names:
         pytest.skip("not a git checkout")
     registered = {v.name for v in environment.VARIABLES}
@@ -407,7 +495,9 @@ def test_the_declared_torch_floor_is_the_one_the_readme_states_and_ci_tests():
 
 
 def test_sample_ddp_out_dir_is_checked_before_the_process_group(capsys, tmp_path, no_sampling, monkeypatch):
-    monkeypatch.setattr("skipdit_kernels.integrations.distributed.init_distributed",
-                        lambda *a, **k: pytest.fail("process group started before the --out-dir check"))
+    monkeypatch.setattr(
+        "skipdit_kernels.integrations.distributed.init_distributed",
+        lambda *a, **k: pytest.fail("process group started before the --out-dir check"),
+    )
     err = refused(capsys, ["sample-ddp", "--bundled", "skipdit", "--num-samples", "2", "--out-dir", _blocked(tmp_path)])
     assert "--out-dir" in err and "cannot write there" in err

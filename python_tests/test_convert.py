@@ -1,6 +1,7 @@
 """Conversion of plain DiT / Latte models to their long-skip variants: every backbone tensor carried
 bit-exactly, every new tensor a skip-branch tensor, the skip model's forward what the contract says,
 and the two initialisations' step-0 output change."""
+
 import pytest
 import torch
 
@@ -9,8 +10,17 @@ from skipdit_kernels.cli import main
 from skipdit_kernels.models import DiT, LatteSkip, SkipDiT, load_checkpoint, save_checkpoint
 
 DIT_CFG = dict(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=4, num_heads=2, num_classes=5)
-LATTE_CFG = dict(input_size=8, patch_size=4, in_channels=2, hidden_size=32, depth=4, num_heads=2, num_frames=3,
-                 num_classes=5, extras=2)
+LATTE_CFG = dict(
+    input_size=8,
+    patch_size=4,
+    in_channels=2,
+    hidden_size=32,
+    depth=4,
+    num_heads=2,
+    num_frames=3,
+    num_classes=5,
+    extras=2,
+)
 
 
 def randomize(module, seed, std=0.1):
@@ -66,7 +76,7 @@ def test_identity_init_keeps_the_output_much_closer_than_the_official_init():
         if init == "identity":  # the skip half of every projection is zero, the x half diagonal
             for proj in model.skip_linears:
                 w = proj.linear.weight
-                assert torch.count_nonzero(w[:, w.shape[0]:]) == 0
+                assert torch.count_nonzero(w[:, w.shape[0] :]) == 0
                 assert torch.equal(w[:, : w.shape[0]], torch.diag(torch.diagonal(w[:, : w.shape[0]])))
     assert errors["identity"] < 0.5 * errors["official"], errors
 
@@ -76,7 +86,9 @@ def test_official_init_is_the_official_codes():
     torch.manual_seed(0)
     model, _ = cv.convert_dit(dit, "official")
     for norm in model.skip_norms:
-        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+            norm.bias, torch.zeros_like(norm.bias)
+        )
     w = model.skip_linears[0].linear.weight
     bound = 1 / (w.shape[1] ** 0.5)  # torch's nn.Linear default (DiT_skip builds the branch after its init)
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
@@ -116,8 +128,20 @@ def test_latte_official_init_is_xavier_with_zero_bias():
 def test_convert_checkpoint_and_cli(tmp_path, capsys):
     dit = randomize(DiT(**DIT_CFG), 5)
     save_checkpoint(dit, tmp_path / "dit.safetensors")
-    assert main(["convert", "--ckpt", str(tmp_path / "dit.safetensors"), "--out", str(tmp_path / "skip.safetensors"),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--ckpt",
+                str(tmp_path / "dit.safetensors"),
+                "--out",
+                str(tmp_path / "skip.safetensors"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "carried exactly" in out and "relative" in out
     model = load_checkpoint(tmp_path / "skip.safetensors")
@@ -130,7 +154,10 @@ def test_convert_checkpoint_and_cli(tmp_path, capsys):
     assert conversion.target == "LatteSkip"
     assert type(load_checkpoint(tmp_path / "latte_skip.safetensors")) is LatteSkip
     # a skip checkpoint is refused in one line
-    assert main(["convert", "--ckpt", str(tmp_path / "skip.safetensors"), "--out", str(tmp_path / "again.safetensors")]) == 2
+    assert (
+        main(["convert", "--ckpt", str(tmp_path / "skip.safetensors"), "--out", str(tmp_path / "again.safetensors")])
+        == 2
+    )
     assert "already has long skips" in capsys.readouterr().err
 
 
@@ -189,6 +216,9 @@ def test_cli_refuses_before_any_work(tmp_path, capsys):
     assert main(["convert", "--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o.safetensors")]) == 2
     assert "--ckpt" in capsys.readouterr().err
     save_checkpoint(DiT(**DIT_CFG), tmp_path / "dit.safetensors")
-    assert main(["convert", "--ckpt", str(tmp_path / "dit.safetensors"), "--out", str(tmp_path / "no" / "o.safetensors")]) == 2
+    assert (
+        main(["convert", "--ckpt", str(tmp_path / "dit.safetensors"), "--out", str(tmp_path / "no" / "o.safetensors")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--out" in err and len(err.strip().splitlines()) == 1

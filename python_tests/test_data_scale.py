@@ -1,5 +1,6 @@
 """Data at scale: latents encoded once through a (tiny, random, offline) AutoencoderKL into shards,
 video clips from frame folders, both trained on by the same loop."""
+
 import os
 
 import numpy as np
@@ -41,8 +42,9 @@ def test_encode_latents_once_into_shards_and_train_on_them(tmp_path):
     torch.testing.assert_close(load_latents(tmp_path / "again")[0], latents, rtol=1e-5, atol=1e-6)
     x, y = as_tensors(str(tmp_path / "lat"))
     assert torch.equal(x, latents)
-    model = build_model("skipdit", input_size=8, patch_size=4, in_channels=4, hidden_size=32, depth=2, num_heads=2,
-                        num_classes=3)
+    model = build_model(
+        "skipdit", input_size=8, patch_size=4, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3
+    )
     r = train(model, str(tmp_path / "lat"), steps=2, batch_size=4, progress=False, threads=1)
     assert len(r.losses) == 2
 
@@ -67,7 +69,16 @@ def test_video_clips_from_frame_folders(tmp_path):
     torch.testing.assert_close(videos[0, 1, 0], ref)
     with pytest.raises(ValueError, match="fewer than the 6"):
         load_video_folder(tmp_path, size=8, frames=6, channels=1)
-    model = LatteSkip(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_frames=3,
-                      num_classes=2, extras=2)
+    model = LatteSkip(
+        input_size=8,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=32,
+        depth=4,
+        num_heads=2,
+        num_frames=3,
+        num_classes=2,
+        extras=2,
+    )
     r = train(model, str(tmp_path), steps=2, batch_size=2, progress=False, threads=1)
     assert len(r.losses) == 2

@@ -3,7 +3,6 @@ import os
 import re
 
 import numpy as np
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -13,8 +12,18 @@ from skipdit_kernels import embedded
 from skipdit_kernels.cli import main
 from skipdit_kernels.commands import demo
 
-BUNDLED = dict(input_size=16, patch_size=4, in_channels=1, hidden_size=96, depth=8, num_heads=4, mlp_ratio=4.0,
-               class_dropout_prob=0.1, num_classes=10, learn_sigma=True)
+BUNDLED = dict(
+    input_size=16,
+    patch_size=4,
+    in_channels=1,
+    hidden_size=96,
+    depth=8,
+    num_heads=4,
+    mlp_ratio=4.0,
+    class_dropout_prob=0.1,
+    num_classes=10,
+    learn_sigma=True,
+)
 
 
 def test_assets_fit_the_size_budget():
@@ -52,7 +61,9 @@ def test_unknown_bundled_name():
 
 
 def test_demo_end_to_end_small(tmp_path, capsys):
-    rc = main(["demo", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)])
+    rc = main(
+        ["demo", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "speedup" in out and "PSNR mean / pooled / worst 5%" in out and "accuracy" in out
@@ -72,8 +83,8 @@ def test_demo_end_to_end_small(tmp_path, capsys):
         assert (band < 128).sum() > 50  # the labels are drawn
         # the full panel sits right of the row-label margin, whose digits 0-9 are drawn
         grid = np.asarray(full.convert("L"))
-        body = pixels[-full.height:]
-        margin = next(x for x in range(compare.width - full.width) if np.array_equal(body[:, x:x + full.width], grid))
+        body = pixels[-full.height :]
+        margin = next(x for x in range(compare.width - full.width) if np.array_equal(body[:, x : x + full.width], grid))
         assert margin > 0 and (body[:, :margin] < 128).sum() > 50
 
 
@@ -90,8 +101,9 @@ def printed_speedups(out: str) -> dict:
 def test_printed_speedup_never_exceeds_its_bound_by_more_than_its_spread(tmp_path, capsys):
     """The schedule's FLOP bound (1 / the fraction of units run) is an upper limit on the speedup; a
     printed speedup above it by more than its own round-to-round spread is a measurement error."""
-    rc = main(["demo", "--steps", "20", "--per-class", "2", "--rounds", "5", "--threads", "1",
-               "--out-dir", str(tmp_path)])
+    rc = main(
+        ["demo", "--steps", "20", "--per-class", "2", "--rounds", "5", "--threads", "1", "--out-dir", str(tmp_path)]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     rows = printed_speedups(out)
@@ -119,7 +131,8 @@ def test_busy_note_names_the_reasons(monkeypatch):
 
 def test_demo_numbers_small(tmp_path):
     args = main.__globals__["build_parser"]().parse_args(
-        ["demo", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)])
+        ["demo", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+    )
     r = demo.run_demo(args)["variants"]
     assert (r["full"]["full_steps"], r["full"]["cached_steps"]) == (6, 0)
     assert (r["paper"]["full_steps"], r["paper"]["cached_steps"]) == (3, 3)
@@ -143,9 +156,21 @@ def test_full_demo(tmp_path):
     assert r["fast"]["full_steps"] + r["fast"]["cached_steps"] == 50
 
 
-BUNDLED_LATTE = dict(input_size=16, patch_size=4, in_channels=1, hidden_size=64, depth=8, num_heads=4, mlp_ratio=4.0,
-                     num_frames=8, class_dropout_prob=0.1, num_classes=10, learn_sigma=True, extras=2,
-                     attention_mode="math")
+BUNDLED_LATTE = dict(
+    input_size=16,
+    patch_size=4,
+    in_channels=1,
+    hidden_size=64,
+    depth=8,
+    num_heads=4,
+    mlp_ratio=4.0,
+    num_frames=8,
+    class_dropout_prob=0.1,
+    num_classes=10,
+    learn_sigma=True,
+    extras=2,
+    attention_mode="math",
+)
 
 
 def test_bundled_latte_loads_through_the_public_loader():
@@ -168,7 +193,12 @@ def test_moving_digits_move_one_pixel_per_frame_and_bounce():
         # every frame holds the digit unchanged at some offset in 0..4, one pixel (or bounce) per frame
         offsets = []
         for frame in video:
-            hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(frame[:, dy:dy + 12, dx:dx + 12], image)]
+            hits = [
+                (dy, dx)
+                for dy in range(5)
+                for dx in range(5)
+                if torch.equal(frame[:, dy : dy + 12, dx : dx + 12], image)
+            ]
             assert hits
             offsets.append(torch.tensor(hits[0]))
         steps = torch.stack(offsets).diff(dim=0).abs()
@@ -178,15 +208,32 @@ def test_moving_digits_move_one_pixel_per_frame_and_bounce():
 
 
 def test_video_demo_end_to_end_small(tmp_path, capsys):
-    rc = main(["demo", "--video", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1",
-               "--out-dir", str(tmp_path)])
+    rc = main(
+        [
+            "demo",
+            "--video",
+            "--steps",
+            "6",
+            "--per-class",
+            "1",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "bundled LatteSkip: 10 videos of 8 frames, DDIM-6, CFG 3" in out
     assert "paper: reuse, interval 2, shallow 1, full while t >= 900, reset after t <= 49" in out
     assert "speedup" in out and "PSNR per video" in out and demo.VIDEO_OUTPUTS[0] in out
-    lines = {line.split()[0]: line.split() for line in out.splitlines()
-             if line.split()[:1] in (["full"], ["paper"], ["fast"])}
+    lines = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["full"], ["paper"], ["fast"])
+    }
     assert lines["full"][3:7] == ["1.00x", "6", "+", "0"]
     for variant in ("paper", "fast"):
         float(lines[variant][1]), float(lines[variant][2]), float(lines[variant][3].rstrip("x"))  # wall, CPU, speedup
@@ -220,8 +267,21 @@ def test_frame_accuracy_reads_real_moving_digits_and_refuses_noise():
 
 def test_video_demo_numbers_small(tmp_path):
     args = main.__globals__["build_parser"]().parse_args(
-        ["demo", "--video", "--steps", "6", "--per-class", "1", "--rounds", "1", "--threads", "1",
-         "--out-dir", str(tmp_path)])
+        [
+            "demo",
+            "--video",
+            "--steps",
+            "6",
+            "--per-class",
+            "1",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     r = demo.run_demo(args)["variants"]
     assert (r["full"]["full_steps"], r["full"]["cached_steps"]) == (6, 0)
     for v in ("paper", "fast"):
@@ -234,7 +294,8 @@ def test_full_video_demo(tmp_path):
     """``skipdit demo --video`` at its defaults (2 videos per digit, DDIM-50, CFG 3): both cached
     schedules stay close to full compute (measured 41-43 dB per video, README)."""
     args = main.__globals__["build_parser"]().parse_args(
-        ["demo", "--video", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)])
+        ["demo", "--video", "--rounds", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+    )
     r = demo.run_demo(args)["variants"]
     for v in ("paper", "fast"):
         assert r[v]["psnr_mean"] >= 35 and r[v]["ssim_mean"] >= 0.9

@@ -1,5 +1,6 @@
 """skipdit_kernels.testing.gpu_check: what it says without a GPU, and that its checks catch wrong
 kernels (run here on CPU backends); the whole check on a GPU is the ``gpu`` test at the end."""
+
 import json
 import os
 import subprocess
@@ -9,9 +10,8 @@ import pytest
 import torch
 
 from skipdit_kernels import ops
-from skipdit_kernels.ops import spec
+from skipdit_kernels.ops import _backend, native, spec
 from skipdit_kernels.testing import gpu_check as G
-from skipdit_kernels.ops import _backend, native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (2, 7, 40)
@@ -29,8 +29,14 @@ def _status(monkeypatch, triton=(False, "off"), native_status=(True, "patched"))
 
 def _run_check(*args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "skipdit_kernels.testing.gpu_check", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "skipdit_kernels.testing.gpu_check", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

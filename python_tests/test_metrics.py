@@ -6,7 +6,13 @@ import torch
 
 from skipdit_kernels.data import digits_split, load_digits_tensors
 from skipdit_kernels.metrics import (
-    DigitClassifier, classifier_accuracy, fidelity, frechet_distance, psnr, ssim, worst_mean,
+    DigitClassifier,
+    classifier_accuracy,
+    fidelity,
+    frechet_distance,
+    psnr,
+    ssim,
+    worst_mean,
 )
 
 

@@ -1,6 +1,7 @@
 """DDP training under torchrun (gloo, CPU): 1 and 2 processes follow the same trajectory, a 2-process
 checkpoint resumes on 1 process, a rank that raises stops every rank within seconds. Tiny models,
 bounded subprocesses."""
+
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     from skipdit_kernels.train import build_model, train
@@ -41,7 +42,7 @@ SCRIPT = textwrap.dedent('''
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(out, "losses-%d.json" % r.step), "w") as f:
             json.dump(r.losses, f)
-''')
+""")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
 
@@ -49,8 +50,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.pa
 def run(tmp_path, out, steps, nproc, fail_rank=-1, extra=(), timeout=240):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "--monitor-interval=0.5", str(script), str(out), str(steps), str(fail_rank), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--monitor-interval=0.5",
+        str(script),
+        str(out),
+        str(steps),
+        str(fail_rank),
+        *extra,
+    ]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 

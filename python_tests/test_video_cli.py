@@ -1,5 +1,6 @@
 """``skipdit sample`` with a video model: an animated grid (GIF, or MP4 through imageio), latents
 decoded frame by frame through a local VAE; refusals before work."""
+
 import importlib.util
 
 import pytest
@@ -52,8 +53,13 @@ def test_video_latents_are_decoded_frame_by_frame_through_a_local_vae(tmp_path, 
     assert decode_latents(latents, str(tmp_path / "vae")).shape == (1, 3, 3, 8, 8)
 
 
-@pytest.mark.parametrize("out, message", [("v.png", "a video model writes .gif or .mp4 or .npz"),
-                                          ("v.avi", "--out must end in .png (images), .gif or .mp4 (videos)")])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("v.png", "a video model writes .gif or .mp4 or .npz"),
+        ("v.avi", "--out must end in .png (images), .gif or .mp4 (videos)"),
+    ],
+)
 def test_a_video_model_refuses_image_outputs_before_work(tmp_path, capsys, no_sampling, out, message):  # noqa: F811
     err = refused(capsys, ["sample", "--ckpt", LATTE, "--labels", "1", "--out", str(tmp_path / out)])
     assert message in err

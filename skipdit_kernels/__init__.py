@@ -2,6 +2,7 @@
 
 The names below load on first use (PEP 562), so ``import skipdit_kernels.cli`` and
 ``skipdit --help`` do not import torch."""
+
 import importlib
 import importlib.util
 

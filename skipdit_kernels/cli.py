@@ -7,6 +7,7 @@ more lines (e.g. the key list of a checkpoint that does not fit), the first is p
 neither torch nor the library: each command module configures its options without them and imports
 what it needs when it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,23 @@ from skipdit_kernels.commands._common import CommandError
 COMMANDS = {
     "info": ("skipdit_kernels.commands.info", "versions, device and which kernel backends are live"),
     "sample": ("skipdit_kernels.commands.sample", "sample images or latents from a DiT / Skip-DiT checkpoint"),
-    "sample-ddp": ("skipdit_kernels.commands.sample_ddp", "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel"),
+    "sample-ddp": (
+        "skipdit_kernels.commands.sample_ddp",
+        "sample under torchrun: data parallel to an FID .npz (resumable), or CFG-parallel",
+    ),
     "train": ("skipdit_kernels.commands.train", "train a DiT / SkipDiT (or the digit classifier), resumable"),
-    "convert": ("skipdit_kernels.commands.convert", "add Skip-DiT's long skips to a pretrained DiT / Latte (then fine-tune)"),
-    "bench": ("skipdit_kernels.commands.bench", "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused"),
-    "demo": ("skipdit_kernels.commands.demo", "bundled SkipDiT: a 10x4 digit grid with and without Skip-Cache (--video: moving digits)"),
+    "convert": (
+        "skipdit_kernels.commands.convert",
+        "add Skip-DiT's long skips to a pretrained DiT / Latte (then fine-tune)",
+    ),
+    "bench": (
+        "skipdit_kernels.commands.bench",
+        "end-to-end sampling benchmark: baseline, ours, Skip-Cache, graphs, fused",
+    ),
+    "demo": (
+        "skipdit_kernels.commands.demo",
+        "bundled SkipDiT: a 10x4 digit grid with and without Skip-Cache (--video: moving digits)",
+    ),
 }
 
 # What a command may raise for a request it cannot serve: the library's ValueError (CheckpointError
@@ -47,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(_module=module)
         importlib.import_module(module).configure(command)
-        command.add_argument("--verbose", action="store_true",
-                             help="print refusals in full (e.g. every key of a checkpoint that does not fit)")
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="print refusals in full (e.g. every key of a checkpoint that does not fit)",
+        )
     return parser
 
 

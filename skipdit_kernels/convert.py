@@ -35,6 +35,7 @@ Initialisation of the new branches (``init``):
 Layering: this module uses the models and (for the diffusers conversions) the diffusers integration;
 nothing here touches caching.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,10 @@ class Conversion:
 
     def summary(self) -> str:
         error = "" if self.relative_error is None else f"; output change at step 0: {self.relative_error:.3g} relative"
-        return (f"{self.source} -> {self.target}: {len(self.carried)} tensors carried exactly, {len(self.new)} new "
-                f"(skip branches, init {self.init!r}){error}")
+        return (
+            f"{self.source} -> {self.target}: {len(self.carried)} tensors carried exactly, {len(self.new)} new "
+            f"(skip branches, init {self.init!r}){error}"
+        )
 
 
 def is_skip_parameter(name: str) -> bool:
@@ -91,8 +94,11 @@ def _carry(target: nn.Module, source_state: dict[str, torch.Tensor], source: str
     ignored = sorted(k for k in source_state if k not in expected)
     misshaped = [k for k in source_state if k in expected and source_state[k].shape != expected[k].shape]
     if wrong or misshaped or ignored:
-        parts = [f"missing {wrong[:5]}" if wrong else "", f"mis-shaped {misshaped[:5]}" if misshaped else "",
-                 f"unexpected {ignored[:5]}" if ignored else ""]
+        parts = [
+            f"missing {wrong[:5]}" if wrong else "",
+            f"mis-shaped {misshaped[:5]}" if misshaped else "",
+            f"unexpected {ignored[:5]}" if ignored else "",
+        ]
         raise ValueError(f"cannot convert {source} to {type(target).__name__}: " + "; ".join(p for p in parts if p))
     carried = sorted(source_state)
     target.load_state_dict({**expected, **source_state}, strict=True)
@@ -163,8 +169,9 @@ def _identity_init(model, calibration: tuple) -> None:
         linear.bias.copy_(bias.to(linear.bias.dtype))
 
 
-def initialize_skips(model, init: str = "identity", calibration: tuple | None = None, *,
-                     official_xavier: bool = False) -> float | None:
+def initialize_skips(
+    model, init: str = "identity", calibration: tuple | None = None, *, official_xavier: bool = False
+) -> float | None:
     """Initialise the skip branches of a converted skip stack in place (see the module docstring).
 
     ``calibration``: ``(x_t, t, cond)`` inputs of the model's forward (``cond`` as its ``condition``
@@ -175,7 +182,9 @@ def initialize_skips(model, init: str = "identity", calibration: tuple | None = 
         _official_init(model, official_xavier)
     else:
         if calibration is None:
-            raise ValueError("init='identity' fits the skip projections on calibration inputs: pass calibration=(x_t, t, cond)")
+            raise ValueError(
+                "init='identity' fits the skip projections on calibration inputs: pass calibration=(x_t, t, cond)"
+            )
         _identity_init(model, calibration)
     return None if calibration is None else step0_relative_error(model, calibration)
 
@@ -190,8 +199,9 @@ def step0_relative_error(model, inputs: tuple) -> float:
     return float((converted.double() - original.double()).norm() / original.double().norm().clamp_min(1e-30))
 
 
-def calibration_inputs(model, x0: torch.Tensor | None = None, cond=None, *, num: int = 32, seed: int = 0,
-                       num_timesteps: int = 1000) -> tuple:
+def calibration_inputs(
+    model, x0: torch.Tensor | None = None, cond=None, *, num: int = 32, seed: int = 0, num_timesteps: int = 1000
+) -> tuple:
     """Noisy inputs for ``initialize_skips``: ``x0`` (N, *latent_shape) clean latents (default:
     standard normal, the distribution of x_T), noised to uniform random timesteps in
     [0, num_timesteps) with DiT's linear schedule; ``cond``: what ``model.condition`` takes (default:
@@ -231,7 +241,9 @@ def _finish(model, conversion: Conversion, init: str, calibration, calibrate: Ca
     return model.eval(), conversion
 
 
-def convert_dit(dit: DiT, init: str = "identity", calibration: tuple | torch.Tensor | None = None) -> tuple[SkipDiT, Conversion]:
+def convert_dit(
+    dit: DiT, init: str = "identity", calibration: tuple | torch.Tensor | None = None
+) -> tuple[SkipDiT, Conversion]:
     """A ``SkipDiT`` with every tensor of ``dit`` (same config, dtype and device) and new skip branches.
     ``calibration``: (x_t, t, cond) inputs, or clean latents (N, C, H, W) to noise
     (``calibration_inputs``); default: ``calibration_inputs(model)`` (standard normal latents). It
@@ -247,8 +259,12 @@ def convert_dit(dit: DiT, init: str = "identity", calibration: tuple | torch.Ten
     return _finish(model, conversion, init, calibration, calibration_inputs, official_xavier=False)
 
 
-def convert_latte(state_dict: dict[str, torch.Tensor], init: str = "identity", calibration: tuple | torch.Tensor | None = None,
-                  **config) -> tuple[LatteSkip, Conversion]:
+def convert_latte(
+    state_dict: dict[str, torch.Tensor],
+    init: str = "identity",
+    calibration: tuple | torch.Tensor | None = None,
+    **config,
+) -> tuple[LatteSkip, Conversion]:
     """A ``LatteSkip`` from an official class-to-video ``Latte`` state_dict (the keys of Latte's
     models/latte.py, without skip branches). ``config``: constructor arguments the shapes cannot
     settle (e.g. ``num_heads`` for a size that is not official)."""
@@ -267,7 +283,9 @@ def convert_latte(state_dict: dict[str, torch.Tensor], init: str = "identity", c
     return _finish(model, conversion, init, calibration, calibration_inputs, official_xavier=True)
 
 
-def convert_diffusers_dit(transformer, init: str = "identity", calibration: tuple | torch.Tensor | None = None) -> tuple[SkipDiT, Conversion]:
+def convert_diffusers_dit(
+    transformer, init: str = "identity", calibration: tuple | torch.Tensor | None = None
+) -> tuple[SkipDiT, Conversion]:
     """A ``SkipDiT`` from a diffusers ``DiTTransformer2DModel``, through ``dit_from_diffusers`` (see
     its notes on diffusers' timestep frequencies); the carried keys are the DiT's."""
     from .integrations.diffusers import dit_from_diffusers
@@ -305,8 +323,13 @@ def convert_diffusers_latte(transformer, init: str = "identity", calibration: tu
     return _finish(model, conversion, init, calibration, calibrate, official_xavier=False)
 
 
-def convert_checkpoint(path: str | os.PathLike, out: str | os.PathLike, init: str = "identity",
-                       calibration: torch.Tensor | None = None, **config) -> Conversion:
+def convert_checkpoint(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    init: str = "identity",
+    calibration: torch.Tensor | None = None,
+    **config,
+) -> Conversion:
     """Convert a checkpoint file (a DiT or an official class-to-video Latte: ``.pt`` / ``.pth`` /
     ``.safetensors``) or a diffusers folder (a ``DiTTransformer2DModel`` or
     ``LatteTransformer3DModel``: its own folder, or a pipeline folder with ``transformer/``) and
@@ -354,6 +377,8 @@ def _load_diffusers(folder: str):
             elif name == "LatteTransformer3DModel":
                 from diffusers import LatteTransformer3DModel as cls
             else:
-                raise ValueError(f"{config_path}: {name!r} is neither a DiTTransformer2DModel nor a LatteTransformer3DModel")
+                raise ValueError(
+                    f"{config_path}: {name!r} is neither a DiTTransformer2DModel nor a LatteTransformer3DModel"
+                )
             return cls.from_pretrained(os.path.join(folder, sub))
     raise ValueError(f"{folder} is a folder without a diffusers config.json (nor transformer/config.json)")

@@ -12,6 +12,7 @@ model in disguise and sub-patch detail would not exist), while bilinear gives sm
 real structure inside each patch, closer to what a diffusion model of images has to learn.
 Pixels are scaled to [-1, 1] (DiT's convention), one channel.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,16 +41,19 @@ def load_digits_tensors(size: int = DIGITS_SIZE, mode: str = "bilinear") -> tupl
 _DIRECTIONS = torch.tensor([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
 
 
-def moving_digits(images: torch.Tensor, frames: int, canvas: int = DIGITS_SIZE,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def moving_digits(
+    images: torch.Tensor, frames: int, canvas: int = DIGITS_SIZE, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Short videos of digits moving in straight lines and bouncing off the borders (the bundled
     video demo's training data): ``images`` (N, C, S, S) in [-1, 1] with S <= ``canvas`` are pasted
     onto a blank (-1) canvas at a random start position, moving one pixel per frame in one of the
     eight compass directions (drawn uniformly). Returns (N, frames, C, canvas, canvas)."""
     n, c, size = images.shape[0], images.shape[1], images.shape[-1]
     if images.dim() != 4 or images.shape[-2] != size or size > canvas or frames < 1:
-        raise ValueError(f"moving_digits needs square images (N, C, S, S) with S <= {canvas} and frames >= 1, "
-                         f"got {tuple(images.shape)} and frames {frames}")
+        raise ValueError(
+            f"moving_digits needs square images (N, C, S, S) with S <= {canvas} and frames >= 1, "
+            f"got {tuple(images.shape)} and frames {frames}"
+        )
     room = canvas - size
     start = torch.randint(0, room + 1, (n, 2), generator=generator)
     velocity = _DIRECTIONS[torch.randint(0, len(_DIRECTIONS), (n,), generator=generator)]
@@ -59,7 +63,7 @@ def moving_digits(images: torch.Tensor, frames: int, canvas: int = DIGITS_SIZE,
     for i in range(n):
         for f in range(frames):
             y, x = pos[i, f].tolist()
-            out[i, f, :, y:y + size, x:x + size] = images[i]
+            out[i, f, :, y : y + size, x : x + size] = images[i]
     return out
 
 
@@ -81,7 +85,9 @@ def digits_split(size: int = DIGITS_SIZE, test_fraction: float = 0.2, seed: int 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def load_image_folder(root: str | os.PathLike, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_image_folder(
+    root: str | os.PathLike, size: int, channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """An ImageFolder-style tree (``root/<class>/<image>``): images resized (centre crop to square,
     bicubic) to ``size``, in [-1, 1]; labels by sorted class-folder name. Needs Pillow."""
     from PIL import Image
@@ -132,8 +138,12 @@ def load_tensor_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     return blob["images"], blob["labels"]
 
 
-def load_video_folder(root: str | os.PathLike, size: int, frames: int, channels: int = 3,
-                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_video_folder(
+    root: str | os.PathLike,
+    size: int,
+    frames: int,
+    channels: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Video clips stored as frame folders, ``root/<class>/<clip>/<frame image>`` (frames in sorted
     file-name order): ``frames`` frames per clip, evenly spaced over the clip, each centre-cropped
     and resized like ``load_image_folder``; returns (videos (N, frames, C, size, size) in [-1, 1],
@@ -182,8 +192,16 @@ LATENTS_INDEX = "latents.json"
 
 
 @torch.no_grad()
-def encode_latents(vae: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None, out_dir: str | os.PathLike,
-                   *, shard_size: int = 4096, batch_size: int = 32, seed: int = 0) -> dict:
+def encode_latents(
+    vae: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 4096,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict:
     """Encode images (N, 3, H, W) in [-1, 1] (or videos (N, F, 3, H, W), frame by frame) once through
     a local diffusers ``AutoencoderKL`` and write the latents as safetensors shards (as fast-DiT's
     extract_features): ``out_dir/latents-00000.safetensors`` ... with "latents" (a sample of the
@@ -202,23 +220,30 @@ def encode_latents(vae: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
     g = torch.Generator(device=device).manual_seed(seed)
     files = []
     for start in range(0, len(images), shard_size):
-        chunk = images[start:start + shard_size]
+        chunk = images[start : start + shard_size]
         flat = chunk.flatten(0, 1) if video else chunk
         parts = []
         for batch in flat.split(batch_size):
             dist = vae.encode(batch.to(device, next(vae.parameters()).dtype)).latent_dist
-            parts.append((dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)).float().cpu() * scale)
+            parts.append(
+                (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g, device=device)).float().cpu() * scale
+            )
         latents = torch.cat(parts)
         if video:
             latents = latents.unflatten(0, chunk.shape[:2])
         tensors = {"latents": latents.contiguous()}
         if labels is not None:
-            tensors["labels"] = labels[start:start + shard_size].long().contiguous()
+            tensors["labels"] = labels[start : start + shard_size].long().contiguous()
         name = f"latents-{len(files):05d}.safetensors"
         save_safetensors(tensors, os.path.join(out_dir, name))
         files.append(name)
-    index = dict(count=len(images), latent_shape=list(latents.shape[1:]), scaling_factor=scale, files=files,
-                 labels=labels is not None)
+    index = dict(
+        count=len(images),
+        latent_shape=list(latents.shape[1:]),
+        scaling_factor=scale,
+        files=files,
+        labels=labels is not None,
+    )
     with open(os.path.join(out_dir, LATENTS_INDEX), "w") as f:
         json.dump(index, f, indent=1)
     return index

@@ -10,6 +10,7 @@ digits (see bench/train_bundled.sh and bench/results/training/):
   moving on a 16x16 canvas (``data.moving_digits``; bench/results/training/latte/train_latte.py);
   EMA weights, stored fp16, loaded fp32.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ import torch
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 CONFIG_KEY = "skipdit_config"  # the key save_checkpoint / load_checkpoint use
-FILES = {"skipdit": "skipdit.safetensors", "dit": "dit.safetensors", "classifier": "classifier.safetensors",
-         "latte": "latte.safetensors"}
+FILES = {
+    "skipdit": "skipdit.safetensors",
+    "dit": "dit.safetensors",
+    "classifier": "classifier.safetensors",
+    "latte": "latte.safetensors",
+}
 
 
 def asset_path(name: str) -> str:
@@ -57,8 +62,10 @@ def save_half(model: torch.nn.Module, path: str, metadata: dict | None = None) -
     from .files import save_safetensors
 
     positions = ("pos_embed", "temp_embed")
-    state = {k: (v.detach().half() if v.is_floating_point() and k not in positions else v.detach()).contiguous().cpu()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.detach().half() if v.is_floating_point() and k not in positions else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     meta = {CONFIG_KEY: json.dumps(getattr(model, "config", {}))}
     meta.update(metadata or {})
     save_safetensors(state, path, metadata=meta)

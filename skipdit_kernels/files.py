@@ -1,4 +1,5 @@
 """Writing weight files with the file mode of any other file the user writes."""
+
 from __future__ import annotations
 
 import os

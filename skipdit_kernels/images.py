@@ -1,4 +1,5 @@
 """Images out of latents: optional VAE decoding, PNG grids and a labelled side-by-side (Pillow)."""
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def load_vae(vae_dir: str | os.PathLike, device: torch.device | str = "cpu") -> 
     return AutoencoderKL.from_pretrained(os.fspath(vae_dir), local_files_only=True).to(device).eval()
 
 
-def decode_latents(latents: torch.Tensor, vae: "str | os.PathLike | torch.nn.Module", batch_size: int = 8) -> torch.Tensor:
+def decode_latents(
+    latents: torch.Tensor, vae: "str | os.PathLike | torch.nn.Module", batch_size: int = 8
+) -> torch.Tensor:
     """Decode DiT latents (N, 4, h, w) to images (N, 3, 8h, 8w) in about [-1, 1] with an AutoencoderKL,
     given loaded or as a local folder (``load_vae``); video latents (N, F, 4, h, w) frame by frame to
     (N, F, 3, 8h, 8w)."""
@@ -102,8 +105,9 @@ def check_video_path(path: str | os.PathLike) -> None:
             raise ImportError("writing .mp4 needs imageio with ffmpeg: pip install 'imageio[ffmpeg]' (or write .gif)")
 
 
-def save_video_grid(videos: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1,
-                    fps: float = 8.0) -> None:
+def save_video_grid(
+    videos: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1, fps: float = 8.0
+) -> None:
     """Write (N, F, C, H, W) videos in [-1, 1] as one animated grid of F frames: a looping GIF (PIL) or
     an MP4 (imageio with ffmpeg), by the suffix of ``path``; ``fps`` frames per second."""
     check_video_path(path)
@@ -139,13 +143,20 @@ def save_comparison_gif(
     shapes = {tuple(videos.shape) for _, videos in panels}
     if len(shapes) != 1 or len(next(iter(shapes))) != 5:
         raise ValueError(f"save_comparison_gif needs panels of one (N, F, C, H, W) shape, got shapes {sorted(shapes)}")
-    frames = [comparison_image([(label, videos[:, f]) for label, videos in panels], nrow, scale, magnify, row_labels)
-              for f in range(next(iter(shapes))[1])]
+    frames = [
+        comparison_image([(label, videos[:, f]) for label, videos in panels], nrow, scale, magnify, row_labels)
+        for f in range(next(iter(shapes))[1])
+    ]
     frames[0].save(os.fspath(path), save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
 
 
-def comparison_image(panels: list[tuple[str, torch.Tensor]], nrow: int | None = None, scale: int = 1,
-                     magnify: float = 10.0, row_labels: list[str] | None = None):
+def comparison_image(
+    panels: list[tuple[str, torch.Tensor]],
+    nrow: int | None = None,
+    scale: int = 1,
+    magnify: float = 10.0,
+    row_labels: list[str] | None = None,
+):
     """The picture ``save_comparison`` writes, as an RGB PIL image (``row_labels``: one per grid row,
     in a margin left of the first panel, centred on its row)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -155,7 +166,9 @@ def comparison_image(panels: list[tuple[str, torch.Tensor]], nrow: int | None = 
         raise ValueError(f"save_comparison needs two or more panels of one shape, got shapes {sorted(shapes)}")
     first, last = panels[0][1], panels[-1][1]
     difference = ((last.float() - first.float()).abs() * magnify - 1.0).clamp(-1.0, 1.0)
-    texts = [label for label, _ in panels] + [f"|{panels[-1][0].split(',')[0]} - {panels[0][0].split(',')[0]}| x{magnify:g}"]
+    texts = [label for label, _ in panels] + [
+        f"|{panels[-1][0].split(',')[0]} - {panels[0][0].split(',')[0]}| x{magnify:g}"
+    ]
     images = [_image(make_grid(x, nrow), scale).convert("RGB") for x in [*(p for _, p in panels), difference]]
     font = ImageFont.load_default(size=max(12, min(24, images[0].width // 16)))
     band = int(font.size * 1.6)

@@ -14,6 +14,7 @@ accuracy; and the small digit classifier whose penultimate features the Frechet 
   assigns to their video's label, each frame first cropped to the window of the digit's size that
   holds the most ink and resized to the frame (the classifier knows frame-filling digits).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,14 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 7, sigma: float = 1.5,
-         reduction: str = "mean"):
+def ssim(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    data_range: float = 2.0,
+    window: int = 7,
+    sigma: float = 1.5,
+    reduction: str = "mean",
+):
     """Mean SSIM of image pairs (N, C, H, W), or per pair as an (N,) float64 tensor with
     ``reduction="none"``; 1 for identical images. Every image has the same number of windows, so
     the mean over pairs is also the SSIM pooled over all windows of all pairs."""
@@ -89,7 +96,9 @@ def worst_mean(values: torch.Tensor, fraction: float = 0.05, higher_is_better: b
     return float(worst.mean())
 
 
-def fidelity(images: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0, worst_fraction: float = 0.05) -> dict:
+def fidelity(
+    images: torch.Tensor, reference: torch.Tensor, data_range: float = 2.0, worst_fraction: float = 0.05
+) -> dict:
     """How close ``images`` are to ``reference`` (both (N, C, H, W), same noise), scored three ways:
 
     - ``psnr_mean`` / ``ssim_mean``: per sample, then averaged (what a typical sample looks like;
@@ -163,7 +172,9 @@ def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels) -> 
 
 @torch.no_grad()
 def classifier_features(classifier: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return torch.cat([classifier.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [classifier.features(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)]
+    )
 
 
 def crop_to_ink(frames: torch.Tensor, window: int) -> torch.Tensor:
@@ -172,8 +183,10 @@ def crop_to_ink(frames: torch.Tensor, window: int) -> torch.Tensor:
     side = frames.shape[-1]
     ink = F.avg_pool2d((frames + 1).sum(1, keepdim=True), window, stride=1)  # (N, 1, S-w+1, S-w+1)
     best = ink.flatten(1).argmax(1).tolist()
-    crops = [f[:, b // ink.shape[-1]:b // ink.shape[-1] + window, b % ink.shape[-1]:b % ink.shape[-1] + window]
-             for f, b in zip(frames, best)]
+    crops = [
+        f[:, b // ink.shape[-1] : b // ink.shape[-1] + window, b % ink.shape[-1] : b % ink.shape[-1] + window]
+        for f, b in zip(frames, best)
+    ]
     return F.interpolate(torch.stack(crops), size=(side, side), mode="bilinear", align_corners=False)
 
 
@@ -186,6 +199,7 @@ def frame_accuracy(classifier: nn.Module, videos: torch.Tensor, labels, window: 
     n, frames = videos.shape[:2]
     pred = classifier(crop_to_ink(videos.flatten(0, 1).float().clamp(-1, 1), window)).argmax(1).view(n, frames)
     hit = (pred == labels[:, None]).float()
-    per_label = [float(hit[labels == c].mean()) if (labels == c).any() else float("nan")
-                 for c in range(int(labels.max()) + 1)]
+    per_label = [
+        float(hit[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(int(labels.max()) + 1)
+    ]
     return float(hit.mean()), per_label

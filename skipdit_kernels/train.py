@@ -17,6 +17,7 @@ seeded by (seed, step); rank r of W trains on rows [r B/W, (r+1) B/W) of it and 
 gradients. One process and W processes therefore follow the same trajectory up to the rounding
 of the gradient reduction, and a run resumes exactly, on the same or another world size.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,8 +72,9 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def save_state(path: str, model, ema, optimizer, step: int, extra: dict | None = None,
-               optimizer_state: dict | None = None) -> None:
+def save_state(
+    path: str, model, ema, optimizer, step: int, extra: dict | None = None, optimizer_state: dict | None = None
+) -> None:
     _atomic_save(
         {
             "model": model.state_dict(),
@@ -164,7 +166,7 @@ def global_batch_indices(num: int, step: int, batch_size: int, seed: int) -> tor
     while filled < batch_size:
         epoch, offset = divmod(start + filled, num)
         take = min(batch_size - filled, num - offset)
-        out.append(epoch_permutation(num, epoch, seed)[offset:offset + take])
+        out.append(epoch_permutation(num, epoch, seed)[offset : offset + take])
         filled += take
     return torch.cat(out)
 
@@ -175,8 +177,10 @@ class RankShard:
 
     def __init__(self, batch_size: int, world_size: int = 1, rank: int = 0, accumulation: int = 1):
         if batch_size % (world_size * accumulation):
-            raise ValueError(f"the global batch {batch_size} must be divisible by world size {world_size} x "
-                             f"gradient accumulation {accumulation}")
+            raise ValueError(
+                f"the global batch {batch_size} must be divisible by world size {world_size} x "
+                f"gradient accumulation {accumulation}"
+            )
         self.local = batch_size // world_size
         self.start = rank * self.local
         self.micro = self.local // accumulation
@@ -237,17 +241,23 @@ def _gather_sharded(model, ema, optimizer, names: list[str]):
         copies.append(plain)
     optim = get_optimizer_state_dict(model, optimizer, options=options)
     index = {n: i for i, n in enumerate(names)}
-    plain_optim = {"state": {index[n]: v for n, v in optim.get("state", {}).items()},
-                   "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim.get("param_groups", [])]}
+    plain_optim = {
+        "state": {index[n]: v for n, v in optim.get("state", {}).items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim.get("param_groups", [])],
+    }
     return copies[0], copies[1], plain_optim
 
 
 def _load_sharded_optimizer(model, optimizer, saved: dict, names: list[str]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    full = {"state": {names[i]: v for i, v in saved["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    full = {
+        "state": {names[i]: v for i, v in saved["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+    set_optimizer_state_dict(
+        model, optimizer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    )
 
 
 def _checkpointed_blocks(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -363,14 +373,17 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     if steps < 0 or batch_size < 1 or accumulation < 1:
-        raise ValueError(f"steps must be >= 0, batch_size and accumulation >= 1, got {steps}, {batch_size}, {accumulation}")
+        raise ValueError(
+            f"steps must be >= 0, batch_size and accumulation >= 1, got {steps}, {batch_size}, {accumulation}"
+        )
     world, rank = init_distributed()
     shard = RankShard(batch_size, world, rank, accumulation)
     device = next(model.parameters()).device
     if isinstance(data, (str, os.PathLike, torch.utils.data.TensorDataset)):
         size = image_size or getattr(model, "input_size", None)
-        x_all, y_all = as_tensors(data, size=size, channels=getattr(model, "in_channels", 1),
-                                  frames=getattr(model, "num_frames", None))
+        x_all, y_all = as_tensors(
+            data, size=size, channels=getattr(model, "in_channels", 1), frames=getattr(model, "num_frames", None)
+        )
     else:
         x_all, y_all = data
         x_all = torch.as_tensor(x_all).float()
@@ -391,8 +404,10 @@ def train(
             state = load_state(state_path)
             saved_stage = state.get("train", {}).get("stage", "all")
             if saved_stage != stage:
-                raise ValueError(f"{state_path} is a stage {saved_stage!r} run; resume it with stage {saved_stage!r} "
-                                 f"or start stage {stage!r} in another folder with init_from_path={out!r}")
+                raise ValueError(
+                    f"{state_path} is a stage {saved_stage!r} run; resume it with stage {saved_stage!r} "
+                    f"or start stage {stage!r} in another folder with init_from_path={out!r}"
+                )
         elif rank == 0 and not resume and os.path.exists(os.path.join(out, LOG_FILE)):
             os.remove(os.path.join(out, LOG_FILE))
     if state is None and init_from_path is not None:
@@ -425,8 +440,17 @@ def train(
         else:
             optimizer.load_state_dict(state["optimizer"])
     loss_fn = _channel_first(net)
-    hparams = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay, ema_warmup=ema_warmup,
-                   seed=seed, total_steps=steps, stage=stage, accumulation=accumulation)
+    hparams = dict(
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        ema_decay=ema_decay,
+        ema_warmup=ema_warmup,
+        seed=seed,
+        total_steps=steps,
+        stage=stage,
+        accumulation=accumulation,
+    )
 
     def checkpoint() -> None:
         if out is None:
@@ -473,10 +497,15 @@ def train(
                 micro = list(shard.micro_batches())
                 for k, rows in enumerate(micro):
                     sync = k == len(micro) - 1 or world == 1 or fsdp
-                    with (contextlib.nullcontext() if sync else net.no_sync()):
+                    with contextlib.nullcontext() if sync else net.no_sync():
                         kwargs = {} if y is None else {"y": y[rows].to(device)}
-                        terms = diffusion.training_losses(loss_fn, x_all[idx[rows]].to(device), t[rows].to(device),
-                                                          model_kwargs=kwargs, noise=noise[rows].to(device))
+                        terms = diffusion.training_losses(
+                            loss_fn,
+                            x_all[idx[rows]].to(device),
+                            t[rows].to(device),
+                            model_kwargs=kwargs,
+                            noise=noise[rows].to(device),
+                        )
                         loss = terms["loss"].float().sum() / shard.local
                     loss.backward()
                     totals += torch.stack([terms[n].detach().double().sum() for n in ("loss", "mse", "vb")])
@@ -495,12 +524,21 @@ def train(
                 window.append(totals.float())
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{torch.stack(window)[:, 0].mean().item():.4f}")  # the window the log will hold
+                    bar.set_postfix(
+                        loss=f"{torch.stack(window)[:, 0].mean().item():.4f}"
+                    )  # the window the log will hold
                 evaluate = eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps)
                 if step % log_every == 0 or step == steps or evaluate:
                     mean = torch.stack(window).mean(0).tolist()
-                    row = dict(step=step, loss=mean[0], mse=mean[1], vb=mean[2], steps_averaged=len(window),
-                               seconds=round(time.perf_counter() - started, 2), world_size=world)
+                    row = dict(
+                        step=step,
+                        loss=mean[0],
+                        mse=mean[1],
+                        vb=mean[2],
+                        steps_averaged=len(window),
+                        seconds=round(time.perf_counter() - started, 2),
+                        world_size=world,
+                    )
                     window = []
                     if evaluate and (rank == 0 or sharded):  # a sharded EMA samples on every rank
                         ema.eval()
@@ -527,8 +565,18 @@ def build_model(kind: str = "skipdit", preset: str | None = None, **config) -> t
     return cls.from_preset(preset, **config) if preset else cls(**config)
 
 
-def train_classifier(model: torch.nn.Module, train_data, test_data, *, epochs: int = 30, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, shift: int = 1, progress: bool = False) -> dict:
+def train_classifier(
+    model: torch.nn.Module,
+    train_data,
+    test_data,
+    *,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    shift: int = 1,
+    progress: bool = False,
+) -> dict:
     """Train a digit classifier (cross-entropy, AdamW, random +-``shift`` pixel translations)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -540,7 +588,7 @@ def train_classifier(model: torch.nn.Module, train_data, test_data, *, epochs: i
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             xb = x[b]
             if shift:
                 dx, dy = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()

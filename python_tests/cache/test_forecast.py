@@ -1,12 +1,12 @@
 """Forecast Skip-Cache on a tiny trained model: closer to uncached than reuse under DDIM, and "auto"
 resolved from the sampler. (The schedule's slots and weights: test_schedule.py.)"""
+
 import numpy as np
 import pytest
 import torch
 
 import skipdit_kernels as sk
 from skipdit_kernels.cache.forecast import AUTO_DETERMINISTIC_ORDER
-
 
 # -- fidelity on a tiny trained model -------------------------------------------------------------
 

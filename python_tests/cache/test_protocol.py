@@ -2,6 +2,7 @@
 channels in dimension 2, an odd skip pairing and a middle unit without a skip) samples with
 Skip-Cache, forecast and CFG through ``sample()`` and step-by-step sessions, with no change to
 ``cache/`` or ``sampling/``; and those packages name no model family."""
+
 import ast
 import pathlib
 
@@ -51,8 +52,13 @@ class TextVideoStack(nn.Module):
         return Condition({"text": text, "mask": mask.bool(), "pooled": pooled})
 
     def null_condition(self, cond):
-        return Condition({"text": torch.zeros_like(cond["text"]), "mask": torch.ones_like(cond["mask"]),
-                          "pooled": torch.zeros_like(cond["pooled"])})
+        return Condition(
+            {
+                "text": torch.zeros_like(cond["text"]),
+                "mask": torch.ones_like(cond["mask"]),
+                "pooled": torch.zeros_like(cond["pooled"]),
+            }
+        )
 
     def latent_shape_for(self, image_size):
         raise ValueError(f"image_size is not supported; the latents are {self.latent_shape}")
@@ -105,7 +111,11 @@ def text_conditioning(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(n, LENGTH, dtype=torch.bool)
     mask[0, -1] = False
-    return {"text": torch.randn(n, LENGTH, TEXT, generator=g), "mask": mask, "pooled": torch.randn(n, TEXT, generator=g)}
+    return {
+        "text": torch.randn(n, LENGTH, TEXT, generator=g),
+        "mask": mask,
+        "pooled": torch.randn(n, TEXT, generator=g),
+    }
 
 
 def reference_sample(model, conditioning, steps, cfg_scale, shallow, interval, forecast, seed, method="ddim"):
@@ -130,7 +140,7 @@ def reference_sample(model, conditioning, steps, cfg_scale, shallow, interval, f
             for u in units:
                 if u == boundary:
                     if full:
-                        stored = (stored + [(counter, h.clone())])[-(forecast + 1):]
+                        stored = (stored + [(counter, h.clone())])[-(forecast + 1) :]
                     else:
                         nodes = [s for s, _ in stored]
                         h = torch.zeros_like(h, dtype=torch.float64)
@@ -149,8 +159,9 @@ def reference_sample(model, conditioning, steps, cfg_scale, shallow, interval, f
             eps = u_[:, :, :CHANNELS] + cfg_scale * (c[:, :, :CHANNELS] - u_[:, :, :CHANNELS])
             out = torch.cat([eps, c[:, :, CHANNELS:]], dim=2)
             noise = torch.randn(x.shape, generator=g) if diffusion.is_stochastic else None
-            step = diffusion.step(out.transpose(1, 2), x.transpose(1, 2), i,
-                                  None if noise is None else noise.transpose(1, 2))
+            step = diffusion.step(
+                out.transpose(1, 2), x.transpose(1, 2), i, None if noise is None else noise.transpose(1, 2)
+            )
             x = step.transpose(1, 2)
             counter += 1
     return x
@@ -169,8 +180,17 @@ def test_the_test_family_is_a_skip_stack(model):
 def test_sample_follows_the_reference_schedule_with_cfg_and_forecast(model, interval, forecast):
     conditioning = text_conditioning(2)
     cache = sk.SkipCache(interval=interval, shallow_blocks=1, forecast=forecast, stop_t=-1)
-    got, info = sk.sample(model, conditioning, steps=10, method="ddim", cfg_scale=2.5, cache=cache, seed=3,
-                          progress=False, return_info=True)
+    got, info = sk.sample(
+        model,
+        conditioning,
+        steps=10,
+        method="ddim",
+        cfg_scale=2.5,
+        cache=cache,
+        seed=3,
+        progress=False,
+        return_info=True,
+    )
     want = reference_sample(model, conditioning, 10, 2.5, shallow=1, interval=interval, forecast=forecast, seed=3)
     assert got.shape == (2, FRAMES, CHANNELS, SIDE, SIDE) and info.cached_steps > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -200,8 +220,15 @@ def test_a_step_by_step_session_runs_the_same_units_and_wraps_the_output(model):
 
 def test_a_pairing_that_a_cached_step_cannot_serve_is_refused(model):
     with pytest.raises(ValueError, match="unit 5 runs on cached steps but fuses the output of unit 2"):
-        sk.sample(model, text_conditioning(1), steps=4, method="ddim", cfg_scale=1.0,
-                  cache=sk.SkipCache(interval=2, shallow_blocks=2), progress=False)
+        sk.sample(
+            model,
+            text_conditioning(1),
+            steps=4,
+            method="ddim",
+            cfg_scale=1.0,
+            cache=sk.SkipCache(interval=2, shallow_blocks=2),
+            progress=False,
+        )
 
 
 def test_an_adapter_object_can_be_registered_for_a_foreign_class():
@@ -217,9 +244,27 @@ def test_an_adapter_object_can_be_registered_for_a_foreign_class():
         as_skip_stack(nn.Linear(2, 2))
 
 
-FAMILY_NAMES = {"DiT", "SkipDiT", "Latte", "Hunyuan", "HunyuanDiT", "x_embedder", "t_embedder", "y_embedder",
-                "pos_embed", "blocks", "depth", "in_channels", "num_classes", "long_skips", "skip_linears",
-                "skip_norms", "input_size", "forward_with_cfg", "_check_inputs"}
+FAMILY_NAMES = {
+    "DiT",
+    "SkipDiT",
+    "Latte",
+    "Hunyuan",
+    "HunyuanDiT",
+    "x_embedder",
+    "t_embedder",
+    "y_embedder",
+    "pos_embed",
+    "blocks",
+    "depth",
+    "in_channels",
+    "num_classes",
+    "long_skips",
+    "skip_linears",
+    "skip_norms",
+    "input_size",
+    "forward_with_cfg",
+    "_check_inputs",
+}
 
 
 @pytest.mark.parametrize("package", ["cache", "sampling"])
@@ -232,7 +277,12 @@ def test_cache_and_sampling_name_no_model_family(package):
             if name in FAMILY_NAMES:
                 found.append(f"{path.name}:{node.lineno}: {name}")
             # the family-neutral skip stack (Condition, the traversal) is the one models module they use
-            if isinstance(node, ast.ImportFrom) and node.module and "models" in node.module and node.module != "models.stack":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and "models" in node.module
+                and node.module != "models.stack"
+            ):
                 found.append(f"{path.name}:{node.lineno}: imports {node.module}")
     assert not found
 
@@ -252,12 +302,26 @@ def test_an_adapter_lacking_a_member_is_refused_naming_it():
     class PartialStack:
         def __init__(self, model):
             inner = TextVideoStack()
-            for name in ("num_units", "skip_partner", "embed", "run_block", "finish", "latent_shape", "channel_dim",
-                         "learn_sigma", "guided_channels", "condition", "null_condition", "check_inputs"):
+            for name in (
+                "num_units",
+                "skip_partner",
+                "embed",
+                "run_block",
+                "finish",
+                "latent_shape",
+                "channel_dim",
+                "learn_sigma",
+                "guided_channels",
+                "condition",
+                "null_condition",
+                "check_inputs",
+            ):
                 setattr(self, name, getattr(inner, name))
 
     register_skip_stack(Partial, PartialStack)
-    with pytest.raises(TypeError, match=r"PartialStack of Partial lacks \['latent_shape_for', 'split_call', 'wrap_output'\]"):
+    with pytest.raises(
+        TypeError, match=r"PartialStack of Partial lacks \['latent_shape_for', 'split_call', 'wrap_output'\]"
+    ):
         as_skip_stack(Partial())
 
 

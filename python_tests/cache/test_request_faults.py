@@ -1,6 +1,7 @@
 """A request's state under faults: a step that raises (an error inside a block, out of memory, Ctrl-C)
 changes nothing, so retrying it runs it as it would have run; sessions closed in any order, from any
 thread, never leave a forward silently uncached while a session of that context is open."""
+
 from __future__ import annotations
 
 import contextlib
@@ -62,7 +63,12 @@ def test_a_first_step_that_raises_in_a_middle_block_is_retried_full_and_exact(mo
         with sk.enable_skip_cache(model, sk.SkipCache(interval=2, shallow_blocks=1)) as request:
             with raising(model.blocks[TINY["depth"] // 2], exc), pytest.raises(type(exc)):
                 model(x, t, y)
-            assert (request.counter, request.full_steps, request.cached_steps, request.last_step_full) == (0, 0, 0, None)
+            assert (request.counter, request.full_steps, request.cached_steps, request.last_step_full) == (
+                0,
+                0,
+                0,
+                None,
+            )
             retry = model(x, t, y)
     assert request.last_step_full and (request.full_steps, request.cached_steps) == (1, 0)
     assert (retry - plain).abs().max() == 0
@@ -84,7 +90,7 @@ def test_a_later_step_that_raises_is_retried_as_it_would_have_run(model, exc, fa
     with sk.enable_skip_cache(model, cache) as request:
         got = steps(model, TIMESTEPS[:fail_at], x, y)
         with raising(model.blocks[block], exc), pytest.raises(type(exc)):
-            steps(model, TIMESTEPS[fail_at:fail_at + 1], x, y)
+            steps(model, TIMESTEPS[fail_at : fail_at + 1], x, y)
         assert request.counter == fail_at and request.full_steps + request.cached_steps == fail_at
         got += steps(model, TIMESTEPS[fail_at:], x, y)
     assert all(torch.equal(g, w) for g, w in zip(got, want))
@@ -102,7 +108,7 @@ def test_a_full_step_that_raised_after_the_boundary_leaves_the_history_alone(mod
     with sk.enable_skip_cache(twin, cache) as reference:
         want = steps(twin, [999, 940, 900], x, y)
     assert [s for s in (reference.full_steps, reference.cached_steps)] == [2, 1]
-    with sk.enable_skip_cache(model, cache) as request:
+    with sk.enable_skip_cache(model, cache):
         got = steps(model, [999], x, y)
         with raising(model.blocks[-1], RuntimeError("boom")), pytest.raises(RuntimeError):
             steps(model, [960], x, y)

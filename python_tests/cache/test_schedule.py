@@ -1,5 +1,6 @@
 """The Skip-Cache schedule: one cursor decides every step (full or cached, history slot, forecast
 weights); ``plan`` is that cursor over a trajectory."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Step-by-step Skip-Cache: ``enable_skip_cache(model, SkipCache)`` is one request whose state lives in
 the returned session; the model's forward is its own again when the session closes."""
+
 import threading
 
 import pytest

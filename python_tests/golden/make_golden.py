@@ -5,6 +5,7 @@
 The folder must hold the official Skip-DiT ``models.py`` (needs timm). Writes
 ``dit_xl_2_keys.json`` and ``dit_xl_2_skip_keys.json`` beside this script.
 """
+
 import json
 import pathlib
 import sys

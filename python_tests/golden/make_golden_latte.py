@@ -8,6 +8,7 @@ class-conditional with 101 classes and unconditional) and ``latte_skip_tiny_outp
 the official ``Latte_skip`` forward of a tiny 14-pair model (the official code hard-codes 14 pairs)
 whose weights are ``golden_weights`` (below, mirrored in the tests), on fixed inputs.
 """
+
 import importlib.util
 import json
 import pathlib
@@ -17,7 +18,9 @@ import zlib
 import torch
 
 here = pathlib.Path(__file__).parent
-TINY = dict(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=28, num_heads=2, num_frames=3, num_classes=5)
+TINY = dict(
+    input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=28, num_heads=2, num_frames=3, num_classes=5
+)
 
 
 def golden_weights(model: torch.nn.Module) -> None:

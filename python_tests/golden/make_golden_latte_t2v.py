@@ -9,6 +9,7 @@ size, Latte-1 with skips) and ``latte_t2v_skip_tiny_outputs.safetensors``: the o
 of a tiny 28-pair model (the official code hard-codes 14 + 14 pairs) with ``golden_weights`` on
 fixed inputs, with and without a text attention mask.
 """
+
 import json
 import pathlib
 import sys

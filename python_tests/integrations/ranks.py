@@ -1,5 +1,6 @@
 """Run a test function on several spawned CPU processes joined by gloo over 127.0.0.1, each with a
 deadline, so a hang fails the test instead of blocking CI."""
+
 from __future__ import annotations
 
 import importlib

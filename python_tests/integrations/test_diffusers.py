@@ -1,5 +1,6 @@
 """Skip-Cache inside diffusers' HunyuanDiT (+ControlNet), DiT and Latte pipelines: tiny random
 models and pipelines built here (tiny VAE, text encoders and word-level tokenizers; no downloads)."""
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import diffusers  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from diffusers.models.embeddings import get_2d_rotary_pos_embed  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
@@ -105,7 +106,9 @@ def dit_pipeline(scheduler=None):
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=6, sample_size=8,
         patch_size=2, num_embeds_ada_norm=1000, norm_eps=1e-6,
     )  # fmt: skip
-    return diffusers.DiTPipeline(_randomize(transformer, 6), _vae(), scheduler or diffusers.DDIMScheduler(clip_sample=False))
+    return diffusers.DiTPipeline(
+        _randomize(transformer, 6), _vae(), scheduler or diffusers.DDIMScheduler(clip_sample=False)
+    )
 
 
 def dit_call(pipe, seed=0, **kw):
@@ -212,19 +215,24 @@ class ReferenceSkipCache:
 
         handles = [_unit_entry(m, s).register_forward_pre_hook(enter)]
         if full:
+
             def keep(mod, inp):
                 deep = inp[0] - entry["h"] if self.residual else inp[0]
-                self.store = (self.store + [(self.counter, deep)])[-(self.c.forecast + 1):]
+                self.store = (self.store + [(self.counter, deep)])[-(self.c.forecast + 1) :]
         else:
             deep = self._deep()
             for i in range(s, n - s):
-                blocks = [m.transformer_blocks[i], m.temporal_transformer_blocks[i]] if isinstance(
-                    m, diffusers.LatteTransformer3DModel) else [_units(m)[i]]
+                blocks = (
+                    [m.transformer_blocks[i], m.temporal_transformer_blocks[i]]
+                    if isinstance(m, diffusers.LatteTransformer3DModel)
+                    else [_units(m)[i]]
+                )
                 for b in blocks:
                     handles.append(b.register_forward_hook(lambda mod, inp, out: inp[0]))
 
             def keep(mod, inp):
                 return (entry["h"] + deep if self.residual else deep, *inp[1:])
+
         handles.append(_unit_entry(m, n - s).register_forward_pre_hook(keep))
         try:
             out = self.original(*args, **kwargs)
@@ -413,7 +421,10 @@ def test_forecast_auto_follows_the_scheduler():
         pass
 
     assert sd.scheduler_is_stochastic(MyDDIM())
-    for scheduler, order in ((diffusers.DDIMScheduler(), sk.cache.forecast.AUTO_DETERMINISTIC_ORDER), (diffusers.DDPMScheduler(), 0)):
+    for scheduler, order in (
+        (diffusers.DDIMScheduler(), sk.cache.forecast.AUTO_DETERMINISTIC_ORDER),
+        (diffusers.DDPMScheduler(), 0),
+    ):
         pipe = dit_pipeline(scheduler)
         auto = dit_call(sd.apply_skip_cache(pipe, sk.SkipCache(shallow_blocks=2), forecast="auto"))
         explicit = dit_call(sd.apply_skip_cache(pipe, sk.SkipCache(shallow_blocks=2, forecast=order)))
@@ -453,7 +464,9 @@ def test_bare_transformer_session():
 
 
 def _random_dit(**kw):
-    model = sk.DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=2, num_classes=10, **kw)
+    model = sk.DiT(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=2, num_classes=10, **kw
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -500,5 +513,7 @@ def test_importing_the_library_does_not_import_diffusers():
     import subprocess
     import sys
 
-    code = "import sys, skipdit_kernels, skipdit_kernels.integrations; assert 'diffusers' not in sys.modules, 'imported'"
+    code = (
+        "import sys, skipdit_kernels, skipdit_kernels.integrations; assert 'diffusers' not in sys.modules, 'imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

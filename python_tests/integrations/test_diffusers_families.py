@@ -1,6 +1,7 @@
 """Skip-Cache on the diffusers families without long skips (FLUX, SD3, Wan, HunyuanVideo, ...): each
 family's pipeline, tiny and random (``tiny_pipelines``), against an independent reference of the
 residual schedule written here (``ReferenceResidualCache``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,7 +106,9 @@ class ReferenceResidualCache:
                 h.remove()
 
     def forward(self, *args, **kwargs):
-        t = float(torch.as_tensor(self.signature.bind(self.m, *args, **kwargs).arguments[self.timestep_arg]).reshape(-1)[0])
+        t = float(
+            torch.as_tensor(self.signature.bind(self.m, *args, **kwargs).arguments[self.timestep_arg]).reshape(-1)[0]
+        )
         self.branch = self.branch + 1 if t == self.last_t else 0
         self.last_t = t
         state = self.branches.setdefault(self.branch, {"counter": 0, "store": []})
@@ -229,7 +232,9 @@ def test_cached_steps_equal_the_reference(family, forecast):
     pipe = case.make()
     pipe.set_progress_bar_config(disable=True)
     plain = case.call(pipe)
-    ref = ReferenceResidualCache(pipe.transformer, case.lists, case.streams, forecast=forecast, timestep_arg=case.timestep_arg)
+    ref = ReferenceResidualCache(
+        pipe.transformer, case.lists, case.streams, forecast=forecast, timestep_arg=case.timestep_arg
+    )
     expected = case.call(pipe)
     ref.remove()
     assert True in ref.full and False in ref.full, ref.full
@@ -248,7 +253,9 @@ def test_two_calls_equal_two_fresh_pipelines(family):
     case = CASES[family]
     pipe = sd.apply_skip_cache(_pipe(family), _cache(forecast=1))
     case.call(pipe, seed=0)
-    assert torch.equal(case.call(pipe, seed=1), case.call(sd.apply_skip_cache(_pipe(family), _cache(forecast=1)), seed=1))
+    assert torch.equal(
+        case.call(pipe, seed=1), case.call(sd.apply_skip_cache(_pipe(family), _cache(forecast=1)), seed=1)
+    )
 
 
 def _count_calls(pipe, lists) -> list[int]:
@@ -293,7 +300,9 @@ def test_an_unknown_transformer_names_the_supported_ones():
 def test_forecast_auto_follows_the_scheduler(family, order):
     """Flow-matching Euler (FLUX) and UniPC on flow sigmas (SkyReels-V2) integrate an ODE: "auto"
     forecasts; Allegro's Euler ancestral sampler injects noise: "auto" reuses."""
-    assert order == (0 if sd.scheduler_is_stochastic(_pipe(family).scheduler) else sk.cache.forecast.AUTO_DETERMINISTIC_ORDER)
+    assert order == (
+        0 if sd.scheduler_is_stochastic(_pipe(family).scheduler) else sk.cache.forecast.AUTO_DETERMINISTIC_ORDER
+    )
     case = CASES[family]
     auto = case.call(sd.apply_skip_cache(_pipe(family), _cache(), forecast="auto"))
     assert torch.equal(auto, case.call(sd.apply_skip_cache(_pipe(family), _cache(forecast=order))))
@@ -304,7 +313,9 @@ def test_wan22_experts_each_run_their_own_request():
     timestep; each expert caches its own steps (its first step full)."""
     pipe = tp.wan_pipe(two_experts=True)
     pipe.set_progress_bar_config(disable=True)
-    refs = [ReferenceResidualCache(m, ("blocks",), Streams(), forecast=1) for m in (pipe.transformer, pipe.transformer_2)]
+    refs = [
+        ReferenceResidualCache(m, ("blocks",), Streams(), forecast=1) for m in (pipe.transformer, pipe.transformer_2)
+    ]
     expected = tp.wan_call(pipe, num_inference_steps=6)
     for ref in refs:
         ref.remove()
@@ -342,5 +353,7 @@ def test_a_repeated_timestep_is_a_branch_only_on_the_same_latents():
         t(x, timestep=torch.tensor([1.0]), **args)
         assert (request.full_steps, request.cached_steps) == (2, 0)  # two branches, each its first step
         t(x + 1, timestep=torch.tensor([0.5]), **args)  # branch 0's second step: cached
-        t(x + 2, timestep=torch.tensor([0.5]), **args)  # new latents: branch 0's third step (full), not branch 1's second
+        t(
+            x + 2, timestep=torch.tensor([0.5]), **args
+        )  # new latents: branch 0's third step (full), not branch 1's second
         assert (request.full_steps, request.cached_steps) == (3, 1)

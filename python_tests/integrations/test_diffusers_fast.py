@@ -1,6 +1,7 @@
 """The fast path for diffusers' DiT blocks (``fast_blocks``): diffusers' ``BasicTransformerBlock``
 through skipdit_kernels' fused ops, reading the block's own parameters, equals the block within
 rounding (fp32, bf16), falls back to diffusers' forward for whatever it does not cover."""
+
 from __future__ import annotations
 
 import copy

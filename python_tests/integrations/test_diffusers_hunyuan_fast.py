@@ -1,6 +1,7 @@
 """The fast path for diffusers' HunyuanDiT blocks (``fast_blocks``): ``HunyuanDiTBlock`` through
 skipdit_kernels' ops on its own parameters equals the block within rounding (fp32, bf16, with and
 without the long skip), and falls back to diffusers' forward for whatever it does not cover."""
+
 from __future__ import annotations
 
 import copy
@@ -162,7 +163,9 @@ def test_inputs_of_another_dtype_fall_back():
     ctx = dict(temb=temb, text=text, rotary=rotary)
     assert hunyuan_family._hunyuan_inputs_fit(block, h, ctx, skip)
     assert hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "rotary": None}, skip)
-    assert hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "rotary": tuple(r.double() for r in rotary)}, skip)  # applied in fp32
+    assert hunyuan_family._hunyuan_inputs_fit(
+        block, h, {**ctx, "rotary": tuple(r.double() for r in rotary)}, skip
+    )  # applied in fp32
     assert not hunyuan_family._hunyuan_inputs_fit(block, h.double(), ctx, skip)
     assert not hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "temb": temb.bfloat16()}, skip)
     assert not hunyuan_family._hunyuan_inputs_fit(block, h, {**ctx, "text": text.bfloat16()}, skip)

@@ -2,6 +2,7 @@
 sequential offload: ``AlignDevicesHook`` on every module with parameters), in both orders of
 application, with the execution device cpu so the hooks run here: the cached call equals the same
 call without offload, the transformer's hook runs on every step, removal leaves the hooks working."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 keep their own, transformer-level diffusers hooks run once per step, a failed step commits nothing,
 sessions closed out of order stay honest; the defaults cache on every depth and say when a
 schedule does nothing; the families, their docs table and the tested diffusers version agree."""
+
 from __future__ import annotations
 
 import pathlib
@@ -249,7 +250,9 @@ class _TwoListTransformer(torch.nn.Module):
 
 
 def test_a_declared_family_with_two_lists_and_two_states_follows_the_residual_schedule():
-    io = sd.BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
+    io = sd.BlockIO(
+        inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")
+    )
     family = sd.Family(
         transformer=_TwoListTransformer, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io,
     )  # fmt: skip
@@ -300,8 +303,12 @@ def test_denoising_calls_a_pipeline_names_are_trajectories_of_their_own():
     class _Named(_TwoListTransformer, CacheMixin):
         pass
 
-    io = sd.BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
-    family = sd.Family(transformer=_Named, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io)
+    io = sd.BlockIO(
+        inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")
+    )
+    family = sd.Family(
+        transformer=_Named, pipelines=(), blocks=("transformer_blocks", "single_transformer_blocks"), io=io
+    )
     model = _randomize(_Named(), 22)
     x, texts = torch.randn(2, 5, 8), {"cond": torch.randn(2, 3, 8), "uncond": torch.randn(2, 3, 8)}
     cache = sk.SkipCache(interval=2, shallow_blocks=2, start_t=1000)
@@ -337,7 +344,9 @@ def test_the_alpha_sigma_basis_reads_the_pipelines_noise_schedule(monkeypatch):
     cache = sk.SkipCache(interval=2, shallow_blocks=1, start_t=1000, forecast=1, forecast_basis="alpha-sigma")
     tables = []
     weights = schedule.alpha_sigma_weights
-    monkeypatch.setattr(schedule, "alpha_sigma_weights", lambda nodes, t, table: tables.append(table) or weights(nodes, t, table))
+    monkeypatch.setattr(
+        schedule, "alpha_sigma_weights", lambda nodes, t, table: tables.append(table) or weights(nodes, t, table)
+    )
     pipe = dit_pipeline(diffusers.DDIMScheduler(clip_sample=False, beta_schedule="scaled_linear"))
     sd.apply_skip_cache(pipe, cache)
     dit_call(pipe)

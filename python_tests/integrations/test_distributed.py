@@ -1,8 +1,10 @@
 """Data-parallel and CFG-parallel sampling on torch.distributed: 2 CPU processes on gloo over
 127.0.0.1, started by the tests (each with a deadline, so a hang fails instead of blocking CI)."""
+
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -42,9 +44,11 @@ def _scenario(info, scenario: str, **kwargs):
     if info.rank == 1 and scenario in ("raise", "crash"):
         real = model.run_block
 
-        def failing(i, *args, _calls=[0]):
-            _calls[0] += 1
-            if _calls[0] > 3:  # mid-trajectory
+        calls = [0]
+
+        def failing(i, *args):
+            calls[0] += 1
+            if calls[0] > 3:  # mid-trajectory
                 if scenario == "crash":
                     os._exit(3)
                 raise RuntimeError("injected failure")
@@ -66,7 +70,9 @@ def run_two(tmp_path, scenario: str, **kwargs) -> tuple[list, float]:
 
 def single_process(tmp_path, name="single", **kwargs) -> str:
     info = RankInfo(0, 1, torch.device("cpu"), TIMEOUT_S)
-    return sample_ddp(tiny_model(**kwargs.pop("model", {})), out_dir=str(tmp_path / name), info=info, progress=False, **kwargs)
+    return sample_ddp(
+        tiny_model(**kwargs.pop("model", {})), out_dir=str(tmp_path / name), info=info, progress=False, **kwargs
+    )
 
 
 def test_data_parallel_equals_single_process_sampling(tmp_path):
@@ -183,8 +189,7 @@ def test_resumption_skips_written_batches(tmp_path, monkeypatch):
         single_process(tmp_path, "resumed", **{**kwargs, "seed": 12})
 
 
-def torchrun(tmp_path, *args: str) -> "subprocess.CompletedProcess":
-    import subprocess
+def torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
     import sys
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -213,7 +218,6 @@ def test_cli_data_parallel_under_torchrun(tmp_path):
         assert np.abs(z["arr_0"].astype(int) - images).max() <= 1  # uint8 rounding of fp32-close samples
 
 
-
 def test_cli_refuses_to_mix_runs_without_a_traceback(tmp_path, capsys):
     from skipdit_kernels.cli import main
 
@@ -222,7 +226,9 @@ def test_cli_refuses_to_mix_runs_without_a_traceback(tmp_path, capsys):
     assert main(common + ["--seed", "5"]) == 0  # one plain process: world size 1
     assert main(common + ["--seed", "6"]) == 2
     err = capsys.readouterr().err
-    assert f"skipdit sample-ddp: error: '{tmp_path / 'run'}' holds a run with other settings (seed: 5 then, 6 now)" in err
+    assert (
+        f"skipdit sample-ddp: error: '{tmp_path / 'run'}' holds a run with other settings (seed: 5 then, 6 now)" in err
+    )
 
 
 def test_cli_cfg_parallel_under_torchrun(tmp_path):

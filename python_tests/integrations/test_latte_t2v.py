@@ -1,4 +1,5 @@
 """Text-to-video Latte-skip (diffusers' LatteTransformer3DModel plus the official long skips)."""
+
 import json
 import pathlib
 import sys
@@ -92,7 +93,9 @@ def reference(m, x, t, text, mask=None, pairs=None, enter=None):
         tok = d.proj_out(d.norm_out(h[:, f]) * (1 + scale) + shift)
         for k in range(g * g):
             r, col = divmod(k, g)
-            out[:, :, f, r * p : (r + 1) * p, col * p : (col + 1) * p] = tok[:, k].reshape(n, p, p, -1).permute(0, 3, 1, 2)
+            out[:, :, f, r * p : (r + 1) * p, col * p : (col + 1) * p] = (
+                tok[:, k].reshape(n, p, p, -1).permute(0, 3, 1, 2)
+            )
     return out.float()
 
 
@@ -119,7 +122,10 @@ def test_skip_stack_contract(model):
 
 @pytest.mark.parametrize(
     "change, match",
-    [(dict(num_layers=3), "even number of .* pairs.*num_layers 3"), (dict(norm_type="ada_norm_zero"), "ada_norm_single")],
+    [
+        (dict(num_layers=3), "even number of .* pairs.*num_layers 3"),
+        (dict(norm_type="ada_norm_zero"), "ada_norm_single"),
+    ],
 )
 def test_bad_configuration(change, match):
     with pytest.raises(ValueError, match=match):

@@ -4,6 +4,7 @@ names the failing rank and its exception; the process group stays usable for the
 
 The collectives' timeout is 20 s here: a peer that waited for it instead would take 20 s, and the
 tests ask for 3."""
+
 from __future__ import annotations
 
 import time
@@ -64,7 +65,9 @@ def run_failures(info, out_dir: str) -> dict:
     if rank == 1:  # inside a block's sequence-parallel attention, between its two all-to-alls
         ops.attention = _fail_after(len(model.blocks) + 2, real_attention, failed_at)
     try:
-        events["sequence"] = _attempt(lambda: sample_sequence_parallel(model, [1, 5], info=info, progress=False, **COMMON))
+        events["sequence"] = _attempt(
+            lambda: sample_sequence_parallel(model, [1, 5], info=info, progress=False, **COMMON)
+        )
     finally:
         ops.attention = real_attention
     events["sequence"]["failed_at"] = failed_at
@@ -86,7 +89,9 @@ def run_failures(info, out_dir: str) -> dict:
         real_update = SamplerTrajectory.update
         SamplerTrajectory.update = _fail_after(COMMON["steps"], real_update, failed_at)
     try:
-        events["cfg-last-step"] = _attempt(lambda: sample_cfg_parallel(model, [1, 5], info=info, progress=False, **COMMON))
+        events["cfg-last-step"] = _attempt(
+            lambda: sample_cfg_parallel(model, [1, 5], info=info, progress=False, **COMMON)
+        )
     finally:
         if rank == 1:
             SamplerTrajectory.update = real_update
@@ -94,17 +99,23 @@ def run_failures(info, out_dir: str) -> dict:
 
     failed_at = [time.time()] if rank == 1 else []  # rank 1's labels are out of range: it fails before any collective
     labels = [1, 99] if rank == 1 else [1, 5]
-    events["setup"] = _attempt(lambda: sample_sequence_parallel(tiny_model(), labels, info=info, progress=False, **COMMON))
+    events["setup"] = _attempt(
+        lambda: sample_sequence_parallel(tiny_model(), labels, info=info, progress=False, **COMMON)
+    )
     events["setup"]["failed_at"] = failed_at
 
-    events["after"] = _attempt(lambda: sample_cfg_parallel(tiny_model(), [1, 5], info=info, progress=False, seed=3, **COMMON))
+    events["after"] = _attempt(
+        lambda: sample_cfg_parallel(tiny_model(), [1, 5], info=info, progress=False, seed=3, **COMMON)
+    )
     return events
 
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("failures")
-    payloads, _ = run_ranks(tmp, 2, f"{HERE}:run_failures", deadline_s=200, timeout_s=TIMEOUT_S, out_dir=str(tmp / "ddp"))
+    payloads, _ = run_ranks(
+        tmp, 2, f"{HERE}:run_failures", deadline_s=200, timeout_s=TIMEOUT_S, out_dir=str(tmp / "ddp")
+    )
     return [ok(p) for p in payloads]
 
 

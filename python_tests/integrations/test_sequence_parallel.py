@@ -2,6 +2,7 @@
 fp32 rounding for SkipDiT, LatteSkip and LatteT2VSkip, with and without Skip-Cache and forecast,
 alone and combined with CFG-parallel (2 x 2); the bytes each collective sends, counted, show that a
 cached step moves no cached tensor between ranks."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,11 @@ LATTE = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=8,
 CASES = {
     "skipdit-forecast": ("skipdit25", [1, 5], dict(steps=5, method="ddim", cfg_scale=2.0, cache=FORECAST)),
     "skipdit-uncached": ("skipdit25", [3], dict(steps=3, method="ddpm", cfg_scale=1.0, cache=None)),
-    "skipdit-reuse-ddpm": ("skipdit", [2, 7], dict(steps=4, method="ddpm", cfg_scale=2.0, cache=SkipCache(interval=2, shallow_blocks=1))),
+    "skipdit-reuse-ddpm": (
+        "skipdit",
+        [2, 7],
+        dict(steps=4, method="ddpm", cfg_scale=2.0, cache=SkipCache(interval=2, shallow_blocks=1)),
+    ),
     "latte-forecast": ("latte", [1, 4], dict(steps=5, method="ddim", cfg_scale=2.0, cache=FORECAST)),
     "latte-uncached": ("latte", [0], dict(steps=3, method="ddpm", cfg_scale=1.0, cache=None)),
     "t2v-forecast": ("t2v", None, dict(steps=5, method="ddim", cfg_scale=2.0, cache=FORECAST)),
@@ -40,9 +45,8 @@ def build(name: str):
         return randomize(SkipDiT(**{**TINY, "input_size": 10}), seed=1, std=0.05).eval()
     if name == "latte":
         return randomize(LatteSkip(**LATTE), seed=2, std=0.1).eval()
-    from skipdit_kernels.integrations.latte_t2v import LatteT2VSkip
-
     from python_tests.integrations.test_latte_t2v import TINY as T2V
+    from skipdit_kernels.integrations.latte_t2v import LatteT2VSkip
 
     return randomize(LatteT2VSkip(**T2V), seed=3, std=0.1).eval()
 
@@ -72,7 +76,9 @@ def run_two(info, names):
     """``run_cases``, then a model whose 3 heads 2 ranks cannot split (its error, on the same group)."""
     results = run_cases(info, names)
     try:
-        sample_sequence_parallel(SkipDiT(**{**TINY, "hidden_size": 48, "num_heads": 3}), [1], steps=2, progress=False, info=info)
+        sample_sequence_parallel(
+            SkipDiT(**{**TINY, "hidden_size": 48, "num_heads": 3}), [1], steps=2, progress=False, info=info
+        )
     except Exception as exc:  # noqa: BLE001 - checked by the test
         results["three heads"] = (type(exc).__name__, str(exc))
     return results
@@ -131,7 +137,10 @@ def test_a_cached_step_moves_no_cached_tensor(two_ranks):
         assert set(stats.bytes_by_collective) == {"attention all-to-all (q, k, v)", "attention all-to-all (output)",
                                                   "gathering the hidden state"}  # fmt: skip
         calls = stats.calls_by_collective
-        assert calls["attention all-to-all (q, k, v)"] == 3 * model.depth + 2 * 2 and calls["gathering the hidden state"] == 5
+        assert (
+            calls["attention all-to-all (q, k, v)"] == 3 * model.depth + 2 * 2
+            and calls["gathering the hidden state"] == 5
+        )
         # one status exchange before each collective (agreeing on the settings is one of them)
         assert stats.status_exchanges == sum(calls.values()) + 1
 
@@ -163,7 +172,7 @@ def run_four(info):
 @pytest.mark.parametrize("name", ["skipdit-forecast", "latte-forecast"])
 def test_cfg_parallel_times_sequence_parallel_on_four_ranks(four_ranks, name):
     expected = single_process(name)
-    for rank, (split, _) in enumerate(four_ranks):
+    for split, _ in four_ranks:
         x, stats = split[name]
         assert stats.sequence_parallel == 2 and stats.cfg_parallel
         assert "exchanging the CFG halves of the model output" in stats.bytes_by_collective

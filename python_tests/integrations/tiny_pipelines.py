@@ -6,6 +6,7 @@ seed, **kw)`` (a call with fixed random prompt embeddings, ``STEPS`` steps unles
 otherwise, latents out). The transformer configs follow diffusers' own pipeline tests
 (tests/pipelines/<family>/), with enough blocks that a cached step skips some.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -50,7 +51,9 @@ def _pair(seed: int, *shape: int) -> dict:
 
 def _masked_pair(seed: int, *shape: int, mask_name: str = "prompt_attention_mask", dtype=torch.float32) -> dict:
     negative = "negative_" + mask_name
-    return dict(**_pair(seed, *shape), **{mask_name: ones(*shape[:2], dtype=dtype), negative: ones(*shape[:2], dtype=dtype)})
+    return dict(
+        **_pair(seed, *shape), **{mask_name: ones(*shape[:2], dtype=dtype), negative: ones(*shape[:2], dtype=dtype)}
+    )
 
 
 # -- FLUX.1: guidance-distilled; true CFG with true_cfg_scale ----------------------------------------
@@ -64,7 +67,9 @@ def flux_pipe(guidance_embeds=True):
 
 def flux_call(pipe, seed=0, true_cfg=False, **kw):
     if true_cfg:
-        kw.update(negative_prompt_embeds=emb(12, 1, 6, 32), negative_pooled_prompt_embeds=emb(13, 1, 32), true_cfg_scale=3.0)
+        kw.update(
+            negative_prompt_embeds=emb(12, 1, 6, 32), negative_pooled_prompt_embeds=emb(13, 1, 32), true_cfg_scale=3.0
+        )
     return _run(pipe, seed, "images", kw, prompt_embeds=emb(10, 1, 6, 32), pooled_prompt_embeds=emb(11, 1, 32),
                 height=32, width=32, guidance_scale=3.5)  # fmt: skip
 
@@ -245,7 +250,9 @@ def cosmos_pipe():
         text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
         concat_padding_mask=False, extra_pos_embed_type="learnable",
     )  # fmt: skip
-    return _pipeline(diffusers.Cosmos2TextToImagePipeline, t, 13, FLOW(use_karras_sigmas=True), safety_checker=_NoGuardrail())
+    return _pipeline(
+        diffusers.Cosmos2TextToImagePipeline, t, 13, FLOW(use_karras_sigmas=True), safety_checker=_NoGuardrail()
+    )
 
 
 def cosmos_call(pipe, seed=0, **kw):
@@ -332,7 +339,9 @@ def skyreels_pipe():
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32,
         freq_dim=256, ffn_dim=32, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )  # fmt: skip
-    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    scheduler = diffusers.UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0
+    )
     return _pipeline(diffusers.SkyReelsV2Pipeline, t, 19, scheduler)
 
 

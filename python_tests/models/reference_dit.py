@@ -4,6 +4,7 @@ Written from the semantics (not from the package's model code): a functional for
 state_dict with explicit loops over blocks and heads, plain-formula LayerNorm and softmax
 attention, and the official DiT_cache step rules written out as a small state machine.
 """
+
 import math
 
 import torch
@@ -85,7 +86,9 @@ def final(sd, x, c, p, out_channels):
     img = torch.zeros(n, out_channels, g * p, g * p, dtype=x.dtype)
     for token in range(tokens):
         i, j = divmod(token, g)
-        img[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p] = x[:, token].reshape(n, p, p, out_channels).permute(0, 3, 1, 2)
+        img[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p] = (
+            x[:, token].reshape(n, p, p, out_channels).permute(0, 3, 1, 2)
+        )
     return img
 
 

@@ -5,6 +5,7 @@ package's model code), in float64 over a state_dict: the hidden state is kept as
 each spatial block runs frame by frame, each temporal block patch position by patch position, so
 no token rearrangement is involved. DiT's block, fusion and final layer come from ``reference_dit``.
 """
+
 import torch
 
 from . import reference_dit as ref

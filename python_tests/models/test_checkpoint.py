@@ -65,7 +65,9 @@ def test_heads_differing_from_the_carried_config_are_refused(tmp_path):
     path = tmp_path / "m.pt"
     sk.save_checkpoint(sk.SkipDiT(**TINY), path)
     one_head = sk.SkipDiT(**{**TINY, "num_heads": 1})  # every shape fits
-    with pytest.raises(sk.CheckpointError, match="checkpoint: hidden 64, depth 6, 4 heads, SkipDiT; model: hidden 64, depth 6, 1 heads"):
+    with pytest.raises(
+        sk.CheckpointError, match="checkpoint: hidden 64, depth 6, 4 heads, SkipDiT; model: hidden 64, depth 6, 1 heads"
+    ):
         sk.load_checkpoint(path, one_head)
 
 
@@ -93,7 +95,9 @@ def test_config_less_checkpoint_of_no_official_size_needs_heads_and_classes(tmp_
     model = randomize(sk.DiT(**{**TINY, "class_dropout_prob": 0.0}))
     path = tmp_path / "raw.pth"
     torch.save(model.state_dict(), path)
-    with pytest.raises(sk.CheckpointError, match=r"num_heads and num_classes \(or class_dropout_prob\).*hidden 64, depth 6"):
+    with pytest.raises(
+        sk.CheckpointError, match=r"num_heads and num_classes \(or class_dropout_prob\).*hidden 64, depth 6"
+    ):
         sk.load_checkpoint(path)
     with pytest.raises(sk.CheckpointError, match="num_classes"):
         sk.load_checkpoint(path, num_heads=4)

@@ -78,7 +78,9 @@ def test_forward_with_cfg(guide_all, tiny_config):
     y = torch.tensor([1, 2, 10, 10])  # second half: the null class
     with torch.no_grad():
         out = model.forward_with_cfg(x, t, y, 4.0, guide_all_channels=guide_all)
-    expected = ref.forward_with_cfg(model.state_dict(), tiny_config, x, t, y, 4.0, skip=True, guided=4 if guide_all else 3)
+    expected = ref.forward_with_cfg(
+        model.state_dict(), tiny_config, x, t, y, 4.0, skip=True, guided=4 if guide_all else 3
+    )
     assert rel_err(out, expected) < 2e-5
 
 

@@ -1,6 +1,7 @@
 """Skip-Cache on LatteSkip through the generic schedule, executor and sample(): the (spatial,
 temporal) pair is the unit; results equal an independent float64 reference of the official
 ``Latte_skip_cache`` rules (reference_latte.CachedReference)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The backend registry: selection (use_backend, SKIPDIT_BACKEND, auto table), status reasons, light import."""
+
 import json
 import os
 import subprocess
@@ -17,8 +18,10 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_package_import_does_not_import_triton():
-    out = _run("import sys, skipdit_kernels, skipdit_kernels.ops as o; o.backend_status(); o.available_backends();"
-               "print('triton' in sys.modules)")
+    out = _run(
+        "import sys, skipdit_kernels, skipdit_kernels.ops as o; o.backend_status(); o.available_backends();"
+        "print('triton' in sys.modules)"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
 
@@ -26,8 +29,10 @@ def test_package_import_does_not_import_triton():
 def test_triton_status_says_why_without_cuda_or_interpreter():
     if torch.cuda.is_available():
         pytest.skip("CUDA present: triton is available")
-    out = _run("from skipdit_kernels import ops; ok, why = ops.backend_status()['triton']; print(ok, '|', why)",
-               TRITON_INTERPRET="0")
+    out = _run(
+        "from skipdit_kernels import ops; ok, why = ops.backend_status()['triton']; print(ok, '|', why)",
+        TRITON_INTERPRET="0",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     ok, why = out.stdout.strip().splitlines()[-1].split(" | ")
     assert ok == "False" and "CUDA" in why and "TRITON_INTERPRET" in why
@@ -84,12 +89,14 @@ def test_auto_table_lookup(auto_table, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setitem(_backend._availability_probes, "native", lambda: (True, "test"))
     monkeypatch.setitem(_backend._usable, "native", True)
-    auto_table({
-        "cpu/adaln_modulate/float32": "native",
-        "cpu/gated_residual/*": "native",
-        "cpu/skip_fuse/float32": "triton",  # never triton on CPU
-        "cuda/skip_fuse/bfloat16": "triton",
-    })
+    auto_table(
+        {
+            "cpu/adaln_modulate/float32": "native",
+            "cpu/gated_residual/*": "native",
+            "cpu/skip_fuse/float32": "triton",  # never triton on CPU
+            "cuda/skip_fuse/bfloat16": "triton",
+        }
+    )
     assert ops.auto_backend("adaln_modulate", cpu, torch.float32) == "native"
     assert ops.auto_backend("adaln_modulate", cpu, torch.bfloat16) == "torch"  # unmeasured
     assert ops.auto_backend("gated_residual", cpu, torch.float16) == "native"  # dtype wildcard
@@ -160,7 +167,10 @@ def test_resolution_is_memoised_yet_follows_context_env_and_table(auto_table, mo
         with ops.use_backend("torch"):
             assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
             with ops.use_backend("triton"):
-                assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is _backend._kernels["adaln_modulate"]["triton"]
+                assert (
+                    _backend.kernel_for("adaln_modulate", cpu, torch.float32)
+                    is _backend._kernels["adaln_modulate"]["triton"]
+                )
             assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None
         monkeypatch.setenv("SKIPDIT_BACKEND", "torch")
         assert _backend.kernel_for("adaln_modulate", cpu, torch.float32) is None

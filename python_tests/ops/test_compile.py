@@ -1,6 +1,6 @@
 """torch.compile captures the op layer whole, in the default environment (no test-side patches):
 optional imports (flash-attn) are resolved at import time, never inside traced code."""
-import pytest
+
 import torch
 
 import skipdit_kernels as sk

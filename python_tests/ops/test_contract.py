@@ -14,6 +14,7 @@ checks, which need real launches in a traced graph (on a GPU: marker ``gpu``). T
 GPU at DiT-XL shapes: skipdit_kernels.testing.gpu_check (python_tests/ops/test_ops_gpu.py).
 .ci/sanitize.sh runs this file against an ASan + UBSan build of the native CPU driver.
 """
+
 import inspect
 
 import pytest

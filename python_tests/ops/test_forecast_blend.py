@@ -1,4 +1,5 @@
 """forecast_blend: reference vs the torch path and the Triton kernel (interpreter on CPU)."""
+
 import importlib.util
 
 import pytest
@@ -9,7 +10,8 @@ from skipdit_kernels.cache.forecast import lagrange_weights
 from skipdit_kernels.ops.forecast_blend import forecast_blend_reference
 
 needs_triton = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None or not ops.backend_status()["triton"][0], reason="triton backend unavailable"
+    importlib.util.find_spec("triton") is None or not ops.backend_status()["triton"][0],
+    reason="triton backend unavailable",
 )
 
 

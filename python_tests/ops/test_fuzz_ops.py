@@ -9,9 +9,9 @@ layouts vary (contiguous, transposed, misaligned, strided), inputs are the specs
 has a spec (test_contract.py); .ci/sanitize.sh also runs this file
 under AddressSanitizer and UndefinedBehaviorSanitizer.
 """
+
 import math
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +20,11 @@ from skipdit_kernels import ops
 from skipdit_kernels.ops import spec
 
 FUZZ = settings(
-    max_examples=60, deadline=None, derandomize=True, report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 SPECS = spec.specs()
 DTYPES = list(spec.DTYPES)
@@ -76,7 +80,20 @@ def test_token_ops_match_the_reference(op, backend, dtype, layout, B, T, D, out,
 
 def _bad_values():
     return st.sampled_from(
-        ["int64", "float64", "bool", "none", "list", "int", "string", "extra_dim", "drop_dim", "wider", "meta", "scalar"]
+        [
+            "int64",
+            "float64",
+            "bool",
+            "none",
+            "list",
+            "int",
+            "string",
+            "extra_dim",
+            "drop_dim",
+            "wider",
+            "meta",
+            "scalar",
+        ]
     )
 
 
@@ -190,8 +207,11 @@ def test_forecast_blend(backend, dtype, shape, k, tensor_weights, how, which, se
     except (ValueError, TypeError) as exc:
         assert "forecast_blend" in str(exc), exc
         return
-    assert how is None or how in ("float64", "extra_dim", "drop_dim", "wider", "scalar") and len(set(
-        (h.shape, h.dtype) for h in history)) == 1
+    assert (
+        how is None
+        or how in ("float64", "extra_dim", "drop_dim", "wider", "scalar")
+        and len(set((h.shape, h.dtype) for h in history)) == 1
+    )
     if all(h.device.type != "meta" for h in history):
         _close("forecast_blend", got, [history, weights])
 
@@ -201,7 +221,9 @@ def test_forecast_blend(backend, dtype, shape, k, tensor_weights, how, which, se
     backend=st.sampled_from(BACKENDS),
     dtype=st.sampled_from(DTYPES + [torch.float64]),
     shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
-    scale=st.one_of(st.floats(-10, 10), st.integers(-3, 10), st.sampled_from(["tensor", math.nan, math.inf, None, "x"])),
+    scale=st.one_of(
+        st.floats(-10, 10), st.integers(-3, 10), st.sampled_from(["tensor", math.nan, math.inf, None, "x"])
+    ),
     how=st.one_of(st.none(), _bad_values()),
     which=st.integers(0, 1),
     seed=st.integers(0, 2**16),

@@ -6,6 +6,7 @@ kernel, errors raised in C++, torch.compile.
 bf16 within twice the error that the eager bf16 chain makes against an fp32 reference, plus a small
 atol. The CUDA driver's tests are in test_ops_gpu.py (marker ``gpu``).
 """
+
 import os
 import subprocess
 import sys
@@ -108,17 +109,28 @@ def test_skip_fuse_mean_300_within_twice_eager_error(hidden, tokens):
         assert err(got, ref) <= 2 * err(eager, ref), (err(got, ref), err(eager, ref))
 
 
-_CASES = [(mean, acts, weights) for mean in (0.0, 300.0) for acts, weights in
-          ((torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16))]
+_CASES = [
+    (mean, acts, weights)
+    for mean in (0.0, 300.0)
+    for acts, weights in (
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    )
+]
 _BF16_GEMM_ROUNDS_ACC = pytest.mark.xfail(
-    strict=True, reason="known fault: the CPU driver's half-precision folded GEMM (CPUs with bf16 units) stores its "
+    strict=True,
+    reason="known fault: the CPU driver's half-precision folded GEMM (CPUs with bf16 units) stores its "
     "accumulator in bf16 before the epilogue, so acc - mean * rowsum cancels |mean| / std digits (the model, the "
-    "Triton kernel and the CUDA driver keep it fp32); about 300x the model's error at mean 300")
+    "Triton kernel and the CUDA driver keep it fp32); about 300x the model's error at mean 300",
+)
 
 
-@pytest.mark.parametrize("mean, acts, weights", [
-    pytest.param(*c, marks=_BF16_GEMM_ROUNDS_ACC if c[0] == 300.0 and c[2] == torch.bfloat16 else ()) for c in _CASES],
-    ids=[f"mean{int(m)}-{str(a)[6:]}-{str(w)[6:]}w" for m, a, w in _CASES])
+@pytest.mark.parametrize(
+    "mean, acts, weights",
+    [pytest.param(*c, marks=_BF16_GEMM_ROUNDS_ACC if c[0] == 300.0 and c[2] == torch.bfloat16 else ()) for c in _CASES],
+    ids=[f"mean{int(m)}-{str(a)[6:]}-{str(w)[6:]}w" for m, a, w in _CASES],
+)
 def test_skip_fuse_folded_follows_its_torch_model(mean, acts, weights):
     """skipdit::skip_fuse_adaln_folded against ops.folding's model of it (the mean pivot for fp32 GEMMs,
     none for half-precision ones): against float64 at most twice the model's error, plus bf16's
@@ -135,7 +147,7 @@ def test_skip_fuse_folded_follows_its_torch_model(mean, acts, weights):
     exact = skip_fuse_adaln_folded_torch(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
     for out, m, e in zip(got, model, exact):
         assert out.dtype == acts
-        slack = 0.0 if acts == torch.float32 else 2 ** -8 * e.abs().max().item()
+        slack = 0.0 if acts == torch.float32 else 2**-8 * e.abs().max().item()
         err, err_model = (out.double() - e).abs().max().item(), (m.double() - e).abs().max().item()
         assert err <= 2 * err_model + 1e-6 * e.abs().max().item() + slack, (err, err_model)
 
@@ -153,7 +165,7 @@ def test_skip_fuse_bf16_inputs_with_fp32_weights():
     ref = _skip_fuse_float64(xb.float(), sb.float(), nw, nb, w, b)
     got = SK.skip_fuse_folded(xb, sb, f.weight, f.rowsum, f.bias, 1e-6)
     assert got.dtype == torch.bfloat16
-    assert (got.double() - ref).abs().max().item() <= 2 ** -8 * ref.abs().max().item()
+    assert (got.double() - ref).abs().max().item() <= 2**-8 * ref.abs().max().item()
 
 
 # ---- bf16 ---------------------------------------------------------------------------------------
@@ -162,9 +174,13 @@ def test_bf16_through_the_backend(hidden):
     g = gen(17 + hidden)
     tokens = 255
     f32 = dict(
-        x=rnd(1, tokens, hidden, g=g), skip=rnd(1, tokens, hidden, g=g, mean=2.0), y=rnd(1, tokens, hidden, g=g),
-        w1=rnd(4 * hidden, hidden, g=g, scale=hidden**-0.5), b1=rnd(4 * hidden, g=g, scale=0.1),
-        w2=rnd(hidden, 4 * hidden, g=g, scale=(4 * hidden) ** -0.5), b2=rnd(hidden, g=g, scale=0.1),
+        x=rnd(1, tokens, hidden, g=g),
+        skip=rnd(1, tokens, hidden, g=g, mean=2.0),
+        y=rnd(1, tokens, hidden, g=g),
+        w1=rnd(4 * hidden, hidden, g=g, scale=hidden**-0.5),
+        b1=rnd(4 * hidden, g=g, scale=0.1),
+        w2=rnd(hidden, 4 * hidden, g=g, scale=(4 * hidden) ** -0.5),
+        b2=rnd(hidden, g=g, scale=0.1),
     )
     shift, scale, gate = (t.contiguous() for t in chunked_mod(1, hidden, g)[:3])
     f32.update(shift=shift, scale=scale, gate=gate)
@@ -284,7 +300,9 @@ print("ok")
 def test_portable_kernels_and_row_blocked_gemms():
     """The DEFAULT-capability kernels and the row-blocked GEMM path (both chosen once per process)."""
     env = dict(os.environ, SKIPDIT_CPU_CAPABILITY="default", SKIPDIT_CPU_GEMM_ROWS="32", OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", _SUBPROCESS_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
@@ -359,6 +377,7 @@ def test_fp32_gemm_libraries(library):
     env = dict(os.environ, SKIPDIT_CPU_FP32_GEMM=library, OMP_NUM_THREADS="1")
     if library == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
-    out = subprocess.run([sys.executable, "-c", _GEMM_LIBRARY_CHECK, library], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _GEMM_LIBRARY_CHECK, library], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -186,6 +186,6 @@ def test_folded_model_large_mean_rows(mean, dtype):
     f = _fold(norm, lin)
     got = folding.skip_fuse_folded_torch(x, skip, f.weight, f.rowsum, f.bias, 1e-6)
     eager = ops.skip_fuse_reference(x, skip, norm.weight, norm.bias, lin.weight, lin.bias)
-    atol = 0 if dtype == torch.float32 else 2 ** -8 * ref.abs().max().item()
+    atol = 0 if dtype == torch.float32 else 2**-8 * ref.abs().max().item()
     err = lambda a: (a.double() - ref).abs().max().item()  # noqa: E731
     assert err(got) <= 2 * err(eager) + 1e-6 + atol

@@ -17,6 +17,7 @@ the contract test's (test_contract.py, marker ``gpu``):
 - inputs on cuda:1 while cuda:0 is current (two GPUs): results on cuda:1, equal to the reference;
 - torch.compile(fullgraph=True) of a Skip-DiT block on each backend (flash-attn's lookup included).
 """
+
 import pytest
 import torch
 

@@ -5,9 +5,9 @@ dimensions, weight updates, backward, a whole model, torch.compile.
 On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by python_tests/conftest.py):
 fp32, small shapes (the interpreter has no bf16). Half precision on a GPU: test_ops_gpu.py.
 """
+
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -101,8 +101,10 @@ def test_backward_matches_reference():
     _, gate, y = SPECS["gated_residual"].sample_args((2, 3, 16), device=DEVICE, seed=6)
     _, w1, b1 = SPECS["linear_gelu"].sample_args((2, 3, 16), out=8, device=DEVICE, seed=7)
     _, _, w2, _, _ = SPECS["linear_gated_residual"].sample_args((2, 3, 16), out=8, device=DEVICE, seed=8)
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in dict(x=x, y=y, skip=skip, nw=nw, nb=nb, ws=ws, bs=bs,
-                                                                        w1=w1, b1=b1, shift=shift).items()}
+    leaves = {
+        k: v.detach().clone().requires_grad_()
+        for k, v in dict(x=x, y=y, skip=skip, nw=nw, nb=nb, ws=ws, bs=bs, w1=w1, b1=b1, shift=shift).items()
+    }
 
     def loss(backend):
         t = leaves

@@ -2,6 +2,7 @@
 to PTX/cubin with Triton's bundled toolchain. The interpreter accepts programs the compiler rejects
 (types, layouts, dot operand shapes), so this is the check that the CPU suite can offer for the GPU
 path. It says nothing about speed or about results on a device."""
+
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(not ops.backend_status()["triton"][0], reason=ops.backend_status()["triton"][1]),
 ]
 
-SCRIPT = textwrap.dedent(r'''
+SCRIPT = textwrap.dedent(r"""
     import os, sys
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
@@ -54,13 +55,15 @@ SCRIPT = textwrap.dedent(r'''
         compiled = triton.compile(src, target=target, options={"num_warps": 4, "num_stages": 3})
         assert compiled.asm.get("cubin"), name
         print(name, "ok", flush=True)
-''')
+""")
 
 
 @pytest.mark.parametrize("arch, dtype", [(90, "bf16")])
 def test_kernels_compile_for_gpu(arch, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(arch), dtype], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(arch), dtype], env=env, capture_output=True, text=True, timeout=600
+    )
     if out.returncode != 0 and ("ptxas" in out.stderr and "not found" in out.stderr.lower()):
         pytest.skip("Triton's bundled ptxas is missing")
     assert out.returncode == 0, out.stderr[-3000:]

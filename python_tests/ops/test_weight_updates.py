@@ -5,6 +5,7 @@ recomputed on every call; a model whose weights were changed (through ``.data``,
 an optimiser step, or by swapping the Parameter objects) gives what a fresh model holding the new
 weights gives.
 """
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """BatchedSampler: requests at different steps in one model call equal each request sampled alone."""
+
 import pytest
 import torch
 
@@ -52,12 +53,39 @@ def serve(model, requests, joins):
 # and leaving when done. Every request has >= 4 model rows (CFG doubles), so every GEMM of a
 # request alone and of every call has >= 4 rows.
 WIDE = [
-    dict(conditioning=[1, 2], steps=10, method="ddim", cfg_scale=3.0, cache=sk.SkipCache(interval=2, shallow_blocks=2), seed=1),
-    dict(conditioning=[3, 4, 5, 6], steps=7, method="ddpm", cfg_scale=1.0, cache=sk.SkipCache(interval=3, shallow_blocks=2), seed=2),
-    dict(conditioning=[7, 8], steps=12, method="ddim", cfg_scale=1.5,
-         cache=sk.SkipCache(interval=3, shallow_blocks=2, forecast=2, stop_t=-1), seed=3),
+    dict(
+        conditioning=[1, 2],
+        steps=10,
+        method="ddim",
+        cfg_scale=3.0,
+        cache=sk.SkipCache(interval=2, shallow_blocks=2),
+        seed=1,
+    ),
+    dict(
+        conditioning=[3, 4, 5, 6],
+        steps=7,
+        method="ddpm",
+        cfg_scale=1.0,
+        cache=sk.SkipCache(interval=3, shallow_blocks=2),
+        seed=2,
+    ),
+    dict(
+        conditioning=[7, 8],
+        steps=12,
+        method="ddim",
+        cfg_scale=1.5,
+        cache=sk.SkipCache(interval=3, shallow_blocks=2, forecast=2, stop_t=-1),
+        seed=3,
+    ),
     dict(conditioning=[0, 9, 1, 2], steps=9, method="ddim", cfg_scale=1.0, cache=None, seed=4),
-    dict(conditioning=[5, 6], steps=9, method="ddim", cfg_scale=4.0, cache=sk.SkipCache(interval=4, shallow_blocks=1, forecast=1), seed=5),
+    dict(
+        conditioning=[5, 6],
+        steps=9,
+        method="ddim",
+        cfg_scale=4.0,
+        cache=sk.SkipCache(interval=4, shallow_blocks=1, forecast=1),
+        seed=5,
+    ),
     dict(conditioning=[2, 3, 4, 5], steps=8, method="ddim", cfg_scale=1.0, cache="fast", seed=6),
 ]
 JOINS = [0, 0, 2, 3, 3, 6]
@@ -82,8 +110,22 @@ def test_small_requests_equal_within_fp32_rounding(model):
     # One-sample requests (1 or 2 model rows): the per-sample GEMMs (adaLN, embedders) of a request
     # alone take a small-row kernel, so the batched rows differ in the last bits.
     requests = [
-        dict(conditioning=[3], steps=7, method="ddpm", cfg_scale=1.0, cache=sk.SkipCache(interval=3, shallow_blocks=2), seed=2),
-        dict(conditioning=[4], steps=9, method="ddim", cfg_scale=2.0, cache=sk.SkipCache(interval=2, shallow_blocks=2, forecast=1), seed=3),
+        dict(
+            conditioning=[3],
+            steps=7,
+            method="ddpm",
+            cfg_scale=1.0,
+            cache=sk.SkipCache(interval=3, shallow_blocks=2),
+            seed=2,
+        ),
+        dict(
+            conditioning=[4],
+            steps=9,
+            method="ddim",
+            cfg_scale=2.0,
+            cache=sk.SkipCache(interval=2, shallow_blocks=2, forecast=1),
+            seed=3,
+        ),
         dict(conditioning=[5], steps=6, method="ddim", cfg_scale=1.0, cache=None, seed=4),
     ]
     results, _ = serve(model, requests, [0, 1, 3])
@@ -155,9 +197,22 @@ def test_video_requests_equal_each_request_alone():
     model = randomize(sk.LatteSkip(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=8, num_heads=2,
                                    num_frames=3, num_classes=6, extras=2), std=0.1).eval()  # fmt: skip
     requests = [
-        dict(conditioning=[1, 2], steps=6, method="ddim", cfg_scale=2.0, cache=sk.SkipCache(interval=2, shallow_blocks=1), seed=1),
-        dict(conditioning=[3, 4, 5, 0], steps=5, method="ddpm", cfg_scale=1.0,
-             cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1), seed=2),
+        dict(
+            conditioning=[1, 2],
+            steps=6,
+            method="ddim",
+            cfg_scale=2.0,
+            cache=sk.SkipCache(interval=2, shallow_blocks=1),
+            seed=1,
+        ),
+        dict(
+            conditioning=[3, 4, 5, 0],
+            steps=5,
+            method="ddpm",
+            cfg_scale=1.0,
+            cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1),
+            seed=2,
+        ),
     ]
     results, reports = serve(model, requests, [0, 2])
     tol = dict(rtol=0, atol=0) if gemm_is_row_invariant(4) else dict(rtol=1e-4, atol=1e-4)
@@ -181,14 +236,18 @@ def test_requests_of_different_static_conditioning_never_share_a_call(model, mon
     monkeypatch.setattr(type(model), "condition", condition)
     sampler = BatchedSampler(model)
     for name in ("a", "b", "a"):
-        sampler.add([1, 2, 3, 4, name], steps=3, method="ddim", cfg_scale=1.0, cache=sk.SkipCache(interval=2, shallow_blocks=1))
+        sampler.add(
+            [1, 2, 3, 4, name], steps=3, method="ddim", cfg_scale=1.0, cache=sk.SkipCache(interval=2, shallow_blocks=1)
+        )
     report = sampler.step()
     assert (report.calls, report.rows) == (2, 12)
 
 
 def test_uncached_requests_alone_make_an_uncached_call(model):
-    requests = [dict(conditioning=[1, 2], steps=4, method="ddim", cfg_scale=2.0, cache=None, seed=7),
-                dict(conditioning=[3, 4, 5, 6], steps=3, method="ddpm", cfg_scale=1.0, cache=None, seed=8)]
+    requests = [
+        dict(conditioning=[1, 2], steps=4, method="ddim", cfg_scale=2.0, cache=None, seed=7),
+        dict(conditioning=[3, 4, 5, 6], steps=3, method="ddpm", cfg_scale=1.0, cache=None, seed=8),
+    ]
     results, reports = serve(model, requests, [0, 1])
     tol = dict(rtol=0, atol=0) if gemm_is_row_invariant(4) else dict(rtol=1e-4, atol=1e-4)
     for i, r in enumerate(requests):

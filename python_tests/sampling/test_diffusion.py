@@ -1,4 +1,5 @@
 """Tests of skipdit_kernels.sampling.diffusion against hand-written formulas of DiT's conventions."""
+
 import math
 
 import numpy as np

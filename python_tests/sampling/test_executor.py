@@ -1,6 +1,7 @@
 """The cache-aware executor (what ``sample()`` runs): bit-identical to the official sampling loop on
 CPU, buffers per signature and per concurrent request, shapes part of a buffer's key, the plan drives
 the units; CUDA-graph capture in the gpu-marked tests."""
+
 import contextlib
 import gc
 import threading
@@ -10,9 +11,8 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.sampling import SkipStackExecutor, executor_for
+from skipdit_kernels.sampling import GaussianDiffusion, SkipStackExecutor, executor_for
 from skipdit_kernels.sampling.executor import resolve_cuda_graphs, weights_token
-from skipdit_kernels.sampling import GaussianDiffusion
 from skipdit_kernels.sampling.trajectory import SamplerTrajectory
 
 from ..models.conftest import TINY, randomize
@@ -28,8 +28,9 @@ def dit():
     return randomize(sk.DiT(**TINY), std=0.05)
 
 
-def official_loop(model, labels, steps, method, cfg, cache=None, seed=0, eta=0.0, guide_all_channels=False,
-                  dtype=torch.float32):
+def official_loop(
+    model, labels, steps, method, cfg, cache=None, seed=0, eta=0.0, guide_all_channels=False, dtype=torch.float32
+):
     """DiT's sample.py loop: forward_with_cfg (or forward) per step, then the diffusion step; Skip-Cache
     through a step-by-step session."""
     diffusion = GaussianDiffusion.create(steps, method=method, learn_sigma=model.learn_sigma, eta=eta)
@@ -54,19 +55,32 @@ def official_loop(model, labels, steps, method, cfg, cache=None, seed=0, eta=0.0
 
 
 def run(model, executor=None, labels=(1, 2), steps=12, method="ddim", cfg=3.0, cache=None, seed=0, **kw):
-    return sk.sample(model, list(labels), steps=steps, method=method, cfg_scale=cfg, cache=cache, seed=seed,
-                     progress=False, executor=executor, **kw)
+    return sk.sample(
+        model,
+        list(labels),
+        steps=steps,
+        method=method,
+        cfg_scale=cfg,
+        cache=cache,
+        seed=seed,
+        progress=False,
+        executor=executor,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("family", ["skipdit", "dit"])
-@pytest.mark.parametrize("method,cfg,cache", [
-    ("ddim", 3.0, sk.SkipCache(interval=2, shallow_blocks=1)),
-    ("ddpm", 4.0, sk.SkipCache(interval=3, shallow_blocks=2)),
-    ("ddpm", 1.0, None),
-    ("ddim", 1.0, sk.SkipCache(interval=2, shallow_blocks=3)),
-    ("ddim", 3.3, sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
-    ("ddpm", 4.0, sk.SkipCache(interval=2, shallow_blocks=2, forecast=1)),
-])
+@pytest.mark.parametrize(
+    "method,cfg,cache",
+    [
+        ("ddim", 3.0, sk.SkipCache(interval=2, shallow_blocks=1)),
+        ("ddpm", 4.0, sk.SkipCache(interval=3, shallow_blocks=2)),
+        ("ddpm", 1.0, None),
+        ("ddim", 1.0, sk.SkipCache(interval=2, shallow_blocks=3)),
+        ("ddim", 3.3, sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
+        ("ddpm", 4.0, sk.SkipCache(interval=2, shallow_blocks=2, forecast=1)),
+    ],
+)
 def test_sampling_is_bit_identical_to_the_official_loop(request, family, method, cfg, cache):
     model = request.getfixturevalue(family)
     want = official_loop(model, (1, 2), 12, method, cfg, cache)
@@ -144,12 +158,16 @@ def test_a_buffer_whose_shape_would_change_is_another_buffer(skipdit):
     """Forecast order 1 then 2, guidance of 3 then all channels, on one executor: each shape its own
     buffer (never resized in place, which would leave a captured graph writing to freed memory)."""
     ex = SkipStackExecutor(skipdit)
-    runs = [dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1)),
-            dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
-            dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1), guide_all_channels=True)]
+    runs = [
+        dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1)),
+        dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=2)),
+        dict(cache=sk.SkipCache(interval=3, shallow_blocks=1, forecast=1), guide_all_channels=True),
+    ]
     for kw in runs:
-        assert torch.equal(run(skipdit, ex, method="ddim", steps=10, **kw),
-                           run(skipdit, SkipStackExecutor(skipdit), method="ddim", steps=10, **kw))
+        assert torch.equal(
+            run(skipdit, ex, method="ddim", steps=10, **kw),
+            run(skipdit, SkipStackExecutor(skipdit), method="ddim", steps=10, **kw),
+        )
     (sig,) = ex.signatures
     slots = sorted(b.deep.slots for b in ex.buffer_sets(sig))
     assert slots == [2, 3]  # one buffer set per history size, none resized
@@ -173,8 +191,12 @@ def test_a_new_signature_gets_its_own_buffers_and_release_frees_them(skipdit):
 def test_concurrent_requests_on_one_model_equal_sequential_ones(skipdit):
     """Threads sampling one model at once, with and without Skip-Cache and forecast, through the
     model's shared executor: every result equals the same call made alone."""
-    calls = [dict(cache=None), dict(cache=sk.SkipCache(interval=2, shallow_blocks=1)),
-             dict(cache=sk.SkipCache(interval=3, shallow_blocks=2, forecast=1)), dict(cache=2, method="ddpm")]
+    calls = [
+        dict(cache=None),
+        dict(cache=sk.SkipCache(interval=2, shallow_blocks=1)),
+        dict(cache=sk.SkipCache(interval=3, shallow_blocks=2, forecast=1)),
+        dict(cache=2, method="ddpm"),
+    ]
     want = [run(skipdit, None, steps=8, **kw) for kw in calls]
     got = [[] for _ in calls]
     errors = []
@@ -342,8 +364,12 @@ def test_gpu_replay_does_not_touch_the_allocator():
     (b,) = ex.buffer_sets(ex.signatures[0])
     ((_, graphs),) = b.graphs.values()
     torch.cuda.synchronize()
-    keys = ("allocation.all.current", "allocated_bytes.all.current", "allocation.all.allocated",
-            "segment.all.allocated")
+    keys = (
+        "allocation.all.current",
+        "allocated_bytes.all.current",
+        "allocation.all.allocated",
+        "segment.all.allocated",
+    )
     before = {k: torch.cuda.memory_stats()[k] for k in keys}
     for full in (True, False, False, True, False, True):
         (graphs.full if full else graphs.cached).replay()

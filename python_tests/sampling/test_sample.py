@@ -62,27 +62,33 @@ def test_interval_shorthand_and_bad_cache(model):
         sample(model, [0], steps=4, cache=2.5, progress=False)
 
 
-@pytest.mark.parametrize("labels, match", [
-    ([10], r"class labels must be in 0..9"),
-    ([-1], r"class labels must be in 0..9"),
-    ([1.7], r"class labels must be integers in 0..9, got \[1.7"),
-    (torch.tensor([1.0]), r"class labels must be integers"),
-    ([True], r"class labels must be integers"),
-    ([], "class labels are empty"),
-    ("cat", "class labels must be integers"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ([10], r"class labels must be in 0..9"),
+        ([-1], r"class labels must be in 0..9"),
+        ([1.7], r"class labels must be integers in 0..9, got \[1.7"),
+        (torch.tensor([1.0]), r"class labels must be integers"),
+        ([True], r"class labels must be integers"),
+        ([], "class labels are empty"),
+        ("cat", "class labels must be integers"),
+    ],
+)
 def test_class_labels_must_be_integers_in_range(model, labels, match):
     with pytest.raises(ValueError, match=match):
         sample(model, labels, steps=2, progress=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(cfg_scale=0.5), r"cfg_scale must be >= 1"),
-    (dict(cfg_scale=float("nan")), r"cfg_scale must be a finite number"),
-    (dict(device="gpu"), r"unknown device 'gpu'; available: cpu"),
-    (dict(device="cuda:7"), r"not available here; available: cpu"),
-    (dict(dtype=torch.int32), r"dtype must be a floating"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(cfg_scale=0.5), r"cfg_scale must be >= 1"),
+        (dict(cfg_scale=float("nan")), r"cfg_scale must be a finite number"),
+        (dict(device="gpu"), r"unknown device 'gpu'; available: cpu"),
+        (dict(device="cuda:7"), r"not available here; available: cpu"),
+        (dict(dtype=torch.int32), r"dtype must be a floating"),
+    ],
+)
 def test_bad_arguments_are_refused_before_work(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample(model, [1], steps=2, progress=False, **kwargs)

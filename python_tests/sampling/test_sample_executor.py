@@ -1,11 +1,11 @@
 """sample() through the cache-aware executor: the cuda_graphs switch, executor reuse, what stays eager."""
+
 import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels.sampling import SkipStackExecutor
+from skipdit_kernels.sampling import GaussianDiffusion, SkipStackExecutor
 from skipdit_kernels.sampling import executor as executor_module
-from skipdit_kernels.sampling import GaussianDiffusion
 
 from ..models.conftest import TINY, randomize
 
@@ -33,12 +33,14 @@ def test_an_executor_is_reused_across_calls_and_reports_like_the_eager_path(mode
     ex = SkipStackExecutor(model)
     cache = sk.SkipCache(interval=3, shallow_blocks=2)
     model.train()
-    got, info = sk.sample(model, [3, 4], steps=10, method="ddim", cache=cache, progress=True, executor=ex,
-                          return_info=True)
+    got, info = sk.sample(
+        model, [3, 4], steps=10, method="ddim", cache=cache, progress=True, executor=ex, return_info=True
+    )
     assert model.training  # untouched: sampling embeds without label dropout whatever the mode
     model.eval()
-    want, want_info = sk.sample(model, [3, 4], steps=10, method="ddim", cache=cache, progress=False,
-                                cuda_graphs=False, return_info=True)
+    want, want_info = sk.sample(
+        model, [3, 4], steps=10, method="ddim", cache=cache, progress=False, cuda_graphs=False, return_info=True
+    )
     assert torch.equal(got, want)
     assert (info.full_steps, info.cached_steps) == (want_info.full_steps, want_info.cached_steps)
     plan = cache.full_steps(GaussianDiffusion.create(10, method="ddim").timesteps)
@@ -55,8 +57,16 @@ def test_executor_of_another_model_is_refused(model):
 
 def test_forecast_runs_through_the_executor(model):
     cache = sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")  # DDIM: resolved to an order > 0
-    got, info = sk.sample(model, [1], steps=8, method="ddim", cache=cache, progress=False,
-                          executor=SkipStackExecutor(model), return_info=True)
+    got, info = sk.sample(
+        model,
+        [1],
+        steps=8,
+        method="ddim",
+        cache=cache,
+        progress=False,
+        executor=SkipStackExecutor(model),
+        return_info=True,
+    )
     want = sk.sample(model, [1], steps=8, method="ddim", cache=cache, progress=False, cuda_graphs=False)
     assert info.forecast > 0 and info.cached_steps > 0
     assert torch.equal(got, want)

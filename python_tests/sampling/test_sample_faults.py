@@ -1,6 +1,7 @@
 """A request that raises midway (an error inside a block, out of memory, Ctrl-C) leaves nothing behind:
 through ``sample()`` and its executor, a diffusers pipeline and distributed sampling, the next
 request equals the same request on a fresh model."""
+
 from __future__ import annotations
 
 import copy
@@ -85,8 +86,19 @@ def test_distributed_sampling_resumed_after_a_raise_inside_a_block_equals_an_uni
 
     def run(model, name):
         info = RankInfo(0, 1, torch.device("cpu"), 60.0)
-        return sample_ddp(model, 5, str(tmp_path / name), batch_size=2, seed=11, steps=4, method="ddim",
-                          cfg_scale=3.0, cache=sk.SkipCache(interval=2, shallow_blocks=1), info=info, progress=False)
+        return sample_ddp(
+            model,
+            5,
+            str(tmp_path / name),
+            batch_size=2,
+            seed=11,
+            steps=4,
+            method="ddim",
+            cfg_scale=3.0,
+            cache=sk.SkipCache(interval=2, shallow_blocks=1),
+            info=info,
+            progress=False,
+        )
 
     model = randomize(sk.SkipDiT(**TINY), std=0.05)
     with np.load(run(copy.deepcopy(model), "whole")) as z:

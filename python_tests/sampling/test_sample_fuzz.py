@@ -1,5 +1,6 @@
 """Fuzzing sample()'s public surface: any argument either gives a result or a ValueError/TypeError
 naming the problem, before any work; never a crash, a bare AssertionError or an IndexError."""
+
 import pytest
 import torch
 
@@ -13,14 +14,24 @@ st = hypothesis.strategies
 MODEL = randomize(sk.SkipDiT(**TINY), std=0.05)
 
 ARGUMENTS = {
-    "class_labels": st.one_of(st.lists(st.integers(-2, 12), max_size=3), st.lists(st.floats(-1, 11), max_size=2),
-                              st.text(max_size=3), st.just(torch.tensor([[1, 2]])), st.just(torch.tensor([1.5]))),
+    "class_labels": st.one_of(
+        st.lists(st.integers(-2, 12), max_size=3),
+        st.lists(st.floats(-1, 11), max_size=2),
+        st.text(max_size=3),
+        st.just(torch.tensor([[1, 2]])),
+        st.just(torch.tensor([1.5])),
+    ),
     "image_size": st.one_of(st.none(), st.integers(-8, 80), st.just(8.0), st.just("8")),
     "steps": st.one_of(st.integers(-2, 5), st.just("2"), st.just(""), st.just(1.5), st.just("ddim3")),
     "method": st.sampled_from(["ddpm", "ddim", "DDIM", "euler", ""]),
     "cfg_scale": st.one_of(st.floats(-2, 6), st.just(float("nan")), st.just(float("inf")), st.just("4"), st.just(True)),
-    "cache": st.one_of(st.none(), st.integers(-1, 4), st.just("fast"), st.just(sk.SkipCache(interval=2, shallow_blocks=1)),
-                       st.just(sk.SkipCache(shallow_blocks=1, forecast="auto"))),
+    "cache": st.one_of(
+        st.none(),
+        st.integers(-1, 4),
+        st.just("fast"),
+        st.just(sk.SkipCache(interval=2, shallow_blocks=1)),
+        st.just(sk.SkipCache(shallow_blocks=1, forecast="auto")),
+    ),
     "eta": st.one_of(st.floats(-1, 2), st.just("0")),
     "dtype": st.one_of(st.none(), st.just(torch.float32), st.just(torch.int64), st.just("float32")),
     "device": st.one_of(st.none(), st.just("cpu"), st.just("gpu"), st.just("cuda"), st.just(3)),

@@ -1,11 +1,12 @@
 """Soak: many requests of varying batch, dtype, sampler and cache settings on one model through
 ``sample()`` (its shared executor) and step-by-step sessions; buffers and memory stay bounded and
 every result equals the same request on a fresh copy of the model."""
+
 import copy
-import threading
-import time
 import random
 import resource
+import threading
+import time
 
 import pytest
 import torch
@@ -29,17 +30,36 @@ def test_many_requests_stay_bounded_and_equal_a_fresh_model():
     rng = random.Random(0)
     settings = []
     for k in range(60):
-        cache = rng.choice([None, 2, sk.SkipCache(interval=3, shallow_blocks=1),
-                            sk.SkipCache(interval=2, shallow_blocks=2, forecast=rng.choice([0, 1, 2])),
-                            sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto")])
-        settings.append(dict(labels=[rng.randrange(10) for _ in range(rng.choice([1, 2, 3]))],
-                             dtype=rng.choice([torch.float32, torch.float32, torch.bfloat16]),
-                             method=rng.choice(["ddim", "ddpm"]), cfg_scale=rng.choice([1.0, 3.0]), cache=cache,
-                             seed=k))
+        cache = rng.choice(
+            [
+                None,
+                2,
+                sk.SkipCache(interval=3, shallow_blocks=1),
+                sk.SkipCache(interval=2, shallow_blocks=2, forecast=rng.choice([0, 1, 2])),
+                sk.SkipCache(interval=2, shallow_blocks=1, forecast="auto"),
+            ]
+        )
+        settings.append(
+            dict(
+                labels=[rng.randrange(10) for _ in range(rng.choice([1, 2, 3]))],
+                dtype=rng.choice([torch.float32, torch.float32, torch.bfloat16]),
+                method=rng.choice(["ddim", "ddpm"]),
+                cfg_scale=rng.choice([1.0, 3.0]),
+                cache=cache,
+                seed=k,
+            )
+        )
     baseline = None
     for k, s in enumerate(settings):
-        kw = dict(steps=6, method=s["method"], cfg_scale=s["cfg_scale"], cache=s["cache"], seed=s["seed"],
-                  dtype=s["dtype"], progress=False)
+        kw = dict(
+            steps=6,
+            method=s["method"],
+            cfg_scale=s["cfg_scale"],
+            cache=s["cache"],
+            seed=s["seed"],
+            dtype=s["dtype"],
+            progress=False,
+        )
         if k % 5 == 4:  # interleave an abandoned step-by-step request
             session = sk.enable_skip_cache(model.to(s["dtype"]), sk.SkipCache(interval=2, shallow_blocks=1))
             with torch.no_grad():
@@ -64,8 +84,11 @@ def test_many_requests_stay_bounded_and_equal_a_fresh_model():
 # -- faults: requests that raise at random points, sessions opened and closed in random orders -------
 
 SOAK_SECONDS = 30  # the budget of the fault soak (CPU, one thread); it stops early, never runs longer
-FAULT_CACHES = [sk.SkipCache(interval=2, shallow_blocks=1), sk.SkipCache(interval=3, shallow_blocks=2, forecast=1),
-                sk.SkipCache(interval=2, shallow_blocks=1, start_t=900, forecast=2)]
+FAULT_CACHES = [
+    sk.SkipCache(interval=2, shallow_blocks=1),
+    sk.SkipCache(interval=3, shallow_blocks=2, forecast=1),
+    sk.SkipCache(interval=2, shallow_blocks=1, start_t=900, forecast=2),
+]
 
 
 class Faults:
@@ -77,7 +100,10 @@ class Faults:
         self.handles = [b.register_forward_pre_hook(self._hook) for b in model.blocks]
 
     def arm(self, rng):
-        self.countdown, self.exc = rng.randrange(12), rng.choice([RuntimeError("out of memory (soak)"), KeyboardInterrupt()])
+        self.countdown, self.exc = (
+            rng.randrange(12),
+            rng.choice([RuntimeError("out of memory (soak)"), KeyboardInterrupt()]),
+        )
 
     def _hook(self, module, inputs):
         if self.countdown is not None:
@@ -119,8 +145,14 @@ class Soak:
             self.faults.countdown = None
 
     def sample(self):
-        kw = dict(steps=self.rng.choice([4, 6]), method=self.rng.choice(["ddim", "ddpm"]), seed=self.rng.randrange(99),
-                  cfg_scale=self.rng.choice([1.0, 3.0]), cache=self.rng.choice([None, *FAULT_CACHES]), progress=False)
+        kw = dict(
+            steps=self.rng.choice([4, 6]),
+            method=self.rng.choice(["ddim", "ddpm"]),
+            seed=self.rng.randrange(99),
+            cfg_scale=self.rng.choice([1.0, 3.0]),
+            cache=self.rng.choice([None, *FAULT_CACHES]),
+            progress=False,
+        )
         labels = [self.rng.randrange(10) for _ in range(self.rng.choice([1, 2]))]
         done, got = self.run_maybe_failing(lambda: sk.sample(self.model, labels, **kw))
         if done:
@@ -129,7 +161,9 @@ class Soak:
     def open(self):
         cache = self.rng.choice(FAULT_CACHES)
         shadow = copy.deepcopy(self.pristine)
-        self.sessions.append((sk.enable_skip_cache(self.model, cache), sk.enable_skip_cache(shadow, cache), shadow, [999]))
+        self.sessions.append(
+            (sk.enable_skip_cache(self.model, cache), sk.enable_skip_cache(shadow, cache), shadow, [999])
+        )
 
     def _pop(self):
         return self.sessions.pop(self.rng.randrange(len(self.sessions))) if self.sessions else None
@@ -190,5 +224,8 @@ def test_requests_that_raise_and_sessions_closed_in_any_order_never_leak():
             soak.close()
     finally:
         soak.faults.remove()
-    assert soak.faults.fired >= 10 and soak.counts["open"] >= 5 and soak.counts["sample"] >= 5, (soak.faults.fired, soak.counts)
+    assert soak.faults.fired >= 10 and soak.counts["open"] >= 5 and soak.counts["sample"] >= 5, (
+        soak.faults.fired,
+        soak.counts,
+    )
     assert "forward" not in soak.model.__dict__

@@ -1,7 +1,7 @@
 """Skip-Cache: the schedule, the skip-stack contract, the deep state at the traversal's boundary and
 step-by-step requests. Nothing here names a model family. (The cache-aware executor, which runs
 whole sampling trajectories, is ``skipdit_kernels.sampling.executor``.)"""
-from .schedule import PlannedStep, ScheduleCursor, SkipCache
+
 from .protocol import (
     Condition,
     ForwardBinding,
@@ -13,6 +13,7 @@ from .protocol import (
     skip_partners,
 )
 from .request import SkipCacheSession, disable_skip_cache, enable_skip_cache
+from .schedule import PlannedStep, ScheduleCursor, SkipCache
 
 __all__ = [
     "Condition",

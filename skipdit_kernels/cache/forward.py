@@ -12,6 +12,7 @@ after the step completed, so a step that raises leaves the history as the last c
 it. Where tensors live is the caller's ``Workspace``: the executor's persistent buffers (outputs
 copied in place, so a captured graph reads and writes fixed memory), or plain references for eager use.
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -19,7 +20,8 @@ from typing import Protocol
 import torch
 
 from .. import ops
-from ..models.stack import Workspace as Holder, run_units
+from ..models.stack import Workspace as Holder
+from ..models.stack import run_units
 
 __all__ = ["DeepCache", "EagerWorkspace", "Workspace", "run_units"]
 

@@ -19,6 +19,7 @@ other families (diffusers) get an adapter object, registered with ``register_ski
 model class. ``as_skip_stack(model)`` is how ``cache/`` and ``sampling/`` find it; every member of
 every part is required (checked when the adapter is made, TypeError naming what is missing).
 """
+
 from __future__ import annotations
 
 import threading
@@ -135,7 +136,9 @@ def as_skip_stack(model):
             if factory is not None:
                 adapter = factory(model)
                 if not _implements(adapter):
-                    raise TypeError(f"the skip-stack adapter {type(adapter).__name__} of {cls.__name__} lacks {_missing(adapter)}")
+                    raise TypeError(
+                        f"the skip-stack adapter {type(adapter).__name__} of {cls.__name__} lacks {_missing(adapter)}"
+                    )
                 _ADAPTERS[model] = adapter
                 return adapter
     supported = ["skipdit_kernels.DiT", "skipdit_kernels.SkipDiT", "skipdit_kernels.LatteSkip"]

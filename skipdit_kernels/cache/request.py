@@ -25,6 +25,7 @@ again as it would have run.
 The forward is replaced on the instance (an attribute), never on the class, and restored exactly
 when the last session of the model closes.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -141,7 +142,11 @@ class SkipCacheSession:
         t_step = float(t.reshape(-1)[0])  # the schedule's timestep: the first sample's (as the official code)
         signature = (tuple(x.shape), x.dtype, x.device, cond.signature())
         trajectory = self._trajectory
-        if trajectory is None or signature != trajectory.signature or (trajectory.last_t is not None and t_step > trajectory.last_t):
+        if (
+            trajectory is None
+            or signature != trajectory.signature
+            or (trajectory.last_t is not None and t_step > trajectory.last_t)
+        ):
             trajectory = _Trajectory(self.cache, self.slots, not self.partners, signature, x.device)
         planned = trajectory.cursor.peek(t_step)
         deep = trajectory.deep

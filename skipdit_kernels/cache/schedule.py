@@ -20,13 +20,21 @@ timesteps instead of a line in the step counter (``forecast.alpha_sigma_weights`
 ``ScheduleCursor`` is the schedule, one step at a time; ``SkipCache.plan`` runs it over a whole
 trajectory. Everything that caches (the executor, a step-by-step request) follows these records.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import numbers
 from typing import Iterable, NamedTuple
 
-from .forecast import MAX_FORECAST_ORDER, alpha_sigma_weights, check_basis, check_forecast, lagrange_weights, resolve_forecast
+from .forecast import (
+    MAX_FORECAST_ORDER,
+    alpha_sigma_weights,
+    check_basis,
+    check_forecast,
+    lagrange_weights,
+    resolve_forecast,
+)
 
 _PRESETS = {
     # Official Skip-DiT class-to-image defaults (DiT-XL/2).
@@ -217,7 +225,9 @@ class ScheduleCursor:
         """Move past ``step`` (``peek(t)``'s, at this position) after it completed. ValueError for
         a step decided at another position."""
         if step.counter != self.counter:
-            raise ValueError(f"step {step.counter} was decided at another position of the schedule (now at {self.counter})")
+            raise ValueError(
+                f"step {step.counter} was decided at another position of the schedule (now at {self.counter})"
+            )
         if step.full:
             if len(self._entries) == self.slots:
                 self._entries.pop(0)  # the oldest entry holds this slot: the ring overwrites it

@@ -2,6 +2,7 @@
 
 Argument types and ``CommandError`` import nothing heavy (``skipdit --help`` must not load torch);
 the checks that need torch import it when they run."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def guidance_scale(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value < 1.0:
-        raise argparse.ArgumentTypeError(f"the guidance scale must be a finite number >= 1 (1 = no guidance), got {text}")
+        raise argparse.ArgumentTypeError(
+            f"the guidance scale must be a finite number >= 1 (1 = no guidance), got {text}"
+        )
     return value
 
 
@@ -147,14 +150,23 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def add_cache_options(parser) -> None:
     """--cache, --forecast, --shallow: the Skip-Cache options of the sampling commands."""
-    parser.add_argument("--cache", type=cache_setting, default=0,
-                        help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
-                        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM), or 'turbo' "
-                        "(interval 10, forecast for DDIM / reuse for DDPM: FLOP bound 3x on the bundled models)")
-    parser.add_argument("--forecast", default="0", choices=["0", "1", "2", "3", "auto"],
-                        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)")
-    parser.add_argument("--shallow", type=positive_int, default=None,
-                        help="Skip-Cache shallow blocks (default 4, or depth/2)")
+    parser.add_argument(
+        "--cache",
+        type=cache_setting,
+        default=0,
+        help="Skip-Cache interval (0 = off), or 'fast': the quality-matched preset (forecast at "
+        "interval 4 after full steps while t >= 950 for DDIM; the paper's reuse at interval 2 for DDPM), or 'turbo' "
+        "(interval 10, forecast for DDIM / reuse for DDPM: FLOP bound 3x on the bundled models)",
+    )
+    parser.add_argument(
+        "--forecast",
+        default="0",
+        choices=["0", "1", "2", "3", "auto"],
+        help="Skip-Cache forecast order (0 = reuse; auto = best for the sampler)",
+    )
+    parser.add_argument(
+        "--shallow", type=positive_int, default=None, help="Skip-Cache shallow blocks (default 4, or depth/2)"
+    )
 
 
 def cache_from_args(args, model):

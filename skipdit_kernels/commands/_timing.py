@@ -11,6 +11,7 @@ reported). So with one thread the speedups are ratios of CPU time; with more, of
 an idle machine gives), and a busy machine is said on screen either way.
 
 Nothing here imports torch at module level (``skipdit --help`` stays light)."""
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,7 @@ def default_threads(processes: int = 1) -> tuple[int, str]:
     processes started together (e.g. torchrun's local ranks), at least 1."""
     cores, load = usable_cores(), load_average()
     idle = cores if load is None else max(1, min(cores, cores - round(load)))
-    why = (f"all {cores} usable cores" if idle == cores else f"the idle ones of {cores} usable cores")
+    why = f"all {cores} usable cores" if idle == cores else f"the idle ones of {cores} usable cores"
     why += "" if load is None else f" at load average {load:.1f}"
     if processes > 1:
         why += f", shared by {processes} local processes"
@@ -55,9 +56,13 @@ def default_threads(processes: int = 1) -> tuple[int, str]:
 
 def add_threads_option(parser) -> None:
     """``--threads N``: the CPU threads torch uses (default chosen by ``default_threads`` and printed)."""
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads torch uses (default: the usable cores the load average leaves idle, "
-                        "at least 1; the choice is printed). Pin it (e.g. 1) for timings on a shared machine")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads torch uses (default: the usable cores the load average leaves idle, "
+        "at least 1; the choice is printed). Pin it (e.g. 1) for timings on a shared machine",
+    )
 
 
 def pin_threads(requested: int | None, processes: int = 1) -> str:
@@ -160,5 +165,7 @@ def busy_note(load_at_start: float | None, speedups: dict[str, Speedup]) -> str 
         why.append(f"{', '.join(above)} faster than the schedule's FLOP bound")
     if not why:
         return None
-    return ("note: the machine was busy (" + "; ".join(why) + "): treat these speedups as rough; "
-            "rerun on an idle machine, or with --threads 1 and more --rounds")
+    return (
+        "note: the machine was busy (" + "; ".join(why) + "): treat these speedups as rough; "
+        "rerun on an idle machine, or with --threads 1 and more --rounds"
+    )

@@ -7,6 +7,7 @@ runs in a child Python process: the benchmark compares against an official-style
 it in bench/, so it belongs to the source checkout, not to the installed package, and this command
 says so in an installed wheel. The package itself never imports from bench/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,16 @@ import os
 import subprocess
 import sys
 
-BENCH_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "bench", "bench_sampling.py")
+BENCH_FILE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "bench_sampling.py"
+)
 
 
 def configure(parser) -> None:
     parser.description = (parser.description or "") + (
         ". Every argument is passed on to bench/bench_sampling.py of the source checkout "
-        "(its options: skipdit bench -- --help)")
+        "(its options: skipdit bench -- --help)"
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options")
     plain = parser.parse_known_args
 
@@ -42,7 +45,8 @@ def command(args: list[str]) -> list[str]:
     if not os.path.isfile(BENCH_FILE):
         raise FileNotFoundError(
             f"{BENCH_FILE} not found: skipdit bench runs the benchmark of a source checkout "
-            "(git clone the repository and pip install -e . there)")
+            "(git clone the repository and pip install -e . there)"
+        )
     return [sys.executable, BENCH_FILE, *args]
 
 

@@ -1,5 +1,6 @@
 """``skipdit convert``: add Skip-DiT's long skips to a pretrained DiT or Latte (then fine-tune it with
 ``skipdit train --init-from OUT --stage skip``, then ``--stage all``)."""
+
 from __future__ import annotations
 
 import os
@@ -9,19 +10,37 @@ from skipdit_kernels.commands._common import CommandError, positive_int
 
 
 def configure(parser) -> None:
-    parser.add_argument("--ckpt", required=True, help="a DiT checkpoint (official keys, .pt/.pth/.safetensors), an official "
-                        "class-to-video Latte checkpoint, or a diffusers folder (DiTTransformer2DModel or "
-                        "LatteTransformer3DModel, or a pipeline folder with transformer/)")
-    parser.add_argument("--out", required=True, help="the skip model: a .safetensors (or .pt) file; a folder for a "
-                        "diffusers Latte (LatteT2VSkip, save_pretrained)")
-    parser.add_argument("--init", choices=["identity", "official"], default="identity",
-                        help="skip-branch initialisation: 'identity' keeps the output close to the original's at step 0 "
-                        "(fitted on calibration inputs); 'official' as Skip-DiT's code (default: identity)")
-    parser.add_argument("--calibration", default=None, help="'digits' (the bundled digits, for 16x16 one-channel pixel "
-                        "models) or a .pt / .safetensors file with 'images' (N, C, H, W clean latents); default: "
-                        "standard normal latents")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="a DiT checkpoint (official keys, .pt/.pth/.safetensors), an official "
+        "class-to-video Latte checkpoint, or a diffusers folder (DiTTransformer2DModel or "
+        "LatteTransformer3DModel, or a pipeline folder with transformer/)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="the skip model: a .safetensors (or .pt) file; a folder for a "
+        "diffusers Latte (LatteT2VSkip, save_pretrained)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=["identity", "official"],
+        default="identity",
+        help="skip-branch initialisation: 'identity' keeps the output close to the original's at step 0 "
+        "(fitted on calibration inputs); 'official' as Skip-DiT's code (default: identity)",
+    )
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="'digits' (the bundled digits, for 16x16 one-channel pixel "
+        "models) or a .pt / .safetensors file with 'images' (N, C, H, W clean latents); default: "
+        "standard normal latents",
+    )
     parser.add_argument("--calibration-samples", type=positive_int, default=256)
-    parser.add_argument("--num-heads", type=positive_int, default=None, help="for a checkpoint of a size that is not official")
+    parser.add_argument(
+        "--num-heads", type=positive_int, default=None, help="for a checkpoint of a size that is not official"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=2)
 

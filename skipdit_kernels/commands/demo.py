@@ -12,6 +12,7 @@ moving on a 16x16 canvas; row r = digit r): full compute, the release's class-to
 ``SkipCache.preset("latte-c2v")`` (reuse at interval 2 while 900 > t > 49) and ``"fast"``, written as
 one animated GIF of the panels side by side (fidelity per video; accuracy per frame: the bundled
 classifier on each frame cropped to the digit, ``metrics.frame_accuracy``)."""
+
 from __future__ import annotations
 
 import os
@@ -33,28 +34,57 @@ VARIANTS = ("full", "paper", "fast")
 
 
 def configure(parser) -> None:
-    parser.add_argument("--model", choices=["skipdit", "dit"], default="skipdit",
-                        help="bundled model (dit: plain DiT, cached FORA-style)")
-    parser.add_argument("--video", action="store_true",
-                        help="the bundled class-to-video LatteSkip instead (moving digits), "
-                        f"'paper' = SkipCache.preset('latte-c2v'); writes {VIDEO_OUTPUTS[0]}")
+    parser.add_argument(
+        "--model",
+        choices=["skipdit", "dit"],
+        default="skipdit",
+        help="bundled model (dit: plain DiT, cached FORA-style)",
+    )
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help="the bundled class-to-video LatteSkip instead (moving digits), "
+        f"'paper' = SkipCache.preset('latte-c2v'); writes {VIDEO_OUTPUTS[0]}",
+    )
     parser.add_argument("--steps", type=positive_int, default=50)
-    parser.add_argument("--method", choices=["ddim", "ddpm"], default="ddim",
-                        help="ddim (deterministic: 'fast' forecasts) or ddpm (stochastic: 'fast' is the paper's reuse)")
-    parser.add_argument("--cfg", type=guidance_scale, default=3.0, help="classifier-free guidance scale, >= 1 (1 = off)")
-    parser.add_argument("--shallow", type=positive_int, default=1,
-                        help="shallow blocks (video: block pairs) of the paper's schedule (reuse at interval 2)")
-    parser.add_argument("--per-class", type=positive_int, default=None,
-                        help="samples per digit (grid columns); default 4, with --video 1")
+    parser.add_argument(
+        "--method",
+        choices=["ddim", "ddpm"],
+        default="ddim",
+        help="ddim (deterministic: 'fast' forecasts) or ddpm (stochastic: 'fast' is the paper's reuse)",
+    )
+    parser.add_argument(
+        "--cfg", type=guidance_scale, default=3.0, help="classifier-free guidance scale, >= 1 (1 = off)"
+    )
+    parser.add_argument(
+        "--shallow",
+        type=positive_int,
+        default=1,
+        help="shallow blocks (video: block pairs) of the paper's schedule (reuse at interval 2)",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=positive_int,
+        default=None,
+        help="samples per digit (grid columns); default 4, with --video 1",
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_threads_option(parser)
-    parser.add_argument("--rounds", type=positive_int, default=3,
-                        help="timing rounds (variants interleaved, order reversed every other round; speedups are "
-                        "the medians of the per-round ratios, with their range)")
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="timing rounds (variants interleaved, order reversed every other round; speedups are "
+        "the medians of the per-round ratios, with their range)",
+    )
     parser.add_argument("--scale", type=positive_int, default=4, help="PNG upscaling factor (nearest neighbour)")
-    parser.add_argument("--out-dir", default=".", help=f"writes {', '.join(OUTPUTS)} here "
-                        "(the last: full | paper | fast | difference x10, labelled, rows = digits 0-9); with --video the same "
-                        f"comparison as {VIDEO_OUTPUTS[0]}")
+    parser.add_argument(
+        "--out-dir",
+        default=".",
+        help=f"writes {', '.join(OUTPUTS)} here "
+        "(the last: full | paper | fast | difference x10, labelled, rows = digits 0-9); with --video the same "
+        f"comparison as {VIDEO_OUTPUTS[0]}",
+    )
     parser.add_argument("--progress", action="store_true")
 
 
@@ -72,8 +102,11 @@ def run_demo(args) -> dict:
     model = load_bundled("latte" if args.video else args.model)
     classifier = load_bundled("classifier")
     labels = torch.arange(10).repeat_interleave(per_class)
-    paper = (SkipCache.preset("latte-c2v", shallow_blocks=args.shallow) if args.video
-             else SkipCache(interval=2, shallow_blocks=args.shallow))
+    paper = (
+        SkipCache.preset("latte-c2v", shallow_blocks=args.shallow)
+        if args.video
+        else SkipCache(interval=2, shallow_blocks=args.shallow)
+    )
     caches = {"full": None, "paper": paper, "fast": "fast"}
     common = dict(steps=args.steps, method=args.method, cfg_scale=args.cfg, seed=args.seed, progress=args.progress)
     results = {}
@@ -82,6 +115,7 @@ def run_demo(args) -> dict:
         def call():
             images, info = sample(model, labels, cache=caches[variant], return_info=True, **common)
             results[variant] = (images.clamp(-1, 1), info)
+
         return call
 
     runs = {v: run(v) for v in VARIANTS}
@@ -94,31 +128,48 @@ def run_demo(args) -> dict:
     report = {}
     for variant in VARIANTS:
         images, info = results[variant]
-        bound = (None if info.cache is None else
-                 flop_bound(info.full_steps, info.cached_steps, num_units, info.cache.shallow_blocks))
+        bound = (
+            None
+            if info.cache is None
+            else flop_bound(info.full_steps, info.cached_steps, num_units, info.cache.shallow_blocks)
+        )
         report[variant] = dict(
-            seconds=statistics.median(timings[variant].wall), cpu_seconds=statistics.median(timings[variant].cpu),
-            timing=timings[variant], basis=basis,
-            speedup=speedup(timings[variant].of(basis), timings["full"].of(basis), bound), full_steps=info.full_steps,
-            cached_steps=info.cached_steps, cache=info.cache,
-            accuracy=(frame_accuracy(classifier, images, labels)[0] if args.video
-                      else classifier_accuracy(classifier, images, labels)),
+            seconds=statistics.median(timings[variant].wall),
+            cpu_seconds=statistics.median(timings[variant].cpu),
+            timing=timings[variant],
+            basis=basis,
+            speedup=speedup(timings[variant].of(basis), timings["full"].of(basis), bound),
+            full_steps=info.full_steps,
+            cached_steps=info.cached_steps,
+            cache=info.cache,
+            accuracy=(
+                frame_accuracy(classifier, images, labels)[0]
+                if args.video
+                else classifier_accuracy(classifier, images, labels)
+            ),
             # videos (N, F, C, H, W) are scored per video: frames as channels
-            **({} if variant == "full" else fidelity(images.flatten(1, 2), full.flatten(1, 2)) if args.video
-               else fidelity(images, full)),
+            **(
+                {}
+                if variant == "full"
+                else fidelity(images.flatten(1, 2), full.flatten(1, 2))
+                if args.video
+                else fidelity(images, full)
+            ),
         )
     titles = {v: f"{v}, {report[v]['speedup'].median:.2f}x" for v in VARIANTS}
     rows = [str(d) for d in range(10)]
     if args.video:
         path = os.path.join(args.out_dir, VIDEO_OUTPUTS[0])
-        save_comparison_gif([(titles[v], results[v][0]) for v in VARIANTS], path, nrow=per_class, scale=args.scale,
-                            row_labels=rows)
+        save_comparison_gif(
+            [(titles[v], results[v][0]) for v in VARIANTS], path, nrow=per_class, scale=args.scale, row_labels=rows
+        )
         return dict(variants=report, paths=[path])
     paths = [os.path.join(args.out_dir, name) for name in OUTPUTS]
     for variant, path in zip(VARIANTS, paths):
         save_grid(results[variant][0], path, nrow=per_class, scale=args.scale)
-    save_comparison([(titles[v], results[v][0]) for v in VARIANTS], paths[-1], nrow=per_class, scale=args.scale,
-                    row_labels=rows)
+    save_comparison(
+        [(titles[v], results[v][0]) for v in VARIANTS], paths[-1], nrow=per_class, scale=args.scale, row_labels=rows
+    )
     return dict(variants=report, paths=paths)
 
 
@@ -144,30 +195,46 @@ def run(args) -> int:
     load = load_average()
     r = run_demo(args)
     what = "LatteSkip: {} videos of 8 frames" if args.video else args.model + ": {} digits"
-    print(f"bundled {what.format(10 * per_class_of(args))}, {args.method.upper()}-{args.steps}, CFG {args.cfg:g}, "
-          f"{threads}")
+    print(
+        f"bundled {what.format(10 * per_class_of(args))}, {args.method.upper()}-{args.steps}, CFG {args.cfg:g}, "
+        f"{threads}"
+    )
     basis = r["variants"]["full"]["basis"]
-    print(f"  timed: {args.rounds} interleaved round(s) after an untimed warm-up of each variant; seconds = medians; "
-          f"speedup = median of the per-round ratios of {'CPU time (1 thread)' if basis == 'cpu' else 'wall time'} "
-          "(their range), <= the schedule's FLOP bound")
-    print("                 wall s   CPU s  speedup (range) <= bound    steps full+cached  PSNR mean / pooled / worst 5%"
-          "   SSIM mean  accuracy")
+    print(
+        f"  timed: {args.rounds} interleaved round(s) after an untimed warm-up of each variant; seconds = medians; "
+        f"speedup = median of the per-round ratios of {'CPU time (1 thread)' if basis == 'cpu' else 'wall time'} "
+        "(their range), <= the schedule's FLOP bound"
+    )
+    print(
+        "                 wall s   CPU s  speedup (range) <= bound    steps full+cached  PSNR mean / pooled / worst 5%"
+        "   SSIM mean  accuracy"
+    )
     for variant in VARIANTS:
         v = r["variants"][variant]
         s = v["speedup"]
         speed = f"{s.median:.2f}x" + ("" if s.bound is None else f" ({s.low:.2f}-{s.high:.2f}) <= {s.bound:.2f}x")
-        fid = ("      (reference)                    " if variant == "full" else
-               f"  {v['psnr_mean']:6.2f} / {v['psnr_pooled']:6.2f} / {v['psnr_worst']:6.2f} dB  {v['ssim_mean']:.4f} ")
+        fid = (
+            "      (reference)                    "
+            if variant == "full"
+            else f"  {v['psnr_mean']:6.2f} / {v['psnr_pooled']:6.2f} / {v['psnr_worst']:6.2f} dB  {v['ssim_mean']:.4f} "
+        )
         accuracy = f"  {v['accuracy']:7.1%}"
-        print(f"  {variant:<6} {v['seconds']:12.2f} {v['cpu_seconds']:7.2f}  {speed:<26} {v['full_steps']:5d} + {v['cached_steps']:<5d}"
-              f"   {fid}{accuracy}")
+        print(
+            f"  {variant:<6} {v['seconds']:12.2f} {v['cpu_seconds']:7.2f}  {speed:<26} {v['full_steps']:5d} + {v['cached_steps']:<5d}"
+            f"   {fid}{accuracy}"
+        )
     for variant in VARIANTS:
         print(f"  {variant}: {describe(r['variants'][variant]['cache'])}")
     sample_kind = "video" if args.video else "sample"
-    print(f"  PSNR per {sample_kind} then averaged (mean), from one MSE over all {sample_kind}s (pooled), "
-          "and over the worst 5%; accuracy: the bundled digit classifier's "
-          + ("on every frame (cropped to the digit): frames read as the video's digit" if args.video
-             else "on every sample: samples read as the requested digit"))
+    print(
+        f"  PSNR per {sample_kind} then averaged (mean), from one MSE over all {sample_kind}s (pooled), "
+        "and over the worst 5%; accuracy: the bundled digit classifier's "
+        + (
+            "on every frame (cropped to the digit): frames read as the video's digit"
+            if args.video
+            else "on every sample: samples read as the requested digit"
+        )
+    )
     note = busy_note(load, {v: r["variants"][v]["speedup"] for v in VARIANTS[1:]})
     if note:
         print(f"  {note}")

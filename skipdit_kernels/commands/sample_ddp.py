@@ -2,13 +2,20 @@
 data parallel into one FID-ready .npz, resumable; or one request split over the ranks: with
 ``--cfg-parallel`` its conditional and unconditional halves, with ``--sequence-parallel N`` its
 tokens over N ranks (both: 2 x N ranks). See docs/distributed.md."""
+
 from __future__ import annotations
 
 import os
 import sys
 import time
 
-from skipdit_kernels.commands._common import add_cache_options, cache_from_args, check_output_dir, positive_int, torch_dtype
+from skipdit_kernels.commands._common import (
+    add_cache_options,
+    cache_from_args,
+    check_output_dir,
+    positive_int,
+    torch_dtype,
+)
 from skipdit_kernels.commands._timing import add_threads_option
 
 
@@ -20,27 +27,53 @@ def configure(parser) -> None:
     model.add_argument("--random-init", action="store_true", help="random weights, seeded by --seed (for testing)")
     model.add_argument("--skip", action="store_true", help="with --random-init: a SkipDiT rather than a DiT")
     model.add_argument("--num-classes", type=int, default=None, help="with --random-init (default 1000)")
-    parser.add_argument("--num-samples", type=int, default=None, help="how many samples (data parallel; e.g. 50000 for FID-50K)")
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="how many samples (data parallel; e.g. 50000 for FID-50K)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="samples per sampling call (per rank at a time)")
-    parser.add_argument("--labels", type=int, nargs="+", default=None,
-                        help="class labels: --num-samples of them (default: uniform random, seeded), or the request's with --cfg-parallel")
-    parser.add_argument("--cfg-parallel", action="store_true",
-                        help="one request for --labels: the first half of the ranks runs the conditional, the second the unconditional half (2 ranks, or 2 x --sequence-parallel)")
-    parser.add_argument("--sequence-parallel", type=positive_int, default=None, metavar="N",
-                        help="one request for --labels with its tokens sharded over N ranks (Ulysses attention; N must divide the heads)")
+    parser.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="class labels: --num-samples of them (default: uniform random, seeded), or the request's with --cfg-parallel",
+    )
+    parser.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="one request for --labels: the first half of the ranks runs the conditional, the second the unconditional half (2 ranks, or 2 x --sequence-parallel)",
+    )
+    parser.add_argument(
+        "--sequence-parallel",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="one request for --labels with its tokens sharded over N ranks (Ulysses attention; N must divide the heads)",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's)")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     add_cache_options(parser)
-    parser.add_argument("--seed", type=int, default=0, help="global seed: each batch's seeds derive from it and the batch index")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="global seed: each batch's seeds derive from it and the batch index"
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--vae", default=None, help="local AutoencoderKL folder: the .npz then holds uint8 images")
-    parser.add_argument("--out-dir", required=True,
-                        help="rank 0 writes samples.npz (arr_0, labels) and, data parallel, batches/ and run.json for resuming")
-    parser.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto", help="auto: nccl with CUDA, else gloo")
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="seconds a rank waits for the others before failing (must exceed one batch's sampling time)")
+    parser.add_argument(
+        "--out-dir",
+        required=True,
+        help="rank 0 writes samples.npz (arr_0, labels) and, data parallel, batches/ and run.json for resuming",
+    )
+    parser.add_argument(
+        "--backend", choices=["auto", "nccl", "gloo"], default="auto", help="auto: nccl with CUDA, else gloo"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a rank waits for the others before failing (must exceed one batch's sampling time)",
+    )
     add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -115,5 +148,6 @@ def run(args) -> int:
 
 def _split_name(args) -> str:
     parts = (["CFG-parallel"] if args.cfg_parallel else []) + (
-        [f"sequence-parallel over {args.sequence_parallel}"] if args.sequence_parallel is not None else [])
+        [f"sequence-parallel over {args.sequence_parallel}"] if args.sequence_parallel is not None else []
+    )
     return " x ".join(parts)

@@ -1,4 +1,5 @@
 """``skipdit train``: train a DiT / SkipDiT (any preset or custom size) or the digit classifier."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,15 @@ BUNDLED_SIZE = {"patch_size": 4, "hidden_size": 96, "depth": 8, "num_heads": 4}
 
 def configure(parser) -> None:
     parser.add_argument("--model", choices=["skipdit", "dit", "classifier"], default="skipdit")
-    parser.add_argument("--preset", default=None, help="official size, e.g. DiT-S/2 (custom sizes below override; "
-                        "default: the bundled models' size, patch 4, hidden 96, depth 8, 4 heads)")
-    parser.add_argument("--input-size", type=positive_int, default=None, help="image side (pixel-space models; default 16)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="official size, e.g. DiT-S/2 (custom sizes below override; "
+        "default: the bundled models' size, patch 4, hidden 96, depth 8, 4 heads)",
+    )
+    parser.add_argument(
+        "--input-size", type=positive_int, default=None, help="image side (pixel-space models; default 16)"
+    )
     parser.add_argument("--patch-size", type=positive_int, default=None)
     parser.add_argument("--in-channels", type=positive_int, default=None, help="default 1 (digits)")
     parser.add_argument("--hidden-size", type=positive_int, default=None)
@@ -30,8 +37,12 @@ def configure(parser) -> None:
     parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the data")
     parser.add_argument("--class-dropout", type=float, default=0.1, help="label dropout for classifier-free guidance")
     parser.add_argument("--no-learn-sigma", action="store_true")
-    parser.add_argument("--data", default="digits", help="'digits' (bundled), an image folder root/<class>/<img>, "
-                        "or a .pt / .safetensors file holding 'images' (N,C,H,W in [-1,1]) and 'labels'")
+    parser.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (bundled), an image folder root/<class>/<img>, "
+        "or a .pt / .safetensors file holding 'images' (N,C,H,W in [-1,1]) and 'labels'",
+    )
     parser.add_argument("--steps", type=positive_int, default=3000)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (DiT: 1e-4)")
@@ -44,8 +55,12 @@ def configure(parser) -> None:
     parser.add_argument("--out", required=True, help="run folder: model.safetensors, train_state.pt, log.jsonl")
     parser.add_argument("--save-every", type=positive_int, default=500)
     parser.add_argument("--log-every", type=positive_int, default=50)
-    parser.add_argument("--eval-every", type=nonnegative_int, default=0, help="Frechet distance of EMA samples every N steps "
-                        "(digits data; uses the bundled classifier or --classifier)")
+    parser.add_argument(
+        "--eval-every",
+        type=nonnegative_int,
+        default=0,
+        help="Frechet distance of EMA samples every N steps (digits data; uses the bundled classifier or --classifier)",
+    )
     parser.add_argument("--eval-samples", type=positive_int, default=100)
     parser.add_argument("--eval-steps", type=positive_int, default=20, help="DDIM steps of the evaluation samples")
     parser.add_argument("--classifier", default=None, help="classifier .safetensors for --eval-every")
@@ -53,16 +68,32 @@ def configure(parser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a train_state.pt")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--init-from", default=None, help="fine-tune: start from this model (skipdit convert's output, a "
-                        "model.safetensors, or a run folder / train_state.pt of an earlier stage); the model is built "
-                        "from it (--model, --preset and the sizes are ignored)")
-    parser.add_argument("--stage", choices=["all", "skip"], default="all", help="'skip': train only the long-skip branches "
-                        "(the rest frozen, bit-identical); 'all': everything (default)")
-    parser.add_argument("--accumulation", type=positive_int, default=1, help="gradient accumulation micro-batches per step "
-                        "(--batch-size is the global batch of one step, all ranks and micro-batches together)")
-    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in the backward")
-    parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP (fully_shard) "
-                        "instead of DDP")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune: start from this model (skipdit convert's output, a "
+        "model.safetensors, or a run folder / train_state.pt of an earlier stage); the model is built "
+        "from it (--model, --preset and the sizes are ignored)",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=["all", "skip"],
+        default="all",
+        help="'skip': train only the long-skip branches (the rest frozen, bit-identical); 'all': everything (default)",
+    )
+    parser.add_argument(
+        "--accumulation",
+        type=positive_int,
+        default=1,
+        help="gradient accumulation micro-batches per step "
+        "(--batch-size is the global batch of one step, all ranks and micro-batches together)",
+    )
+    parser.add_argument(
+        "--activation-checkpointing", action="store_true", help="recompute block activations in the backward"
+    )
+    parser.add_argument(
+        "--fsdp", action="store_true", help="under torchrun: shard the model with FSDP (fully_shard) instead of DDP"
+    )
 
 
 def check_request(args) -> None:
@@ -72,8 +103,10 @@ def check_request(args) -> None:
     if args.export:
         check_output_file("--export", args.export)
     if args.model != "classifier" and args.data != "digits" and not os.path.exists(args.data):
-        raise CommandError(f"--data {args.data}: no such file or folder (give 'digits', an image folder "
-                           "root/<class>/<image>, or a .pt / .safetensors file holding 'images' and 'labels')")
+        raise CommandError(
+            f"--data {args.data}: no such file or folder (give 'digits', an image folder "
+            "root/<class>/<image>, or a .pt / .safetensors file holding 'images' and 'labels')"
+        )
 
 
 def _load_data(spec: str):
@@ -118,8 +151,11 @@ def _classifier_eval(args):
         started = time.perf_counter()
         x = sample(ema, labels, steps=args.eval_steps, method="ddim", cfg_scale=1.0, seed=1234, progress=False)
         x = x.clamp(-1, 1)
-        return dict(fd=frechet_distance(classifier_features(clf, x), real), accuracy=classifier_accuracy(clf, x, labels),
-                    eval_seconds=round(time.perf_counter() - started, 2))
+        return dict(
+            fd=frechet_distance(classifier_features(clf, x), real),
+            accuracy=classifier_accuracy(clf, x, labels),
+            eval_seconds=round(time.perf_counter() - started, 2),
+        )
 
     return eval_fn
 
@@ -138,19 +174,26 @@ def _run_classifier(args) -> int:
     train_data, test_data = digits_split(seed=args.seed)
     model = DigitClassifier()
     started = time.perf_counter()
-    info = train_classifier(model, train_data, test_data, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    info = train_classifier(
+        model, train_data, test_data, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
+    )
     os.makedirs(args.out, exist_ok=True)
     from skipdit_kernels.files import save_safetensors
 
-    save_safetensors(model.state_dict(), os.path.join(args.out, "model.safetensors"),
-                     metadata={"skipdit_config": json.dumps(model.config)})
+    save_safetensors(
+        model.state_dict(),
+        os.path.join(args.out, "model.safetensors"),
+        metadata={"skipdit_config": json.dumps(model.config)},
+    )
     with open(os.path.join(args.out, "log.jsonl"), "w") as f:
         for row in info["history"]:
             f.write(json.dumps(row) + "\n")
     if args.export:
         save_half(model, args.export, {"test_accuracy": str(info["test_accuracy"])})
-    print(f"classifier: held-out accuracy {info['test_accuracy']:.4f} ({len(test_data[0])} images), "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"classifier: held-out accuracy {info['test_accuracy']:.4f} ({len(test_data[0])} images), "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 
@@ -167,9 +210,13 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     x, y = as_tensors(data, size=args.input_size or 16, channels=args.in_channels or 1)
-    config = dict(input_size=args.input_size or x.shape[-1], in_channels=args.in_channels or x.shape[1],
-                  num_classes=args.num_classes or int(y.max()) + 1, class_dropout_prob=args.class_dropout,
-                  learn_sigma=not args.no_learn_sigma)
+    config = dict(
+        input_size=args.input_size or x.shape[-1],
+        in_channels=args.in_channels or x.shape[1],
+        num_classes=args.num_classes or int(y.max()) + 1,
+        class_dropout_prob=args.class_dropout,
+        learn_sigma=not args.no_learn_sigma,
+    )
     for key, default in BUNDLED_SIZE.items():
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
@@ -181,8 +228,11 @@ def run(args) -> int:
     else:
         model = build_model(args.model, args.preset, **config)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{type(model).__name__} {json.dumps(model.config)}: {n_params / 1e6:.2f} M parameters, "
-          f"{len(x)} training images", flush=True)
+    print(
+        f"{type(model).__name__} {json.dumps(model.config)}: {n_params / 1e6:.2f} M parameters, "
+        f"{len(x)} training images",
+        flush=True,
+    )
     eval_fn = _classifier_eval(args) if args.eval_every else None
     result = train(
         model, (x, y), steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -197,8 +247,16 @@ def run(args) -> int:
 
         save_half(result.ema, args.export, {"step": str(result.step)})
     last = result.log[-1] if result.log else {}
-    loss = (f", loss {last['loss']:.4f} (mean of the last {last['steps_averaged']} steps, as the progress bar and "
-            f"log.jsonl)" if last else "")
-    print(f"done: step {result.step}, {result.seconds:.0f} s this run" + loss
-          + (f", FD {last['fd']:.2f}" if "fd" in last else ""), flush=True)
+    loss = (
+        f", loss {last['loss']:.4f} (mean of the last {last['steps_averaged']} steps, as the progress bar and "
+        f"log.jsonl)"
+        if last
+        else ""
+    )
+    print(
+        f"done: step {result.step}, {result.seconds:.0f} s this run"
+        + loss
+        + (f", FD {last['fd']:.2f}" if "fd" in last else ""),
+        flush=True,
+    )
     return 0

@@ -21,6 +21,7 @@ embeddings (no text encoder is bundled):
      "negative_encoder_hidden_states": (N or 1, L, caption_channels),  # for CFG: the negative prompt's
      "negative_encoder_attention_mask": (N or 1, L)}         # optional
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -97,7 +98,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
                 f"got num_layers {num_layers}"
             )
         if norm_type != "ada_norm_single":
-            raise ValueError(f"LatteT2VSkip is Latte-1's adaLN-single transformer: norm_type must be 'ada_norm_single', got {norm_type!r}")
+            raise ValueError(
+                f"LatteT2VSkip is Latte-1's adaLN-single transformer: norm_type must be 'ada_norm_single', got {norm_type!r}"
+            )
         super().__init__(
             num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim, in_channels=in_channels,
             out_channels=out_channels, num_layers=num_layers, dropout=dropout, cross_attention_dim=cross_attention_dim,
@@ -171,7 +174,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
             raise ValueError(f"LatteT2VSkip takes text embeddings: a tensor (N, L, C) or a dict with {_TEXT!r}")
         unknown = set(conditioning) - {_TEXT, _MASK, _NEG_TEXT, _NEG_MASK}
         if unknown:
-            raise ValueError(f"unknown conditioning entries {sorted(unknown)}; expected {[_TEXT, _MASK, _NEG_TEXT, _NEG_MASK]}")
+            raise ValueError(
+                f"unknown conditioning entries {sorted(unknown)}; expected {[_TEXT, _MASK, _NEG_TEXT, _NEG_MASK]}"
+            )
         text = self._check_text(conditioning[_TEXT], None, _TEXT)
         n, length = text.shape[:2]
         cond = {_TEXT: text}
@@ -180,7 +185,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
         if conditioning.get(_NEG_TEXT) is not None:
             neg = self._check_text(conditioning[_NEG_TEXT], None, _NEG_TEXT)
             if neg.shape[0] not in (1, n) or neg.shape[1] != length:
-                raise ValueError(f"{_NEG_TEXT} must have shape (1 or {n}, {length}, C) like {_TEXT} {tuple(text.shape)}, got {tuple(neg.shape)}")
+                raise ValueError(
+                    f"{_NEG_TEXT} must have shape (1 or {n}, {length}, C) like {_TEXT} {tuple(text.shape)}, got {tuple(neg.shape)}"
+                )
             cond[_NEG_TEXT] = neg.expand(n, -1, -1).contiguous()
             if (conditioning.get(_NEG_MASK) is None) != (_MASK not in cond):
                 raise ValueError(f"give {_NEG_MASK} together with {_MASK} (both or neither)")
@@ -206,7 +213,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
         if set(values) - set(names) or "hidden_states" not in values or len(args) > len(names):
             raise TypeError(f"LatteT2VSkip.forward takes {names}, got {len(args)} positional and {sorted(kwargs)}")
         if values.get("enable_temporal_attentions", True) is not True:
-            raise ValueError("LatteT2VSkip runs every temporal block: enable_temporal_attentions=False is not supported")
+            raise ValueError(
+                "LatteT2VSkip runs every temporal block: enable_temporal_attentions=False is not supported"
+            )
         cond = {_TEXT: values.get(_TEXT)}
         if values.get(_MASK) is not None:
             cond[_MASK] = values[_MASK]
@@ -219,7 +228,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
     def check_inputs(self, x: torch.Tensor, t, cond: Condition) -> tuple[torch.Tensor, Condition]:
         c = self.config
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
-            raise ValueError(f"hidden_states must be a (N, C, F, H, W) video tensor, got {getattr(x, 'shape', type(x).__name__)}")
+            raise ValueError(
+                f"hidden_states must be a (N, C, F, H, W) video tensor, got {getattr(x, 'shape', type(x).__name__)}"
+            )
         n, channels, frames, height, width = x.shape
         shape = f"hidden_states {tuple(x.shape)}"
         if channels != c.in_channels:
@@ -245,9 +256,16 @@ class LatteT2VSkip(LatteTransformer3DModel):
 
     def _check_text(self, text, n: int | None, name: str) -> torch.Tensor:
         channels = self.config.caption_channels
-        if not isinstance(text, torch.Tensor) or text.dim() != 3 or text.shape[2] != channels or (n is not None and text.shape[0] != n):
+        if (
+            not isinstance(text, torch.Tensor)
+            or text.dim() != 3
+            or text.shape[2] != channels
+            or (n is not None and text.shape[0] != n)
+        ):
             rows = "N" if n is None else n
-            raise ValueError(f"{name} must be ({rows}, L, {channels}) text embeddings, got {getattr(text, 'shape', type(text).__name__)}")
+            raise ValueError(
+                f"{name} must be ({rows}, L, {channels}) text embeddings, got {getattr(text, 'shape', type(text).__name__)}"
+            )
         if not text.dtype.is_floating_point:
             raise ValueError(f"{name} must be floating point, got {text.dtype}")
         return text
@@ -255,7 +273,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
     def _check_mask(self, mask, n: int | None, length: int, name: str) -> torch.Tensor:
         mask = torch.as_tensor(mask)
         if mask.dim() != 2 or mask.shape[1] != length or (n is not None and mask.shape[0] != n):
-            raise ValueError(f"{name} must be ({'N' if n is None else n}, {length}) (1 keeps a text token), got {tuple(mask.shape)}")
+            raise ValueError(
+                f"{name} must be ({'N' if n is None else n}, {length}) (1 keeps a text token), got {tuple(mask.shape)}"
+            )
         return mask
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, T2VContext]:
@@ -269,7 +289,9 @@ class LatteT2VSkip(LatteTransformer3DModel):
         bias = None
         if _MASK in cond:  # as the official forward: a (N, L) keep-mask becomes a -10000 bias per frame
             bias = ((1 - cond[_MASK].to(h.dtype)) * -10000.0).unsqueeze(1).repeat_interleave(frames, 0)
-        ctx = T2VContext(temb.repeat_interleave(frames, 0), temb.repeat_interleave(tokens, 0), embedded, text, bias, n, frames)
+        ctx = T2VContext(
+            temb.repeat_interleave(frames, 0), temb.repeat_interleave(tokens, 0), embedded, text, bias, n, frames
+        )
         return h, ctx
 
     def run_block(self, i: int, h: torch.Tensor, ctx: T2VContext, skip: torch.Tensor | None) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Model families (text-to-video Latte-skip builds on diffusers: ``skipdit_kernels.integrations.latte_t2v``)."""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .dit import DiT, SkipDiT
 from .latte import LATTE_PRESETS, LatteSkip
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .presets import PRESETS
 
 __all__ = [
@@ -14,4 +15,3 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
 ]
-

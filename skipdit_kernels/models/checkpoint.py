@@ -13,6 +13,7 @@ config the checkpoint carries (``save_checkpoint``'s ``"skipdit_config"``, ``ski
 ``"config"``, DiT's ``args.model``), or, for the twelve official sizes only, from the official
 models (the preset's heads, a null-class row). Otherwise ``CheckpointError`` names what is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,15 @@ class CheckpointError(ValueError):
 
 
 _CONFIG_KEY = "skipdit_config"
-_CONSTRUCTOR_ARGS = frozenset().union(
-    *(inspect.signature(cls.__init__).parameters for cls in (DiT, LatteSkip))
-) - {"self"}
+_CONSTRUCTOR_ARGS = frozenset().union(*(inspect.signature(cls.__init__).parameters for cls in (DiT, LatteSkip))) - {
+    "self"
+}
 _NOT_A_CHECKPOINT = "is not a torch checkpoint or safetensors file"
 _MAX_KEYS_SHOWN = 10
 
 
 def _file_format(path: str) -> str | None:
-    """"safetensors", "torch" or None, from the first bytes."""
+    """ "safetensors", "torch" or None, from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(9)
     size = os.path.getsize(path)
@@ -178,7 +179,9 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict:
     )  # fmt: skip
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None = None) -> tuple[type[torch.nn.Module], dict]:
+def infer_config(
+    state_dict: Mapping[str, torch.Tensor], known: Mapping | None = None
+) -> tuple[type[torch.nn.Module], dict]:
     """The model class and constructor arguments of a state_dict. ``known``: constructor arguments
     given (explicitly, or carried by the checkpoint); they settle what the shapes cannot. Raises
     CheckpointError naming what is still unknown."""
@@ -187,7 +190,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None =
         return _infer_latte_config(state_dict, known)
     s = _shapes(state_dict)
     official = preset_for(s["depth"], s["hidden_size"], s["patch_size"])
-    config = {k: s[k] for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "mlp_ratio", "learn_sigma")}
+    config = {
+        k: s[k] for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "mlp_ratio", "learn_sigma")
+    }
     needs = []
     if "num_heads" in known:
         config["num_heads"] = known["num_heads"]
@@ -199,7 +204,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], known: Mapping | None =
     if "num_classes" in known:
         null_rows = rows - known["num_classes"]
         if null_rows not in (0, 1):
-            raise CheckpointError(f"the checkpoint's label table has {rows} rows: it cannot hold num_classes={known['num_classes']}")
+            raise CheckpointError(
+                f"the checkpoint's label table has {rows} rows: it cannot hold num_classes={known['num_classes']}"
+            )
         config["num_classes"] = known["num_classes"]
         config["class_dropout_prob"] = known.get("class_dropout_prob", 0.1 if null_rows else 0.0)
         if bool(null_rows) != (config["class_dropout_prob"] > 0):
@@ -229,7 +236,9 @@ def _infer_latte_config(state_dict: Mapping[str, torch.Tensor], known: dict) -> 
     if "text_embedding_projection.1.weight" in state_dict:
         raise CheckpointError("a Latte checkpoint with text_embedding_projection (extras=78) is not supported")
     if not any(k.startswith("skip_linears.") for k in state_dict):
-        raise CheckpointError("a Latte checkpoint without long skips (plain Latte) is not supported; LatteSkip needs skip_linears")
+        raise CheckpointError(
+            "a Latte checkpoint without long skips (plain Latte) is not supported; LatteSkip needs skip_linears"
+        )
     try:
         hidden, in_channels, patch, _ = state_dict["x_embedder.proj.weight"].shape
         num_patches = state_dict["pos_embed"].shape[1]
@@ -291,7 +300,9 @@ def _key_lines(title: str, keys: list[str]) -> list[str]:
     return lines
 
 
-def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], config: Mapping | None = None) -> None:
+def check_state_dict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], config: Mapping | None = None
+) -> None:
     """Raise CheckpointError when ``state_dict`` (with the ``config`` it carries) does not fit
     ``model``: a summary line (checkpoint vs model), then the missing, unexpected and mis-shaped
     keys, one per line, at most ten of each."""
@@ -349,4 +360,6 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
             metadata[_CONFIG_KEY] = json.dumps(config)
         save_safetensors(state, path, metadata=metadata)
     else:
-        torch.save({"model": state, _CONFIG_KEY: dict(config or {}), **({"metadata": metadata} if metadata else {})}, path)
+        torch.save(
+            {"model": state, _CONFIG_KEY: dict(config or {}), **({"metadata": metadata} if metadata else {})}, path
+        )

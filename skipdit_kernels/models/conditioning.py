@@ -1,4 +1,5 @@
 """Input checks shared by the model families: class labels, timesteps, the image size of a latent."""
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,13 @@ def class_labels(value, num_classes: int) -> torch.Tensor:
     if labels.numel() == 0:
         raise ValueError("class labels are empty")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"class labels must be integers in 0..{num_classes - 1}, got {labels.tolist()[:8]} ({labels.dtype})")
+        raise ValueError(
+            f"class labels must be integers in 0..{num_classes - 1}, got {labels.tolist()[:8]} ({labels.dtype})"
+        )
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"class labels must be in 0..{num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}")
+        raise ValueError(
+            f"class labels must be in 0..{num_classes - 1}, got min {int(labels.min())} max {int(labels.max())}"
+        )
     return labels.long()
 
 

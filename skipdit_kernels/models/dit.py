@@ -11,6 +11,7 @@ Both are skip stacks (``skipdit_kernels.models.stack``; the whole contract is de
 ``run_block``, which Skip-Cache and the executor also run (``skipdit_kernels.enable_skip_cache``,
 ``sample``); the models themselves know nothing of caching.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,13 +19,20 @@ import torch.nn as nn
 
 from .. import ops
 from .conditioning import check_image_size, check_label_batch, check_timesteps, class_labels
-from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, SkipProjection, TimestepEmbedder, sincos_pos_embed_2d
+from .layers import (
+    DiTBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    SkipProjection,
+    TimestepEmbedder,
+    sincos_pos_embed_2d,
+)
 from .presets import preset_config
 from .stack import Condition, run_units, skip_partners
 
 
 class DiT(nn.Module):
-
     def __init__(
         self,
         input_size: int = 32,
@@ -166,7 +174,9 @@ class DiT(nn.Module):
         values = dict(zip(names, args), **kwargs)
         missing = [n for n in names if n not in values]
         if missing or len(values) != 3:
-            raise TypeError(f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}")
+            raise TypeError(
+                f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}"
+            )
         return values["x"], values["t"], Condition({"y": values["y"]})
 
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -177,7 +187,9 @@ class DiT(nn.Module):
             raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         n, channels, height, width = x.shape
         if channels != self.in_channels:
-            raise ValueError(f"x has {channels} channels (shape {tuple(x.shape)}); the model expects {self.in_channels}")
+            raise ValueError(
+                f"x has {channels} channels (shape {tuple(x.shape)}); the model expects {self.in_channels}"
+            )
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"x resolution {height}x{width} is not divisible by the patch size {self.patch_size}")
         if height != self.input_size or width != self.input_size:

@@ -16,6 +16,7 @@ number of pairs). The pair is the unit of the skip stack (``skipdit_kernels.mode
 forward is the one traversal ``run_units`` over the pairs, which Skip-Cache also runs with the pair
 as its shallow unit; the model knows nothing of caching.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,13 +27,13 @@ import torch.nn as nn
 from .. import ops
 from .conditioning import check_image_size, check_label_batch, check_timesteps, class_labels
 from .layers import (
-    adaln_modulation,
     DiTBlock,
     FinalLayer,
     LabelEmbedder,
     PatchEmbed,
     SkipProjection,
     TimestepEmbedder,
+    adaln_modulation,
     sincos_pos_embed_1d,
     sincos_pos_embed_2d,
     unpatchify,
@@ -248,7 +249,9 @@ class LatteSkip(nn.Module):
 
     def null_condition(self, cond: Condition) -> Condition:
         if self.extras != 2:
-            raise ValueError("classifier-free guidance needs a class-conditional model; this LatteSkip is unconditional (extras=1)")
+            raise ValueError(
+                "classifier-free guidance needs a class-conditional model; this LatteSkip is unconditional (extras=1)"
+            )
         if not self.y_embedder.has_null_class:
             raise ValueError(
                 "classifier-free guidance needs a model trained with class dropout (a null class); "
@@ -260,7 +263,9 @@ class LatteSkip(nn.Module):
         names = ("x", "t", "y")
         values = dict(zip(names, args), **kwargs)
         if "x" not in values or "t" not in values or set(values) - set(names) or len(args) > 3:
-            raise TypeError(f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}")
+            raise TypeError(
+                f"{type(self).__name__}.forward takes (x, t, y), got {len(args)} positional and {sorted(kwargs)}"
+            )
         return values["x"], values["t"], self._condition_of(values["x"], values.get("y"))
 
     def wrap_output(self, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -281,7 +286,9 @@ class LatteSkip(nn.Module):
         n, frames, channels, height, width = x.shape
         shape = f"x {tuple(x.shape)}"
         if channels != self.in_channels:
-            raise ValueError(f"x has {channels} channels ({shape}, (N, F, C, H, W)); the model expects {self.in_channels}")
+            raise ValueError(
+                f"x has {channels} channels ({shape}, (N, F, C, H, W)); the model expects {self.in_channels}"
+            )
         if frames != self.num_frames:
             raise ValueError(
                 f"x has {frames} frames ({shape}, (N, F, C, H, W)), but the temporal embedding temp_embed "
@@ -301,7 +308,9 @@ class LatteSkip(nn.Module):
             top = self.num_classes if self.y_embedder.has_null_class else self.num_classes - 1
             return t, Condition({"y": check_label_batch(cond["y"], n, top, x.device, shape)})
         if cond.tensors or cond.static or cond.batch != n:
-            raise ValueError(f"an unconditional LatteSkip takes a condition of {n} samples without tensors for {shape}, got {cond}")
+            raise ValueError(
+                f"an unconditional LatteSkip takes a condition of {n} samples without tensors for {shape}, got {cond}"
+            )
         return t, cond
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, LatteContext]:
@@ -328,11 +337,15 @@ class LatteSkip(nn.Module):
             j = i - self.num_units // 2
             fusion = (skip, self.skip_norms[j], self.skip_linears[j].linear)
         # adaLN rows are per video; the official code repeats c per frame / patch before the Linear.
-        h = spatial.forward_modulated(h, adaln_modulation(spatial.adaLN_modulation, ctx.c).repeat_interleave(frames, 0), fusion)
+        h = spatial.forward_modulated(
+            h, adaln_modulation(spatial.adaLN_modulation, ctx.c).repeat_interleave(frames, 0), fusion
+        )
         h = h.view(n, frames, tokens, hidden).transpose(1, 2).reshape(n * tokens, frames, hidden)
         if i == 0:
             h = h + self.temp_embed
-        h = temporal.forward_modulated(h, adaln_modulation(temporal.adaLN_modulation, ctx.c).repeat_interleave(tokens, 0))
+        h = temporal.forward_modulated(
+            h, adaln_modulation(temporal.adaLN_modulation, ctx.c).repeat_interleave(tokens, 0)
+        )
         return h.view(n, tokens, frames, hidden).transpose(1, 2).reshape(n * frames, tokens, hidden)
 
     def finish(self, h: torch.Tensor, ctx: LatteContext) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Building blocks of DiT, with the official parameter names, written against ``skipdit_kernels.ops``."""
+
 from __future__ import annotations
 
 import math
@@ -184,7 +185,9 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
     row, half the column, each as [sin, cos] of the position times 1 / 10000**(2i/d)."""
     if embed_dim % 4:
         raise ValueError(f"hidden size {embed_dim} must be divisible by 4 for the 2-D position embedding")
-    rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32), indexing="ij")
+    rows, cols = np.meshgrid(
+        np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32), indexing="ij"
+    )
 
     def encode(positions: np.ndarray) -> np.ndarray:
         quarter = embed_dim // 4

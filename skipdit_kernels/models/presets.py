@@ -1,4 +1,5 @@
 """The twelve official DiT sizes: (depth, hidden_size, patch_size, num_heads)."""
+
 from __future__ import annotations
 
 _SIZES = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}

@@ -12,6 +12,7 @@ nothing of that boundary's use.
 dimension N: class labels, text embeddings, masks) and a *static* part shared by every sample
 (tables such as rotary embeddings, host flags), passed to the stack unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, runtime_checkable

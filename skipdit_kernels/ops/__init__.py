@@ -5,22 +5,23 @@ Each op has a torch reference (``<op>_reference``) that defines it; the backend 
 op's spec (``ops.spec.OpSpec``: reference, backends, sample inputs, tolerance), from which the
 backends' kernel tables, the tests, ``testing.gpu_check`` and the op benchmarks derive.
 """
+
+from . import native as _native  # noqa: F401,E402  the compiled backend; reports, never raises, when missing
+from . import triton as _triton  # noqa: F401,E402  registers the probe only; Triton loads on first use
 from ._backend import auto_backend, available_backends, backend_status, current_backend, use_backend
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference
 from .attention import attention, attention_reference
 from .forecast_blend import forecast_blend, forecast_blend_reference
-from .guidance import classifier_free_guidance
 from .gated_residual import (
     gated_residual,
     gated_residual_reference,
     linear_gated_residual,
     linear_gated_residual_reference,
 )
+from .guidance import classifier_free_guidance
 from .linear import linear, linear_reference
 from .linear_gelu import linear_gelu, linear_gelu_reference
 from .skip_fuse import skip_fuse, skip_fuse_adaln, skip_fuse_adaln_reference, skip_fuse_reference
-from . import triton as _triton  # noqa: F401,E402  registers the probe only; Triton loads on first use
-from . import native as _native  # noqa: F401,E402  the compiled backend; reports, never raises, when missing
 
 __all__ = [
     "adaln_modulate",

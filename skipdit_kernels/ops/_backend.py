@@ -20,6 +20,7 @@ once and afterwards costs a context-variable read, an environment read and one d
 call (about 1 us instead of 5). Every registry mutator below forgets the memo; code that edits the
 private tables directly (tests) calls ``forget_resolutions()``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -221,8 +222,14 @@ def auto_backend(op: str, device: torch.device, dtype: torch.dtype | None = None
     """The backend ``auto`` picks for ``op`` on ``device`` (and ``dtype``): the table, else torch.
     With ``grad`` (an input requires grad) only backends with a backward qualify."""
     kind, dt = torch.device(device).type, _dtype_name(dtype)
-    name = next((_auto_table[k] for k in (f"{kind}/{op}/{dt}", f"{kind}/{op}/*", f"{kind}/*/{dt}", f"{kind}/*/*")
-                 if k in _auto_table), None)
+    name = next(
+        (
+            _auto_table[k]
+            for k in (f"{kind}/{op}/{dt}", f"{kind}/{op}/*", f"{kind}/*/{dt}", f"{kind}/*/*")
+            if k in _auto_table
+        ),
+        None,
+    )
     if name is None or name == "torch":
         return "torch"
     if name == "triton" and kind != "cuda":

@@ -1,4 +1,5 @@
 """Input validation shared by the ops: every failure names the offending shape, dtype or device."""
+
 from __future__ import annotations
 
 import math

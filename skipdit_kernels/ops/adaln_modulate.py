@@ -1,7 +1,8 @@
 """adaLN modulation: non-affine LayerNorm, then a per-sample shift and scale.
 
-    adaln_modulate(x, shift, scale) = LayerNorm(x) * (1 + scale[:, None]) + shift[:, None]
+adaln_modulate(x, shift, scale) = LayerNorm(x) * (1 + scale[:, None]) + shift[:, None]
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 flash-attn's kernel when the package imports and the inputs qualify (CUDA, fp16/bf16), otherwise
 torch's scaled_dot_product_attention. q, k and v may be strided views of one qkv projection.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,5 +58,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return attention_reference(q, k, v)
 
 
-SPEC = OpSpec("attention", attention, attention_reference,
-              lambda d, B, T, D, out, mean: [d.act(B, 2, T, D, mean=mean) for _ in range(3)])
+SPEC = OpSpec(
+    "attention",
+    attention,
+    attention_reference,
+    lambda d, B, T, D, out, mean: [d.act(B, 2, T, D, mean=mean) for _ in range(3)],
+)

@@ -20,6 +20,7 @@ float64); for bf16/fp16 weights the fp32 product is rounded again to the weight 
 differs from one rounding by one unit in the last place in roughly 1 entry in 2**16 (bf16) or 2**13
 (fp16). The row sums and W @ beta accumulate in fp32 (pairwise / blocked), as the kernels' GEMMs do.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -12,6 +12,7 @@ device tensor so the launch is graph-capturable). Triton is imported only when i
 The op is memory-bound: K reads and one write of a deep state, negligible beside the shallow blocks
 of a cached step (see bench/forecast_cost.py).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -119,7 +120,9 @@ def forecast_blend_triton(history: Sequence[torch.Tensor], weights, out: torch.T
 
 
 SPEC = OpSpec(
-    "forecast_blend", forecast_blend, forecast_blend_reference,
+    "forecast_blend",
+    forecast_blend,
+    forecast_blend_reference,
     lambda d, B, T, D, out, mean: [[d.act(B, T, D, mean=mean) for _ in range(3)], d.fp32(3)],
     backends=("torch", "triton"),
 )

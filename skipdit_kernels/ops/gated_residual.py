@@ -5,6 +5,7 @@
 
 The second is the attention out-projection and the MLP's fc2 with the residual as the GEMM's epilogue.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,13 +64,24 @@ def linear_gated_residual(
 
 
 SPEC = OpSpec(
-    "gated_residual", gated_residual, gated_residual_reference,
+    "gated_residual",
+    gated_residual,
+    gated_residual_reference,
     lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.vec(B, D), d.act(B, T, D)],
     backends=("torch", "triton", "native"),
 )
 LINEAR_SPEC = OpSpec(
-    "linear_gated_residual", linear_gated_residual, linear_gated_residual_reference,
-    lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.act(B, T, out, scale=0.5), d.weight(D, out),
-                                   d.bias(D), d.vec(B, D)],
-    backends=("torch", "triton", "native"), gemm=(1, 2, 3), width=4,
+    "linear_gated_residual",
+    linear_gated_residual,
+    linear_gated_residual_reference,
+    lambda d, B, T, D, out, mean: [
+        d.act(B, T, D, mean=mean),
+        d.act(B, T, out, scale=0.5),
+        d.weight(D, out),
+        d.bias(D),
+        d.vec(B, D),
+    ],
+    backends=("torch", "triton", "native"),
+    gemm=(1, 2, 3),
+    width=4,
 )

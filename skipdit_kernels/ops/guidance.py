@@ -6,6 +6,7 @@ in a 0-dim fp32 tensor (a captured graph reads it from device memory) gives exac
 official ``forward_with_cfg`` gives with a python float, instead of a scale rounded to the inputs'
 dtype first (3.3 would become 3.296875 in bf16).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,5 +49,9 @@ def _reference(cond, uncond, scale):
     return uncond + ((cond - uncond).to(acc) * float(scale)).to(cond.dtype)
 
 
-SPEC = OpSpec("classifier_free_guidance", classifier_free_guidance, _reference,
-              lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.act(B, T, D), 3.3])
+SPEC = OpSpec(
+    "classifier_free_guidance",
+    classifier_free_guidance,
+    _reference,
+    lambda d, B, T, D, out, mean: [d.act(B, T, D, mean=mean), d.act(B, T, D), 3.3],
+)

@@ -4,6 +4,7 @@ The model's other linears (attention qkv, adaLN modulation, final layer) use it 
 pick the GEMM: the native one runs half-precision activations as fp32 GEMMs on CPUs without bf16
 units (vendor bf16 GEMMs crawl there), and native bf16 where the CPU has the units.
 """
+
 from __future__ import annotations
 
 import torch

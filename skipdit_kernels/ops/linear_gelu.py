@@ -1,4 +1,5 @@
 """The MLP's first projection with its activation: tanh-GELU(h @ weight.T + bias)."""
+
 from __future__ import annotations
 
 import torch
@@ -23,5 +24,12 @@ def linear_gelu(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return kernel(h, weight, bias)
 
 
-SPEC = OpSpec(OP, linear_gelu, linear_gelu_reference, sample_linear, backends=("torch", "triton", "native"),
-              gemm=(0, 1, 2), width=4)
+SPEC = OpSpec(
+    OP,
+    linear_gelu,
+    linear_gelu_reference,
+    sample_linear,
+    backends=("torch", "triton", "native"),
+    gemm=(0, 1, 2),
+    width=4,
+)

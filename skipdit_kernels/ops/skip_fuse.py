@@ -6,6 +6,7 @@
 The LayerNorm runs over 2*hidden with affine parameters, in fp32, and is cast back to x's dtype
 before the Linear (the official FP32_Layernorm).
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,7 +50,9 @@ def skip_fuse(x, skip, norm_weight, norm_bias, weight, bias, eps: float = 1e-6) 
     op = "skip_fuse"
     check_skip_fuse_args(op, x, skip, norm_weight, norm_bias, weight, bias)
     eps = check_eps(op, eps)
-    kernel = _backend.kernel_for(op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias))
+    kernel = _backend.kernel_for(
+        op, x.device, x.dtype, _backend.needs_grad(x, skip, norm_weight, norm_bias, weight, bias)
+    )
     if kernel is None:
         return skip_fuse_reference(x, skip, norm_weight, norm_bias, weight, bias, eps)
     return kernel(x, skip, norm_weight, norm_bias, weight, bias, eps)
@@ -86,8 +89,14 @@ def _float64_adaln(x, skip, norm_weight, norm_bias, weight, bias, shift, scale, 
 
 def _sample(d, B, T, D, out, mean):
     """x, skip (B, T, D) of one mean, LayerNorm(2D) parameters (fp32), Linear(2D -> out), eps."""
-    return [d.act(B, T, D, mean=mean), d.act(B, T, D, scale=0.5, mean=mean), *d.norm(2 * D), d.weight(out, 2 * D),
-            d.bias(out), 1e-6]
+    return [
+        d.act(B, T, D, mean=mean),
+        d.act(B, T, D, scale=0.5, mean=mean),
+        *d.norm(2 * D),
+        d.weight(out, 2 * D),
+        d.bias(out),
+        1e-6,
+    ]
 
 
 def _sample_adaln(d, B, T, D, out, mean):
@@ -95,8 +104,27 @@ def _sample_adaln(d, B, T, D, out, mean):
 
 
 _KERNELS = ("torch", "triton", "native")
-SPEC = OpSpec("skip_fuse", skip_fuse, skip_fuse_reference, _sample, backends=_KERNELS, native="skip_fuse_folded",
-              gemm=(0, 4, 5), folds=True, kernel_reference=skip_fuse_folded_torch, exact=_float64)
-ADALN_SPEC = OpSpec("skip_fuse_adaln", skip_fuse_adaln, skip_fuse_adaln_reference, _sample_adaln, backends=_KERNELS,
-                    native="skip_fuse_adaln_folded", gemm=(0, 4, 5), folds=True,
-                    kernel_reference=skip_fuse_adaln_folded_torch, exact=_float64_adaln)
+SPEC = OpSpec(
+    "skip_fuse",
+    skip_fuse,
+    skip_fuse_reference,
+    _sample,
+    backends=_KERNELS,
+    native="skip_fuse_folded",
+    gemm=(0, 4, 5),
+    folds=True,
+    kernel_reference=skip_fuse_folded_torch,
+    exact=_float64,
+)
+ADALN_SPEC = OpSpec(
+    "skip_fuse_adaln",
+    skip_fuse_adaln,
+    skip_fuse_adaln_reference,
+    _sample_adaln,
+    backends=_KERNELS,
+    native="skip_fuse_adaln_folded",
+    gemm=(0, 4, 5),
+    folds=True,
+    kernel_reference=skip_fuse_adaln_folded_torch,
+    exact=_float64_adaln,
+)

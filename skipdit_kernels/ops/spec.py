@@ -20,6 +20,7 @@ Tolerance (``check_close``): the error against the reference evaluated in float6
 the reference's own error in the same dtype, plus ``atol[dtype] * (1 + max|exact|)`` (flash-attn's
 criterion: a kernel may differ from eager by rounding, never by more than eager's own rounding).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -103,8 +104,16 @@ class OpSpec:
         f = fold_skip_weights(*args[2:6])
         return [args[0], args[1], f.weight, f.rowsum, f.bias, *args[6:]]
 
-    def sample_args(self, shape=(2, 5, 16), out: int | None = None, dtype=torch.float32, device="cpu",
-                    layout: str = "contiguous", seed: int = 0, mean: float = 0.0) -> list:
+    def sample_args(
+        self,
+        shape=(2, 5, 16),
+        out: int | None = None,
+        dtype=torch.float32,
+        device="cpu",
+        layout: str = "contiguous",
+        seed: int = 0,
+        mean: float = 0.0,
+    ) -> list:
         """The op's arguments for ``shape`` = (batch, tokens, hidden), drawn from ``seed`` (the same
         values in every dtype: drawn in fp32, then rounded) and laid out as ``layout``."""
         B, T, D = shape
@@ -171,7 +180,7 @@ def lay(value, layout: str):
         return torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)[..., ::2].copy_(t)
     if layout == "slice":
         n = t.shape[-1]
-        return torch.empty(*t.shape[:-1], n + 9, dtype=t.dtype, device=t.device)[..., 1:1 + n].copy_(t)
+        return torch.empty(*t.shape[:-1], n + 9, dtype=t.dtype, device=t.device)[..., 1 : 1 + n].copy_(t)
     if layout == "transposed":
         return t if t.dim() < 2 else t.transpose(0, 1).contiguous().transpose(0, 1)
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -200,8 +209,10 @@ def check_close(spec: OpSpec, got, args: Sequence, eager=None) -> tuple[float, f
     worst = (0.0, 1.0)
     for g, e, x in zip(as_tuple(got), eager, exact):
         if g.shape != e.shape or g.dtype != e.dtype or g.device != e.device:
-            raise AssertionError(f"{spec.name}: output {tuple(g.shape)} {g.dtype} {g.device}, "
-                                 f"reference {tuple(e.shape)} {e.dtype} {e.device}")
+            raise AssertionError(
+                f"{spec.name}: output {tuple(g.shape)} {g.dtype} {g.device}, "
+                f"reference {tuple(e.shape)} {e.dtype} {e.device}"
+            )
         if x.numel() == 0:
             continue
         err = (g.double() - x).abs().max().nan_to_num(nan=math.inf).item()

@@ -29,6 +29,7 @@ full/cached partition would be captured per row-count bucket, e.g. powers of two
 the call and for the full rows (padding rows with a dummy request whose output is dropped), which
 bounds the graphs to (log2 R + 1)^2 per call class for at most R rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,9 +130,9 @@ class _RowBoundary:
         parts, at, at_full = [], 0, 0
         for r, full in zip(self.group, self.full):
             n = r.rows * per_row
-            mine = shallow_out[at:at + n]
+            mine = shallow_out[at : at + n]
             if full:
-                h = deep_h[at_full:at_full + n]
+                h = deep_h[at_full : at_full + n]
                 if r.deep is not None:
                     r.deep.store(r.ws, h, mine)
                 at_full += n
@@ -332,7 +333,7 @@ class BatchedSampler:
         for r, o in zip(group, _offsets(group)):
             coef = r.coef[r.k]
             noise = r.noise[r.k] if r.noise is not None else None  # read by stochastic samplers only
-            model_output = r.trajectory.model_output(out[o:o + r.rows], coef)
+            model_output = r.trajectory.model_output(out[o : o + r.rows], coef)
             xs.append(r.trajectory.update(r.x, model_output, coef, noise))
         return xs, deep_rows
 

@@ -11,6 +11,7 @@ tensor, so they reach float32 tensors with a single rounding; per-sample (tensor
 training, gather the tables as float32 (float64 for float64 inputs), as DiT does. Results agree
 with DiT's to float32 rounding.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ __all__ = [
 
 _METHODS = ("ddpm", "ddim")
 
+
 def linear_betas(num_steps: int = 1000) -> np.ndarray:
     """DiT's linear schedule: ``num_steps`` betas from 1e-4 to 0.02, both scaled by 1000/num_steps."""
     if num_steps < 1:
@@ -45,9 +47,7 @@ def _ddim_stride_steps(num_timesteps: int, count: int) -> list[int]:
         kept = range(0, num_timesteps, stride)
         if len(kept) == count:
             return list(kept)
-    raise ValueError(
-        f"cannot take exactly {count} of {num_timesteps} timesteps with an integer stride (ddim{count})"
-    )
+    raise ValueError(f"cannot take exactly {count} of {num_timesteps} timesteps with an integer stride (ddim{count})")
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
@@ -64,7 +64,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
         spec = section_counts.strip()
         if spec.startswith("ddim"):
             try:
-                count = int(spec[len("ddim"):])
+                count = int(spec[len("ddim") :])
             except ValueError:
                 raise ValueError(f"bad respacing {section_counts!r}: expected 'ddimN'") from None
             return _ddim_stride_steps(num_timesteps, count)
@@ -252,7 +252,7 @@ class GaussianDiffusion:
 
     @property
     def method(self) -> str:
-        """"ddpm" or "ddim": what ``step`` does."""
+        """ "ddpm" or "ddim": what ``step`` does."""
         return self._method
 
     @property

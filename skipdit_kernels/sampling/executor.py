@@ -24,6 +24,7 @@ the buffer set they were captured on and to what they read: a change of the mode
 storage, dtype or device (a swap, ``.to()``) re-captures them; in-place weight updates are read
 live by the replay.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,9 @@ class Trajectory(Protocol):
     def model_output(self, out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """The model output of the model batch -> the fp32 output the update reads (guided)."""
 
-    def update(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def update(
+        self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """x_{i-1} from fp32 x."""
 
 
@@ -144,8 +147,15 @@ class StepBuffers:
         return self._get(name, shape, dtype, device, zero=True)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        fixed = dict(x=self.x, model_in=self.model_in, t=self.t, coef=self.coef, noise=self.noise,
-                     slot=self.deep.slot, weights=self.deep.weights)
+        fixed = dict(
+            x=self.x,
+            model_in=self.model_in,
+            t=self.t,
+            coef=self.coef,
+            noise=self.noise,
+            slot=self.deep.slot,
+            weights=self.deep.weights,
+        )
         fixed.update({f"cond.{k}": v for k, v in self.cond.named_tensors().items()})
         return {**fixed, **{"/".join(map(str, k[:2])): v for k, v in self.lazy.items()}}
 

@@ -1,5 +1,6 @@
 """``sample()``: sampling from any skip stack (DiT, SkipDiT, registered adapters) on DiT's diffusion
 conventions, one request per call, through the cache-aware executor."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,8 @@ import time
 import torch
 
 from ..cache import Condition, SkipCache, as_skip_stack
-from .executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
 from .diffusion import GaussianDiffusion
+from .executor import SkipStackExecutor, executor_for, resolve_cuda_graphs
 from .trajectory import SamplerTrajectory
 
 

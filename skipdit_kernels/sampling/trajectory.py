@@ -7,6 +7,7 @@ The coefficients of step k (columns ``COEF_*``) are computed on the host in floa
 rounding the scalar gets there), so the trajectory equals a loop of ``GaussianDiffusion.step``. The
 last step (index 0) takes zero noise instead of a branch, so one captured graph serves every step.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,14 @@ class SamplerTrajectory:
         self.channel_dim = int(channel_dim)
         self.generator = generator
         self.timesteps = diffusion.timesteps
-        self.key = (diffusion.method, diffusion.learn_sigma, diffusion.is_stochastic, self.cfg, self.guided, self.channel_dim)
+        self.key = (
+            diffusion.method,
+            diffusion.learn_sigma,
+            diffusion.is_stochastic,
+            self.cfg,
+            self.guided,
+            self.channel_dim,
+        )
 
     def coefficients(self) -> torch.Tensor:
         rows = sampler_coefficients(self.diffusion, self.cfg_scale)[::-1].copy()  # row k: step k
@@ -101,7 +109,9 @@ class SamplerTrajectory:
         rest = cond.narrow(cd, g, cond.shape[cd] - g)
         return torch.cat([guided, rest], dim=cd).float()
 
-    def update(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def update(
+        self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """x_{i-1} from fp32 ``x``: the ops of ``GaussianDiffusion.ddpm_step`` / ``ddim_step`` in their order."""
         cd = self.channel_dim
         channels = x.shape[cd]

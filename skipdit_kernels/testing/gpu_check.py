@@ -19,6 +19,7 @@ elsewhere; ``--no-write`` for none). Exit status: 0 every check passed, 1 some c
 at the end), 2 no CUDA device (nothing checked). The test suite's gpu tests
 (python_tests/ops/test_ops_gpu.py) run the same checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,13 +93,16 @@ def backend_problem(backend: str, device="cuda") -> str | None:
     if not ok:
         return f"backend {backend!r} is not available: {why}"
     if backend == "native" and torch.device(device).type == "cuda" and not native.has_cuda_kernels():
-        return ("the native extension has no CUDA kernels (a CPU-only build); rebuild with "
-                "SKIPDIT_BUILD_CUDA=1 pip install --no-build-isolation -e .")
+        return (
+            "the native extension has no CUDA kernels (a CPU-only build); rebuild with "
+            "SKIPDIT_BUILD_CUDA=1 pip install --no-build-isolation -e ."
+        )
     return None
 
 
-def check_op(op: str, backend: str, dtype: str = "fp32", layout: str = "contiguous", device="cuda",
-             shape=SHAPE) -> dict:
+def check_op(
+    op: str, backend: str, dtype: str = "fp32", layout: str = "contiguous", device="cuda", shape=SHAPE
+) -> dict:
     """One cell: ``op`` on ``backend`` against its reference (``ops.spec.check_close``). Returns a row
     with ``err``, ``bound`` and ``ok`` (or ``error`` when the backend raised or is missing)."""
     spec = S.specs()[op]
@@ -202,10 +206,17 @@ def check_graph(backend: str, dtype: str = "bf16", device="cuda", shape=(2, 64, 
     err = _max_err(captured, expected)
     scale = max(e.abs().max().item() for e in expected)
     bound = (1e-6 if dt == torch.float32 else 1e-2) * scale
-    wrote_slot = bool((captured[-1][2].double() - expected[-1][2].double()).abs().max().item() <= bound
-                      and expected[-1][2].abs().max().item() > 0)
-    return {**row, "err": err, "bound": bound, "ok": err <= bound and wrote_slot,
-            **({} if wrote_slot else {"error": "index_copy_ did not write the slot set before the replay"})}
+    wrote_slot = bool(
+        (captured[-1][2].double() - expected[-1][2].double()).abs().max().item() <= bound
+        and expected[-1][2].abs().max().item() > 0
+    )
+    return {
+        **row,
+        "err": err,
+        "bound": bound,
+        "ok": err <= bound and wrote_slot,
+        **({} if wrote_slot else {"error": "index_copy_ did not write the slot set before the replay"}),
+    }
 
 
 def all_checks(device="cuda") -> list[dict]:
@@ -252,8 +263,10 @@ def op_table(rows: list[dict]) -> list[str]:
         for dtype in ("fp32", "bf16"):
             for layout in LAYOUTS:
                 if any((op, dtype, layout, b) in cells for b in BACKENDS):
-                    lines.append(f"{op:22} {dtype:5} {layout:10} "
-                                 + " ".join(f"{_cell(cells.get((op, dtype, layout, b))):>9}" for b in BACKENDS))
+                    lines.append(
+                        f"{op:22} {dtype:5} {layout:10} "
+                        + " ".join(f"{_cell(cells.get((op, dtype, layout, b))):>9}" for b in BACKENDS)
+                    )
     return lines
 
 
@@ -264,12 +277,15 @@ def write(rows: list[dict], out_dir: str | None, device) -> str | None:
     if out_dir is None and not os.path.isdir(os.path.dirname(report.RESULTS_DIR)):
         return None
     columns = [(k, k) for k in ("check", "op", "backend", "dtype", "layout", "err", "bound", "ok", "error")]
-    notes = ["max abs error against the reference in float64; bound: 2x the eager op's error + the spec's atol "
-             "(fp32 with TF32 off);",
-             "tf32-mean-300: skip_fuse on rows of mean 300, std 1, TF32 on, vs float64, bound 2x eager;",
-             "cuda-graph: the ops + forecast_blend + index_copy_ captured, replayed on new inputs, vs eager."]
-    return report.write_results("gpu-check", rows, columns, device=device, notes=notes, out_dir=out_dir,
-                                title=f"python -m {__name__}")
+    notes = [
+        "max abs error against the reference in float64; bound: 2x the eager op's error + the spec's atol "
+        "(fp32 with TF32 off);",
+        "tf32-mean-300: skip_fuse on rows of mean 300, std 1, TF32 on, vs float64, bound 2x eager;",
+        "cuda-graph: the ops + forecast_blend + index_copy_ captured, replayed on new inputs, vs eager.",
+    ]
+    return report.write_results(
+        "gpu-check", rows, columns, device=device, notes=notes, out_dir=out_dir, title=f"python -m {__name__}"
+    )
 
 
 def main(argv=None) -> int:
@@ -282,8 +298,10 @@ def main(argv=None) -> int:
     print(f"skipdit-kernels GPU check ({_versions()})")
     if not torch.cuda.is_available():
         why = "this torch has no CUDA" if torch.version.cuda is None else "torch.cuda.is_available() is False"
-        print(f"no CUDA device: {why} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-              "nothing checked")
+        print(
+            f"no CUDA device: {why} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            "nothing checked"
+        )
         return 2
     try:
         device = torch.device(args.device)
@@ -300,8 +318,10 @@ def main(argv=None) -> int:
     from ..ops import native
 
     props = torch.cuda.get_device_properties(device)
-    print(f"{'CUDA device':20} ok   {props.name} (sm_{props.major}{props.minor}, "
-          f"{props.total_memory / 2**30:.0f} GiB), {torch.cuda.device_count()} visible, checking {device}")
+    print(
+        f"{'CUDA device':20} ok   {props.name} (sm_{props.major}{props.minor}, "
+        f"{props.total_memory / 2**30:.0f} GiB), {torch.cuda.device_count()} visible, checking {device}"
+    )
     failures = []
     for backend, label in (("native", "native CUDA build"), ("triton", "Triton")):
         problem = backend_problem(backend, device)
@@ -315,15 +335,26 @@ def main(argv=None) -> int:
     print("\n".join(op_table(rows)))
     for r in rows:
         if r["check"] != "op":
-            detail = (f"err {r['err']:.2e} <= bound {r['bound']:.2e}" if r["ok"] else
-                      r.get("error") or f"err {r['err']:.2e} > bound {r['bound']:.2e}")
+            detail = (
+                f"err {r['err']:.2e} <= bound {r['bound']:.2e}"
+                if r["ok"]
+                else r.get("error") or f"err {r['err']:.2e} > bound {r['bound']:.2e}"
+            )
             print(f"{r['check'] + ' ' + r['backend']:20} {_status(r['ok']):4} {detail}")
-    failures += [f"{r['check']} {r['op']} {r['backend']} {r['dtype']} {r['layout']}: "
-                 + (r.get("error") or f"err {r['err']:.2e} > bound {r['bound']:.2e}") for r in rows if not r["ok"]]
+    failures += [
+        f"{r['check']} {r['op']} {r['backend']} {r['dtype']} {r['layout']}: "
+        + (r.get("error") or f"err {r['err']:.2e} > bound {r['bound']:.2e}")
+        for r in rows
+        if not r["ok"]
+    ]
     if not args.no_write:
         stem = write(rows, args.out, device)
-        print(f"\nresults: {stem}.json, .md" if stem else "\nresults not written: no source checkout here "
-              "(pass --out DIR; a source checkout writes bench/results/gpu-check-<device>.json)")
+        print(
+            f"\nresults: {stem}.json, .md"
+            if stem
+            else "\nresults not written: no source checkout here "
+            "(pass --out DIR; a source checkout writes bench/results/gpu-check-<device>.json)"
+        )
     if failures:
         print(f"\nverdict: FAIL ({len(failures)} of {len(rows) + 2} checks)")
         for f in failures[:12]:

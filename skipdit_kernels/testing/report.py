@@ -14,6 +14,7 @@ The device tag names what the numbers belong to: the GPU's name for CUDA
 (torch's when the native extension is not built): "amd-epyc-avx512-bf16". Never file a number
 under a device it was not measured on.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 # bench/results of the source checkout this package sits in (absent in an installed wheel: pass out_dir).
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench",
-                           "results")
+RESULTS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "results"
+)
 QUIET_LOAD_PER_CORE = 0.5  # 1-min load average per core above which a run is marked "taken under load"
 
 
@@ -79,8 +81,12 @@ def environment(device: str | torch.device = "cpu") -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
-                   memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        env.update(
+            name=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
         try:
             import triton
 
@@ -88,7 +94,11 @@ def environment(device: str | torch.device = "cpu") -> dict:
         except ImportError:
             pass
     else:
-        cap = env["native_cpu_capability"] if env["native_cpu_capability"] != "unavailable" else env["torch_cpu_capability"]
+        cap = (
+            env["native_cpu_capability"]
+            if env["native_cpu_capability"] != "unavailable"
+            else env["torch_cpu_capability"]
+        )
         env["name"] = f"{env['cpu']} ({cap.lower()})"
     return env
 
@@ -111,9 +121,15 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def time_fns(fns: dict[str, Callable], device: str | torch.device = "cpu", budget_s: float = 2.0,
-             min_rounds: int = 5, max_rounds: int = 200, warmup: int = 2, pause_s: float | None = None
-             ) -> dict[str, dict]:
+def time_fns(
+    fns: dict[str, Callable],
+    device: str | torch.device = "cpu",
+    budget_s: float = 2.0,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    warmup: int = 2,
+    pause_s: float | None = None,
+) -> dict[str, dict]:
     """Seconds per call of each fn, timed round-robin: every round calls each fn once, so load drifts
     on a shared machine hit all variants alike.
 
@@ -168,8 +184,13 @@ def stats(seconds: Sequence[float]) -> dict:
     """``median_s``, ``min_s``, ``max_s``, ``rounds`` and ``samples_s`` of one variant's per-round
     times (``time_fns`` entries; also for times measured elsewhere, e.g. in worker processes)."""
     seconds = list(seconds)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "rounds": len(seconds), "samples_s": seconds}
+    return {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "rounds": len(seconds),
+        "samples_s": seconds,
+    }
 
 
 def round_ratio(timing: dict[str, dict], name: str, baseline: str) -> dict:
@@ -181,9 +202,17 @@ def round_ratio(timing: dict[str, dict], name: str, baseline: str) -> dict:
 
 def summary(timing: dict[str, dict], scale: float = 1e3) -> dict[str, dict]:
     """``time_fns`` output without the per-round samples, times in ms (``scale``): for results files."""
-    return {k: {"error": v["error"]} if "error" in v else
-            {"median": v["median_s"] * scale, "min": v["min_s"] * scale, "max": v["max_s"] * scale, "rounds": v["rounds"]}
-            for k, v in timing.items()}
+    return {
+        k: {"error": v["error"]}
+        if "error" in v
+        else {
+            "median": v["median_s"] * scale,
+            "min": v["min_s"] * scale,
+            "max": v["max_s"] * scale,
+            "rounds": v["rounds"],
+        }
+        for k, v in timing.items()
+    }
 
 
 def quiet(env: dict) -> bool | None:
@@ -206,12 +235,15 @@ def load_line(env: dict) -> str:
     line += f", on {env.get('cores')} cores: "
     if quiet(env):
         return line + f"quiet (1-min load <= {QUIET_LOAD_PER_CORE} per core)."
-    return line + (f"**numbers taken under load** (1-min load above {QUIET_LOAD_PER_CORE} per core); "
-                   "compare ratios from the same run, not absolute times.")
+    return line + (
+        f"**numbers taken under load** (1-min load above {QUIET_LOAD_PER_CORE} per core); "
+        "compare ratios from the same run, not absolute times."
+    )
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], floatfmt: str = "{:.3g}") -> str:
     """``columns``: (key, header) pairs; missing values print as a dash."""
+
     def cell(v):
         if v is None:
             return "-"
@@ -224,9 +256,18 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], flo
     return "\n".join(lines) + "\n"
 
 
-def write_results(name: str, rows: Sequence[dict] = (), columns: Sequence[tuple[str, str]] = (), meta: dict | None = None,
-                  device: str | torch.device = "cpu", notes: Iterable[str] = (), out_dir: str | None = None,
-                  title: str | None = None, env: dict | None = None, body: str | None = None) -> str:
+def write_results(
+    name: str,
+    rows: Sequence[dict] = (),
+    columns: Sequence[tuple[str, str]] = (),
+    meta: dict | None = None,
+    device: str | torch.device = "cpu",
+    notes: Iterable[str] = (),
+    out_dir: str | None = None,
+    title: str | None = None,
+    env: dict | None = None,
+    body: str | None = None,
+) -> str:
     """Write ``<out_dir>/<name>-<device tag>.json`` and ``.md``; returns the path stem. ``out_dir``
     defaults to ``RESULTS_DIR`` (bench/results) in a source checkout; elsewhere it is required.
 
@@ -236,7 +277,9 @@ def write_results(name: str, rows: Sequence[dict] = (), columns: Sequence[tuple[
     start of the run (default: taken now); the load average at the end is added here."""
     if out_dir is None:
         if not os.path.isdir(os.path.dirname(RESULTS_DIR)):
-            raise ValueError(f"write_results: no source checkout here ({os.path.dirname(RESULTS_DIR)} is missing): pass out_dir")
+            raise ValueError(
+                f"write_results: no source checkout here ({os.path.dirname(RESULTS_DIR)} is missing): pass out_dir"
+            )
         out_dir = RESULTS_DIR
     os.makedirs(out_dir, exist_ok=True)
     env = dict(env or environment(device))
@@ -248,8 +291,7 @@ def write_results(name: str, rows: Sequence[dict] = (), columns: Sequence[tuple[
     heading = f"# {title or name} on {env['name']}"
     if body is not None and title is None and body.startswith("# "):  # the body names its own device
         heading, _, body = body.partition("\n")
-    md = [heading, "",
-          f"torch {env['torch']}, {env['threads']} threads, {env['date']}. {load_line(env)}", ""]
+    md = [heading, "", f"torch {env['torch']}, {env['threads']} threads, {env['date']}. {load_line(env)}", ""]
     md += [f"- {n}" for n in notes] + [""] if notes else []
     md += [body.strip("\n") + "\n" if body is not None else markdown_table(rows, columns)]
     with open(stem + ".md", "w") as f:

@@ -27,6 +27,7 @@ pipeline's scheduler (``scheduler_is_stochastic``): the ODE schedulers in
 reuses (order 0, the published behaviour). ``dit_to_diffusers``/``dit_from_diffusers`` convert DiT
 weights.
 """
+
 from __future__ import annotations
 
 try:
@@ -38,8 +39,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
     ) from exc
 
 from .convert import dit_from_diffusers, dit_to_diffusers, use_official_timestep_frequencies
-from .family import TESTED_DIFFUSERS, BlockIO, Family, FastBlock, Timestep
 from .families import FAMILIES
+from .family import TESTED_DIFFUSERS, BlockIO, Family, FastBlock, Timestep
 from .pipeline import (
     SUPPORTED_TRANSFORMERS,
     apply_skip_cache,

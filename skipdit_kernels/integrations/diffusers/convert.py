@@ -1,5 +1,6 @@
 """Weight conversion between ``skipdit_kernels.DiT`` and diffusers' ``DiTTransformer2DModel``, both
 directions from one key table (``_KEYS``)."""
+
 from __future__ import annotations
 
 import torch
@@ -26,10 +27,14 @@ def dit_to_diffusers(model) -> DiTTransformer2DModel:
     from ...models import DiT, SkipDiT
 
     if isinstance(model, SkipDiT) or not isinstance(model, DiT):
-        raise ValueError(f"dit_to_diffusers converts a skipdit_kernels.DiT (without long skips), got {type(model).__name__}")
+        raise ValueError(
+            f"dit_to_diffusers converts a skipdit_kernels.DiT (without long skips), got {type(model).__name__}"
+        )
     cfg = model.config
     if not model.y_embedder.has_null_class:
-        raise ValueError("dit_to_diffusers needs a DiT with class_dropout_prob > 0: diffusers' label table has a null row")
+        raise ValueError(
+            "dit_to_diffusers needs a DiT with class_dropout_prob > 0: diffusers' label table has a null row"
+        )
     heads = cfg["num_heads"]
     transformer = DiTTransformer2DModel(
         num_attention_heads=heads, attention_head_dim=cfg["hidden_size"] // heads, in_channels=cfg["in_channels"],
@@ -77,7 +82,6 @@ def dit_from_diffusers(transformer: DiTTransformer2DModel):
     converted["pos_embed"] = model.pos_embed.data.clone()
     model.load_state_dict(converted, strict=True)
     return model.to(transformer.dtype).eval()
-
 
 
 # (ours, diffusers', kinds). "{i}" is a block index. A diffusers key with "{i}" paired with one of ours

@@ -64,6 +64,7 @@ equal to an independent reference of the schedule) passed on the diffusers versi
 ``TESTED_DIFFUSERS``; ``check_diffusers_version`` warns on any other minor release, and the test
 suite fails on one until its results are recorded here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,8 +115,12 @@ class BlockIO:
 #: Blocks that take ``hidden_states`` (image or video tokens) and ``encoder_hidden_states`` (text
 #: tokens) and return both, text first (FLUX, SD3's joint blocks, Qwen-Image) or image first
 #: (HunyuanVideo, CogVideoX, Mochi, CogView4, HunyuanImage).
-TEXT_AND_IMAGE = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states"))
-IMAGE_AND_TEXT = BlockIO(inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states"))
+TEXT_AND_IMAGE = BlockIO(
+    inputs=("hidden_states", "encoder_hidden_states"), outputs=("encoder_hidden_states", "hidden_states")
+)
+IMAGE_AND_TEXT = BlockIO(
+    inputs=("hidden_states", "encoder_hidden_states"), outputs=("hidden_states", "encoder_hidden_states")
+)
 
 
 @dataclasses.dataclass(frozen=True)

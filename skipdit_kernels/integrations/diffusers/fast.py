@@ -1,6 +1,7 @@
 """What the fast blocks share: whether a block can be replaced by a computation on its own
 parameters (no hook, instance forward, accelerate hook or train mode anywhere in it), and the
 structural checks of its plain submodules."""
+
 from __future__ import annotations
 
 import torch
@@ -29,4 +30,3 @@ def plain_gelu_mlp(net) -> bool:
         len(net) in (3, 4) and type(net[0]) is GELU and net[0].approximate == "tanh" and plain_linears(net[0].proj, net[2])
         and all(type(m) is torch.nn.Dropout for m in (net[1], *net[3:]))
     )  # fmt: skip
-

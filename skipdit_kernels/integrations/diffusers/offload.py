@@ -7,6 +7,7 @@ accelerate (``CpuOffload``, ``AlignDevicesHook``: ``enable_model_cpu_offload``, 
 every pipeline call). A hook added this way runs in whatever order the two were added, once per
 call; removing it must leave whatever was put on top of it in place, which ``remove_hook`` does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,10 @@ class AddedHook:
             else:
                 module.forward = top
         forward = module.__dict__.get("forward")
-        if not self.had_forward and getattr(forward, "__func__", None) is type(module).forward and (
-            getattr(forward, "__self__", None) is module
+        if (
+            not self.had_forward
+            and getattr(forward, "__func__", None) is type(module).forward
+            and (getattr(forward, "__self__", None) is module)
         ):
             del module.forward  # the registry leaves the bound class forward as an attribute
         ours = getattr(module, "_diffusers_hook", None) is self.registry

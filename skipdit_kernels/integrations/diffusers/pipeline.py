@@ -8,6 +8,7 @@ the original class back. The pipeline's class itself (shared by every other inst
 modified, nor is any diffusers class. The options a pipeline was given (schedule, forecast,
 ``fast_blocks``) are its record's, read at each call: pipelines sharing a transformer keep theirs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,8 @@ import torch
 
 from ...cache import SkipCache
 from ...cache.forecast import AUTO_DETERMINISTIC_ORDER, check_forecast, resolve_forecast
-from .family import Family, check_diffusers_version, families_table
 from .families import FAMILIES
+from .family import Family, check_diffusers_version, families_table
 from .request import SkipCacheRequest, close_requests
 from .schedulers import scheduler_is_stochastic
 

@@ -19,6 +19,7 @@ The request's state lives in the request (a context variable names the active on
 transformer, so two requests on one transformer (two pipelines sharing it, two threads) never see
 each other's features or options.
 """
+
 from __future__ import annotations
 
 import contextvars

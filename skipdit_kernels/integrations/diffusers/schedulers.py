@@ -1,9 +1,9 @@
 """Which diffusers schedulers integrate an ODE: ``forecast="auto"`` forecasts the cached state for
 those and reuses it (the published behaviour) for every other one."""
+
 from __future__ import annotations
 
 import diffusers
-
 
 #: Scheduler classes that integrate an ODE (no noise injected per step) when their config and the
 #: call say so; see ``scheduler_is_stochastic``.
@@ -36,4 +36,3 @@ def scheduler_is_stochastic(scheduler, eta: float = 0.0) -> bool:
     if "sde" in str(config.get("algorithm_type", "")) or config.get("stochastic_sampling", False):
         return True
     return name == "DDIMScheduler" and float(eta or 0.0) != 0.0
-

@@ -24,6 +24,7 @@ raises stops every rank of the call within seconds, each raising a ``Distributed
 names the failing rank and its exception (``failures.RankFailures``, one mechanism for every entry
 point).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,8 @@ import torch
 import torch.distributed as dist
 
 from ...cache import SkipCache, as_skip_stack
+from ...images import decode_latents, load_vae, to_uint8
 from ...sampling.executor import SkipStackExecutor, executor_for
-from ...images import load_vae, decode_latents, to_uint8
 from ...sampling.sample import prepare_request, resolve_device, sample
 from ...sampling.trajectory import SamplerTrajectory
 from .failures import DistributedSamplingError, RankFailures
@@ -116,7 +117,9 @@ def _agree(failures: RankFailures, settings: dict) -> None:
 
 def _digest(tensor: torch.Tensor) -> str:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return f"{tensor.dtype}{tuple(tensor.shape)}:" + hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+    return (
+        f"{tensor.dtype}{tuple(tensor.shape)}:" + hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+    )
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -136,7 +139,7 @@ def batch_seeds(seed: int, batch: int) -> tuple[int, int]:
 
 
 def output_kind(stack, latent_shape: tuple[int, ...], vae) -> str:
-    """"images" when samples become uint8 images (a VAE is given, or a 1/3-channel pixel model),
+    """ "images" when samples become uint8 images (a VAE is given, or a 1/3-channel pixel model),
     else "latents"."""
     if vae is not None:
         return "images"
@@ -207,7 +210,9 @@ def _assemble_npz(out_dir: str, path: str, num_batches: int, num_samples: int) -
                     with np.load(batch) as z:
                         part = z[key]
                     if part.dtype != head.dtype or part.shape[1:] != head.shape[1:]:
-                        raise ValueError(f"{batch} holds {key} {part.dtype} {part.shape}, expected {head.dtype} (n, {head.shape[1:]})")
+                        raise ValueError(
+                            f"{batch} holds {key} {part.dtype} {part.shape}, expected {head.dtype} (n, {head.shape[1:]})"
+                        )
                     f.write(np.ascontiguousarray(part).tobytes())
                     written += len(part)
             if written != num_samples:
@@ -259,8 +264,28 @@ def sample_ddp(
     info = info or init_distributed()
     failures = failures_of(info, "sample_ddp")
     with failures.guard():
-        return _sample_ddp(model, num_samples, out_dir, batch_size, labels, image_size, steps, method, cfg_scale, cache,
-                           seed, eta, guide_all_channels, vae, dtype, cuda_graphs, progress, npz_name, info, failures)
+        return _sample_ddp(
+            model,
+            num_samples,
+            out_dir,
+            batch_size,
+            labels,
+            image_size,
+            steps,
+            method,
+            cfg_scale,
+            cache,
+            seed,
+            eta,
+            guide_all_channels,
+            vae,
+            dtype,
+            cuda_graphs,
+            progress,
+            npz_name,
+            info,
+            failures,
+        )
 
 
 class _CheckedExecutor(SkipStackExecutor):
@@ -291,7 +316,9 @@ def _sample_ddp(model, num_samples, out_dir, batch_size, labels, image_size, ste
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.shape != (num_samples,):
-            raise ValueError(f"labels must hold num_samples={num_samples} class labels, got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must hold num_samples={num_samples} class labels, got shape {tuple(labels.shape)}"
+            )
         stack.condition(labels)  # checks their dtype and range
     else:
         num_classes = getattr(model, "num_classes", None)
@@ -418,7 +445,9 @@ class CFGParallelTrajectory:
             self.log.add(what, mine.numel() * mine.element_size())
         return self.inner.model_output(torch.cat(halves).to(out.device), coef)
 
-    def update(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def update(
+        self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         return self.inner.update(x, model_output, coef, noise)
 
 
@@ -454,7 +483,7 @@ def _split_groups(info: RankInfo, cfg: int, sp: int) -> tuple:
         elif sp == 1:
             _SPLIT_GROUPS[key] = (None, info.group)
         else:
-            seq, _ = dist.new_subgroups_by_enumeration([ranks[i * sp:(i + 1) * sp] for i in range(cfg)])
+            seq, _ = dist.new_subgroups_by_enumeration([ranks[i * sp : (i + 1) * sp] for i in range(cfg)])
             pair, _ = dist.new_subgroups_by_enumeration([[ranks[j], ranks[sp + j]] for j in range(sp)])
             _SPLIT_GROUPS[key] = (seq, pair)
     return _SPLIT_GROUPS[key]
@@ -495,7 +524,9 @@ def sample_sequence_parallel(
     odd world size); DistributedSamplingError on every rank when a rank fails (naming it and its
     error) or the ranks disagree."""
     info = info or init_distributed()
-    failures = failures_of(info, "sample_cfg_parallel" if cfg_parallel and info.world_size == 2 else "sample_sequence_parallel")
+    failures = failures_of(
+        info, "sample_cfg_parallel" if cfg_parallel and info.world_size == 2 else "sample_sequence_parallel"
+    )
     with failures.guard():
         return _sample_split(model, conditioning, image_size, steps, method, cfg_scale, cache, seed, dtype, progress,
                              guide_all_channels, eta, cfg_parallel, info, failures, return_stats)  # fmt: skip
@@ -537,7 +568,9 @@ def _sample_split(model, conditioning, image_size, steps, method, cfg_scale, cac
         trajectory = CFGParallelTrajectory(trajectory, failures, cfg_group, log)
     stack, active = request.stack, contextlib.nullcontext()
     if family is not None:
-        shards = SequenceShards(None, info.rank % sp, sp, seq_group, failures, log, dist.get_backend(seq_group) == "gloo")
+        shards = SequenceShards(
+            None, info.rank % sp, sp, seq_group, failures, log, dist.get_backend(seq_group) == "gloo"
+        )
         stack, active = ShardedStack(stack, family, shards), shards.active(family.attention)
     executor = SkipStackExecutor(stack) if family is not None else executor_for(model)
     per_step, full_steps = [], []
@@ -562,7 +595,9 @@ def _sample_split(model, conditioning, image_size, steps, method, cfg_scale, cac
             bar.close()
     if not return_stats:
         return x
-    return x, ParallelStats(sp, cfg_parallel, per_step, full_steps, dict(log.totals), dict(log.calls), failures.exchanges)
+    return x, ParallelStats(
+        sp, cfg_parallel, per_step, full_steps, dict(log.totals), dict(log.calls), failures.exchanges
+    )
 
 
 @torch.no_grad()

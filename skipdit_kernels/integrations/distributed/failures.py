@@ -23,6 +23,7 @@ call's token); under NCCL a gloo group over the same ranks carries it, so the ex
 synchronises the device. A rank that *dies* or stalls cannot take part: its peers fail when the
 backend notices the closed connection (gloo: about a second) or at the collective timeout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -181,6 +182,6 @@ class RankFailures:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise exc from None
                 raise combined from (None if isinstance(exc, _PeerStopped) else exc)
-            raise AssertionError("a stop exchange always raises")  # pragma: no cover
+            raise AssertionError("a stop exchange always raises") from None  # pragma: no cover
         else:
             self._exchange(False, "finishing")

@@ -26,6 +26,7 @@ counts the bytes every collective sends).
 Ulysses needs the heads divisible by the group size (ValueError naming both otherwise); ring
 attention, which does not, is not implemented.
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,7 +43,9 @@ import torch.distributed as dist
 from ... import ops
 from .failures import RankFailures
 
-_ACTIVE: contextvars.ContextVar["SequenceShards | None"] = contextvars.ContextVar("skipdit_sequence_shards", default=None)
+_ACTIVE: contextvars.ContextVar["SequenceShards | None"] = contextvars.ContextVar(
+    "skipdit_sequence_shards", default=None
+)
 _INSTALL_LOCK = threading.Lock()
 _INSTALLED: dict[int, list] = {}  # id(module) -> [users, undo]
 
@@ -97,14 +100,18 @@ class SequenceShards:
         if self.tokens is None:
             self.tokens = h.shape[dim]
         if h.shape[dim] != self.tokens:
-            raise ValueError(f"sequence parallel: expected {self.tokens} tokens on dim {dim}, got shape {tuple(h.shape)}")
+            raise ValueError(
+                f"sequence parallel: expected {self.tokens} tokens on dim {dim}, got shape {tuple(h.shape)}"
+            )
         return h.narrow(dim, self.start, self.sizes[self.rank])
 
     def _all_to_all(self, what: str, send: torch.Tensor, in_splits: list[int], out_splits: list[int]) -> torch.Tensor:
         device = send.device
         send = send.cpu() if self.over_cpu else send
         recv = send.new_empty(sum(out_splits))
-        self.failures.collective(what, lambda: dist.all_to_all_single(recv, send, out_splits, in_splits, group=self.group))
+        self.failures.collective(
+            what, lambda: dist.all_to_all_single(recv, send, out_splits, in_splits, group=self.group)
+        )
         self.log.add(what, (sum(in_splits) - in_splits[self.rank]) * send.element_size())
         return recv.to(device)
 
@@ -130,7 +137,9 @@ class SequenceShards:
         world, sizes = self.world_size, self.sizes
         batch, tokens, heads, dim = q.shape
         if heads % world:
-            raise ValueError(f"sequence parallel (Ulysses) over {world} ranks needs the attention heads divisible by {world}, got {heads}")
+            raise ValueError(
+                f"sequence parallel (Ulysses) over {world} ranks needs the attention heads divisible by {world}, got {heads}"
+            )
         group_heads = heads // world
         # (3, B, T_l, W, H/W, D) -> (W, 3, B, T_l, H/W, D): chunk w holds head group w for rank w
         packed = torch.stack([q, k, v]).view(3, batch, tokens, world, group_heads, dim).permute(3, 0, 1, 2, 4, 5)

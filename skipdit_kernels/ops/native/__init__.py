@@ -17,6 +17,7 @@ ever missed):
   GEMM runs in fp32 with fp32 copies of the weights, the result rounded to the activation dtype;
   vendor bf16 GEMMs there run 6-7x slower than fp32.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -126,8 +127,10 @@ def probe() -> tuple[bool, str]:
 # Recomputed on every call, never cached (see ops.folding: a cache cannot see writes through .data).
 def _gemm_in_fp32(act: torch.Tensor) -> bool:
     """Half-precision GEMMs on a CPU that has no bf16/fp16 units run in fp32."""
-    return act.device.type == "cpu" and act.dtype in (torch.bfloat16, torch.float16) and not (
-        act.dtype == torch.bfloat16 and cpu_has_bf16_units()
+    return (
+        act.device.type == "cpu"
+        and act.dtype in (torch.bfloat16, torch.float16)
+        and not (act.dtype == torch.bfloat16 and cpu_has_bf16_units())
     )
 
 
@@ -158,6 +161,7 @@ def kernel(op: spec.OpSpec):
     (folding, fp32 GEMM weights). Library ops are looked up per call: the library may load later."""
     name = op.native
     if op.folds:
+
         def run(x, skip, norm_weight, norm_bias, weight, bias, *rest):
             return getattr(torch.ops.skipdit, name)(x, skip, *_folded(x, norm_weight, norm_bias, weight, bias), *rest)
     elif op.gemm is not None:
@@ -168,8 +172,10 @@ def kernel(op: spec.OpSpec):
             args[w], args[b] = _gemm_params(args[a], args[w], args[b])
             return getattr(torch.ops.skipdit, name)(*args)
     else:
+
         def run(*args):
             return getattr(torch.ops.skipdit, name)(*args)
+
     run.__name__ = run.__qualname__ = op.name
     return run
 

@@ -4,6 +4,7 @@ Each op's fake runs its spec's ``kernel_reference`` on the fake inputs (floating
 activation's dtype, as the kernels' fp32 GEMM weights may not be) and returns contiguous outputs of
 those shapes and dtypes, as the drivers do.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,9 @@ def _fake_of(op: spec.OpSpec):
     def fake(*args):
         dtype = args[0].dtype
         cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        outs = tuple(torch.empty(o.shape, dtype=o.dtype, device=o.device) for o in spec.as_tuple(op.kernel_reference(*cast)))
+        outs = tuple(
+            torch.empty(o.shape, dtype=o.dtype, device=o.device) for o in spec.as_tuple(op.kernel_reference(*cast))
+        )
         return outs if len(outs) > 1 else outs[0]
 
     return fake

@@ -3,6 +3,7 @@
 Covers an install that skipped the extension (SKIPDIT_BUILD_EXT=0). Needs the csrc/ sources, i.e. a
 source checkout (editable install); CPU kernels only unless SKIPDIT_JIT_CUDA=1.
 """
+
 from __future__ import annotations
 
 import glob
@@ -43,7 +44,9 @@ def build_jit(verbose: bool = False) -> None:
         with open(path, "rb") as f:
             digest.update(path.encode() + f.read())
     cache = os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "skipdit_kernels", "native-" + digest.hexdigest()[:16]
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+        "skipdit_kernels",
+        "native-" + digest.hexdigest()[:16],
     )
     os.makedirs(cache, exist_ok=True)
     cpp_extension.load(

@@ -4,6 +4,7 @@ The nvcc on PATH may be a wrapper script outside the toolkit (e.g. /usr/local/bi
 /usr/local/cuda-13.0/bin/nvcc), which makes torch guess CUDA_HOME=/usr/local. The root is the folder
 whose bin/ holds the real nvcc and whose lib/ or lib64/ holds libcudart.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,7 +33,9 @@ def _ask_nvcc(nvcc: str) -> str | None:
     try:
         out = subprocess.run(
             [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -10,6 +10,7 @@ Ops: those whose spec (``ops.spec``) lists the ``triton`` backend; each has its 
 the op's name, in ``_ops.py``. ``attention`` has no Triton kernel: every backend runs flash-attn's
 kernel when it qualifies, else torch SDPA (see ops/attention.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ import os
 import torch
 
 from .. import _backend
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"

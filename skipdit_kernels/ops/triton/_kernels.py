@@ -11,6 +11,7 @@ suit both Hopper (sm_90) and Ampere (sm_80): up to 128x256x64 tiles with 3-4 sta
 down to 64x32 tiles for the small-M shapes of batch 1-2 inference. Autotuning keys on the GEMM
 shape, so DiT's fixed shapes tune once.
 """
+
 from __future__ import annotations
 
 import triton
@@ -20,11 +21,23 @@ import triton.language as tl
 # ---- row kernels: non-affine LayerNorm + adaLN modulation ---------------------------------------
 @triton.jit
 def adaln_kernel(
-    x_ptr, shift_ptr, scale_ptr, out_ptr,
-    M, T, D,
-    sxb, sxt, sxd, shb, shd, scb, scd,
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    out_ptr,
+    M,
+    T,
+    D,
+    sxb,
+    sxt,
+    sxd,
+    shb,
+    shd,
+    scb,
+    scd,
     eps,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
@@ -47,10 +60,23 @@ def adaln_kernel(
 # ---- gated residual: x + gate[b] * y --------------------------------------------------------------
 @triton.jit
 def gated_residual_kernel(
-    x_ptr, gate_ptr, y_ptr, out_ptr,
-    M, T, D,
-    sxb, sxt, sxd, sgb, sgd, syb, syt, syd,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    gate_ptr,
+    y_ptr,
+    out_ptr,
+    M,
+    T,
+    D,
+    sxb,
+    sxt,
+    sxd,
+    sgb,
+    sgd,
+    syb,
+    syt,
+    syd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -90,11 +116,33 @@ def _dot(a, w, acc, ALLOW_TF32: tl.constexpr):
 # ---- Linear with fused epilogue: bias, then GELU(tanh) or x + gate * (.) -------------------------
 @triton.jit
 def linear_kernel(
-    a_ptr, w_ptr, bias_ptr, x_ptr, gate_ptr, out_ptr,
-    M, N, K, T,
-    sab, sat, sak, swn, swk, sxb, sxt, sxn, sgb, sgn,
-    HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, ALLOW_TF32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_ptr,
+    w_ptr,
+    bias_ptr,
+    x_ptr,
+    gate_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    T,
+    sab,
+    sat,
+    sak,
+    swn,
+    swk,
+    sxb,
+    sxt,
+    sxn,
+    sgb,
+    sgn,
+    HAS_BIAS: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """out = epilogue(a @ w^T + bias); EPILOGUE 0: none, 1: tanh-GELU, 2: x + gate[b] * (.)."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -132,8 +180,24 @@ def linear_kernel(
 # ---- skip fusion: Linear(LayerNorm(cat[x, skip])) with the LayerNorm folded into the GEMM --------
 @triton.jit
 def _skip_half(
-    src_ptr, row_off, sd, w_ptr, col0, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-    ALLOW_TF32: tl.constexpr, SHIFT_A: tl.constexpr, BLOCK_K: tl.constexpr,
+    src_ptr,
+    row_off,
+    sd,
+    w_ptr,
+    col0,
+    swn,
+    swk,
+    rn,
+    nmask,
+    mmask,
+    pivot,
+    acc,
+    s1,
+    s2,
+    D,
+    ALLOW_TF32: tl.constexpr,
+    SHIFT_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """One half of [x | skip]: acc += src @ W'[:, col0:col0+D]^T (src - pivot with SHIFT_A) and the
     pivot-shifted row sums."""
@@ -159,12 +223,32 @@ def _skip_half(
 
 @triton.jit
 def skip_fuse_kernel(
-    x_ptr, s_ptr, w_ptr, rowsum_ptr, bias_ptr, pivot_ptr, out_ptr,
-    M, N, D, T,
-    sxb, sxt, sxd, ssb, sst, ssd, swn, swk,
+    x_ptr,
+    s_ptr,
+    w_ptr,
+    rowsum_ptr,
+    bias_ptr,
+    pivot_ptr,
+    out_ptr,
+    M,
+    N,
+    D,
+    T,
+    sxb,
+    sxt,
+    sxd,
+    ssb,
+    sst,
+    ssd,
+    swn,
+    swk,
     eps,
-    ALLOW_TF32: tl.constexpr, SHIFT_A: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    SHIFT_A: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """y = rstd * (z @ W'^T - mean * rowsum(W')) + bias', z = [x | skip] never materialised.
 
@@ -194,10 +278,12 @@ def skip_fuse_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     s1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
     s2 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc, s1, s2 = _skip_half(x_ptr, x_row, sxd, w_ptr, 0, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-                             ALLOW_TF32, SHIFT_A, BLOCK_K)
-    acc, s1, s2 = _skip_half(s_ptr, s_row, ssd, w_ptr, D, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D,
-                             ALLOW_TF32, SHIFT_A, BLOCK_K)
+    acc, s1, s2 = _skip_half(
+        x_ptr, x_row, sxd, w_ptr, 0, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D, ALLOW_TF32, SHIFT_A, BLOCK_K
+    )
+    acc, s1, s2 = _skip_half(
+        s_ptr, s_row, ssd, w_ptr, D, swn, swk, rn, nmask, mmask, pivot, acc, s1, s2, D, ALLOW_TF32, SHIFT_A, BLOCK_K
+    )
     n = 2 * D
     dm = s1 / n
     if SHIFT_A:
@@ -209,7 +295,9 @@ def skip_fuse_kernel(
     rowsum = tl.load(rowsum_ptr + rn, mask=nmask, other=0.0)
     bias = tl.load(bias_ptr + rn, mask=nmask, other=0.0)
     y = rstd[:, None] * (acc - center[:, None] * rowsum[None, :]) + bias[None, :]
-    tl.store(out_ptr + rm[:, None] * N + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    tl.store(
+        out_ptr + rm[:, None] * N + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :]
+    )
 
 
 # ---- autotuned variants (GPU) --------------------------------------------------------------------
@@ -229,9 +317,17 @@ def _eltwise_configs():
 
 def _gemm_configs():
     shapes = (  # BLOCK_M, BLOCK_N, BLOCK_K, stages, warps: Hopper favours the large tiles, Ampere 128x128
-        (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 32, 4, 4),
-        (64, 256, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 128, 64, 3, 4),
-        (64, 64, 64, 3, 4), (128, 32, 32, 4, 4), (64, 32, 32, 5, 2),
+        (128, 256, 64, 3, 8),
+        (256, 128, 64, 3, 8),
+        (128, 128, 64, 4, 8),
+        (128, 128, 32, 4, 4),
+        (64, 256, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 128, 64, 3, 4),
+        (64, 64, 64, 3, 4),
+        (128, 32, 32, 4, 4),
+        (64, 32, 32, 5, 2),
     )
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)

@@ -7,6 +7,7 @@ its vector-Jacobian product (``torch.func.vjp``). Under TRITON_INTERPRET=1 a lau
 tensors would hand them to the numpy interpreter, so the body skips launches on fake inputs there
 (only there: on a GPU the launch must stay in the traced graph).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,12 +15,12 @@ import triton
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
-from . import _kernels as K
-from . import interpreting, on_device
 from ..adaln_modulate import adaln_modulate_reference
 from ..folding import fold_skip_weights, skip_fuse_adaln_folded_torch, skip_fuse_folded_torch
 from ..gated_residual import gated_residual_reference, linear_gated_residual_reference
 from ..linear_gelu import linear_gelu_reference
+from . import _kernels as K
+from . import interpreting, on_device
 
 _INTERPRET = interpreting()
 Tensor = torch.Tensor
@@ -58,9 +59,24 @@ def _adaln_into(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out: Tensor
     if M == 0:
         return
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-    _launch(K.adaln_kernel, K.adaln_tuned, "row", grid,
-            x, shift, scale, out, M, T, D, *x.stride(), *shift.stride(), *scale.stride(), eps,
-            BLOCK_D=triton.next_power_of_2(D))
+    _launch(
+        K.adaln_kernel,
+        K.adaln_tuned,
+        "row",
+        grid,
+        x,
+        shift,
+        scale,
+        out,
+        M,
+        T,
+        D,
+        *x.stride(),
+        *shift.stride(),
+        *scale.stride(),
+        eps,
+        BLOCK_D=triton.next_power_of_2(D),
+    )
 
 
 def _linear_into(a: Tensor, weight: Tensor, bias, x, gate, out: Tensor, epilogue: int) -> None:
@@ -74,10 +90,29 @@ def _linear_into(a: Tensor, weight: Tensor, bias, x, gate, out: Tensor, epilogue
     else:
         x, gate, x_strides, g_strides = out, out, (0, 0, 0), (0, 0)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _launch(K.linear_kernel, K.linear_tuned, "gemm", grid,
-            a3, weight, bias.contiguous() if bias is not None else weight, x, gate, out,  # the kernel reads bias[n]
-            M, N, Kd, T, *a3.stride(), *weight.stride(), *x_strides, *g_strides,
-            HAS_BIAS=bias is not None, EPILOGUE=epilogue, ALLOW_TF32=_allow_tf32(a.dtype))
+    _launch(
+        K.linear_kernel,
+        K.linear_tuned,
+        "gemm",
+        grid,
+        a3,
+        weight,
+        bias.contiguous() if bias is not None else weight,
+        x,
+        gate,
+        out,  # the kernel reads bias[n]
+        M,
+        N,
+        Kd,
+        T,
+        *a3.stride(),
+        *weight.stride(),
+        *x_strides,
+        *g_strides,
+        HAS_BIAS=bias is not None,
+        EPILOGUE=epilogue,
+        ALLOW_TF32=_allow_tf32(a.dtype),
+    )
 
 
 def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
@@ -88,10 +123,29 @@ def _skip_fuse_into(x, skip, weight, rowsum, bias, eps, out) -> None:
     # The pivot of ops.folding.skip_fuse_folded_torch: each row's mean of [x | skip] in fp32.
     pivot = (x.sum(-1, dtype=torch.float32) + skip.sum(-1, dtype=torch.float32)).div_(2 * D).reshape(M)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _launch(K.skip_fuse_kernel, K.skip_fuse_tuned, "gemm", grid,
-            x, skip, weight, rowsum, bias, pivot, out, M, N, D, T,
-            *x.stride(), *skip.stride(), *weight.stride(), eps,
-            ALLOW_TF32=_allow_tf32(x.dtype), SHIFT_A=x.dtype == torch.float32)
+    _launch(
+        K.skip_fuse_kernel,
+        K.skip_fuse_tuned,
+        "gemm",
+        grid,
+        x,
+        skip,
+        weight,
+        rowsum,
+        bias,
+        pivot,
+        out,
+        M,
+        N,
+        D,
+        T,
+        *x.stride(),
+        *skip.stride(),
+        *weight.stride(),
+        eps,
+        ALLOW_TF32=_allow_tf32(x.dtype),
+        SHIFT_A=x.dtype == torch.float32,
+    )
 
 
 # ---- the ops -------------------------------------------------------------------------------------
@@ -110,8 +164,22 @@ def gated_residual_op(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     M = B * T
     if M and D and not _skip_launch(x):
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
-        _launch(K.gated_residual_kernel, K.gated_residual_tuned, "eltwise", grid,
-                x, gate, y, out, M, T, D, *x.stride(), *gate.stride(), *y.stride())
+        _launch(
+            K.gated_residual_kernel,
+            K.gated_residual_tuned,
+            "eltwise",
+            grid,
+            x,
+            gate,
+            y,
+            out,
+            M,
+            T,
+            D,
+            *x.stride(),
+            *gate.stride(),
+            *y.stride(),
+        )
     return out
 
 

@@ -5,6 +5,7 @@ the ``triton`` backend), so importing the package never imports Triton. One read
 tensor, one write, fp32 accumulation; the weights are read from a device tensor, so a launch inside
 a captured graph picks up whatever the host wrote into that tensor before the replay.
 """
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ constructor arguments are the file's "config" metadata (JSON):
     PYTHONPATH=. python bench/results/training/hunyuandit/train_hunyuandit.py --minutes 14 --threads 1 \\
         --out bench/assets/hunyuandit-digits.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -147,7 +148,9 @@ def main() -> None:
         if step % args.log_every == 0:
             mean = torch.tensor(window).mean(0).tolist()
             window = []
-            row = dict(step=step, loss=mean[0], mse=mean[1], seconds=round(time.perf_counter() - started, 2), lr=args.lr)
+            row = dict(
+                step=step, loss=mean[0], mse=mean[1], seconds=round(time.perf_counter() - started, 2), lr=args.lr
+            )
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(row, flush=True)

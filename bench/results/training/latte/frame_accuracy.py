@@ -8,6 +8,7 @@ gives the ceiling, printed first. Usage (repository root):
 
     PYTHONPATH=. python bench/results/training/latte/frame_accuracy.py [--model PATH] [--per-class 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,26 @@ def main() -> None:
     ceiling, _ = frame_accuracy(classifier, moving_digits(images[idx], 8, generator=gen), digit_labels[idx], DIGIT)
     if args.model:
         from skipdit_kernels.models import load_checkpoint
+
         model = load_checkpoint(args.model).eval()
     else:
         model = load_bundled("latte")
     videos = sample(model, labels, steps=args.steps, method="ddim", cfg_scale=args.cfg, seed=args.seed, progress=False)
     acc, per_class = frame_accuracy(classifier, videos, labels, DIGIT)
-    print(json.dumps(dict(model=args.model or "bundled latte", ceiling_on_training_frames=round(ceiling, 4),
-                          frame_accuracy=round(acc, 4), per_class=[round(a, 3) for a in per_class], videos=len(labels),
-                          steps=args.steps, cfg=args.cfg, seed=args.seed)))
+    print(
+        json.dumps(
+            dict(
+                model=args.model or "bundled latte",
+                ceiling_on_training_frames=round(ceiling, 4),
+                frame_accuracy=round(acc, 4),
+                per_class=[round(a, 3) for a in per_class],
+                videos=len(labels),
+                steps=args.steps,
+                cfg=args.cfg,
+                seed=args.seed,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ views (N, C, F, H, W) of the videos, reusing the library's pieces. Each batch dr
 (``skipdit_kernels.data.moving_digits``). Run from the repository root (see bench/train_bundled.sh);
 writes log.jsonl and model.safetensors (EMA, fp32) next to this file and the fp16 asset with --export.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,22 +52,43 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--lr-final", type=float, default=None,
-                   help="decay the learning rate linearly from --lr to this over the run (default: constant)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this much wall time (the weights so far are saved and exported as at the end)")
+    p.add_argument(
+        "--lr-final",
+        type=float,
+        default=None,
+        help="decay the learning rate linearly from --lr to this over the run (default: constant)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this much wall time (the weights so far are saved and exported as at the end)",
+    )
     p.add_argument("--save-every", type=int, default=0, help="also save model.safetensors (EMA) every N steps")
     p.add_argument("--export", help="write the fp16 asset here")
-    p.add_argument("--init", help="continue from these weights (a model.safetensors of an earlier run: its EMA); "
-                   "the log is appended to and its steps continue from the checkpoint's step")
+    p.add_argument(
+        "--init",
+        help="continue from these weights (a model.safetensors of an earlier run: its EMA); "
+        "the log is appended to and its steps continue from the checkpoint's step",
+    )
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    model = LatteSkip(input_size=16, patch_size=4, in_channels=1, hidden_size=args.hidden_size, depth=args.depth,
-                      num_heads=args.num_heads, num_frames=args.frames, class_dropout_prob=0.1, num_classes=10,
-                      learn_sigma=True, extras=2)
+    model = LatteSkip(
+        input_size=16,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=args.hidden_size,
+        depth=args.depth,
+        num_heads=args.num_heads,
+        num_frames=args.frames,
+        class_dropout_prob=0.1,
+        num_classes=10,
+        learn_sigma=True,
+        extras=2,
+    )
     first = 0
     if args.init:
         from safetensors import safe_open
@@ -81,8 +103,11 @@ def main() -> None:
     diffusion = GaussianDiffusion.create("", learn_sigma=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     images, labels = load_digits_tensors(12)  # 12x12 digits moving on a 16x16 canvas
-    print(f"LatteSkip {json.dumps(model.config)}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{len(images)} digits, {args.frames} frames", flush=True)
+    print(
+        f"LatteSkip {json.dumps(model.config)}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{len(images)} digits, {args.frames} frames",
+        flush=True,
+    )
     log = open(os.path.join(HERE, "log.jsonl"), "a" if args.init else "w")
     started, window = time.perf_counter(), []
     model.train()
@@ -109,8 +134,9 @@ def main() -> None:
         if step % args.log_every == 0 or step == first + args.steps or out_of_time:
             mean = torch.tensor(window).mean(0).tolist()
             window = []
-            row = dict(step=step, loss=mean[0], mse=mean[1], seconds=round(time.perf_counter() - started, 2),
-                       lr=round(lr, 7))
+            row = dict(
+                step=step, loss=mean[0], mse=mean[1], seconds=round(time.perf_counter() - started, 2), lr=round(lr, 7)
+            )
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(row, flush=True)

@@ -1,6 +1,7 @@
 """One module per diffusers transformer family, each declaring ``FAMILY`` (a ``..family.Family``).
 Every module here is loaded, in name order; a family whose diffusers classes this diffusers lacks is
 left out and listed in ``UNAVAILABLE`` with the reason."""
+
 from __future__ import annotations
 
 import importlib

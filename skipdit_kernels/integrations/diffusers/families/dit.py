@@ -1,5 +1,6 @@
 """DiT (``DiTTransformer2DModel``, ``DiTPipeline``): no long skips, so a cached step keeps the
 middle blocks' residual; the official class-to-image schedule; a fast block on the fused ops."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,12 @@ def _dit_block_is_plain(block) -> bool:
     Checked on every call: a processor or hook set later is seen."""
     if type(block) is not BasicTransformerBlock or block.norm_type != "ada_norm_zero":
         return False
-    if block.attn2 is not None or block.pos_embed is not None or block.only_cross_attention or block._chunk_size is not None:
+    if (
+        block.attn2 is not None
+        or block.pos_embed is not None
+        or block.only_cross_attention
+        or block._chunk_size is not None
+    ):
         return False
     if block.norm1.emb is None or block.norm1.norm.weight is not None or block.norm3.weight is not None:
         return False
@@ -53,7 +59,9 @@ def _dit_block_fast(block, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) ->
     def heads(linear):
         return ops.linear(x, linear.weight, linear.bias).view(batch, tokens, attn.heads, -1).transpose(1, 2)
 
-    mixed = ops.attention(heads(attn.to_q), heads(attn.to_k), heads(attn.to_v)).transpose(1, 2).reshape(batch, tokens, -1)
+    mixed = (
+        ops.attention(heads(attn.to_q), heads(attn.to_k), heads(attn.to_v)).transpose(1, 2).reshape(batch, tokens, -1)
+    )
     h = ops.linear_gated_residual(h, mixed, attn.to_out[0].weight, attn.to_out[0].bias, gate_msa)
     x = ops.adaln_modulate(h, shift_mlp, scale_mlp, block.norm3.eps)
     x = ops.linear_gelu(x, net[0].proj.weight, net[0].proj.bias)
@@ -62,7 +70,11 @@ def _dit_block_fast(block, h: torch.Tensor, t: torch.Tensor, y: torch.Tensor) ->
 
 def _dit_block_run(block, a: dict):
     """The block's call as ``_dit_block_fast``'s arguments; None for what it does not take."""
-    if a.get("attention_mask") is not None or a.get("encoder_hidden_states") is not None or a.get("cross_attention_kwargs"):
+    if (
+        a.get("attention_mask") is not None
+        or a.get("encoder_hidden_states") is not None
+        or a.get("cross_attention_kwargs")
+    ):
         return None
     return _dit_block_fast(block, a["hidden_states"], a["timestep"], a["class_labels"])
 

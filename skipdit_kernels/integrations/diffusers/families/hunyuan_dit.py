@@ -6,6 +6,7 @@ the last ``shallow`` blocks, whose skips come from the first ``shallow`` ones. T
 forward runs: the ControlNet residuals it adds to each popped skip reach the blocks that run and go
 with the skipped ones; the caller's residual list is passed as a copy (diffusers pops it). The fast
 block runs ``HunyuanDiTBlock`` on the fused ops (its long skip on ``skip_fuse``)."""
+
 from __future__ import annotations
 
 import torch
@@ -81,14 +82,21 @@ def _hunyuan_attention(attn, x: torch.Tensor, context: torch.Tensor | None, rota
 
     def heads(y, norm):
         y = y.view(batch, y.shape[1], attn.heads, -1)
-        return y if norm is None else torch.nn.functional.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return (
+            y
+            if norm is None
+            else torch.nn.functional.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        )
 
     q = heads(ops.linear(x, attn.to_q.weight, attn.to_q.bias), attn.norm_q)
     if context is None:  # one GEMM for k|v (weights concatenated per call): measured faster for small widths
         kv = ops.linear(x, torch.cat([attn.to_k.weight, attn.to_v.weight]), torch.cat([attn.to_k.bias, attn.to_v.bias]))
         k, v = kv.chunk(2, dim=-1)
     else:
-        k, v = ops.linear(context, attn.to_k.weight, attn.to_k.bias), ops.linear(context, attn.to_v.weight, attn.to_v.bias)
+        k, v = (
+            ops.linear(context, attn.to_k.weight, attn.to_k.bias),
+            ops.linear(context, attn.to_v.weight, attn.to_v.bias),
+        )
     k, v = heads(k, attn.norm_k), heads(v, None)
     if rotary is not None:
         q = apply_rotary_emb(q, rotary, sequence_dim=1)

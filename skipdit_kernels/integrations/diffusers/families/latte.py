@@ -1,6 +1,7 @@
 """Latte (``LatteTransformer3DModel``, ``LattePipeline``): a unit is the (spatial, temporal) block
 pair i, no long skips, so a cached step keeps the middle pairs' residual (in the spatial layout the
 pair's spatial block takes; the forward's reshapes around a skipped pair cancel)."""
+
 from __future__ import annotations
 
 from diffusers import LatteTransformer3DModel

@@ -1,6 +1,7 @@
 """PixArt-alpha and PixArt-sigma (``PixArtTransformer2DModel``): no long skips, so a cached step
 keeps the middle blocks' residual. The default is the Skip-DiT release's text-to-image/video
 schedule (no published PixArt one), scaled from PixArt's 28 blocks."""
+
 from __future__ import annotations
 
 from diffusers import PixArtTransformer2DModel
