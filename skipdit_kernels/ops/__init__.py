@@ -6,8 +6,6 @@ op's spec (``ops.spec.OpSpec``: reference, backends, sample inputs, tolerance), 
 backends' kernel tables, the tests, ``testing.gpu_check`` and the op benchmarks derive.
 """
 
-from . import native as _native  # noqa: F401,E402  the compiled backend; reports, never raises, when missing
-from . import triton as _triton  # noqa: F401,E402  registers the probe only; Triton loads on first use
 from ._backend import auto_backend, available_backends, backend_status, current_backend, use_backend
 from .adaln_modulate import adaln_modulate, adaln_modulate_reference
 from .attention import attention, attention_reference
@@ -49,3 +47,7 @@ __all__ = [
     "skip_fuse_reference",
     "use_backend",
 ]
+
+# After the op modules: the backends build their kernel tables from the specs those modules declare.
+from . import triton as _triton  # noqa: E402, F401, I001  registers the probe only; Triton loads on first use
+from . import native as _native  # noqa: E402, F401  the compiled backend; reports, never raises, when missing
