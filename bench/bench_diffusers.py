@@ -48,10 +48,10 @@ import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-from skipdit_kernels.images import save_comparison  # noqa: E402
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
 from skipdit_kernels.integrations import diffusers as sd  # noqa: E402
-from skipdit_kernels.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
+from skipdit_kernels.io.images import save_comparison  # noqa: E402
 
 try:
     import cache_dit

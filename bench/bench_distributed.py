@@ -49,7 +49,7 @@ MODELS = {
 
 def build(name: str):
     if name == "bundled":
-        from skipdit_kernels.embedded import load_bundled
+        from skipdit_kernels.evaluation.bundled import load_bundled
 
         return load_bundled("skipdit")
     from skipdit_kernels import SkipDiT

@@ -110,7 +110,7 @@ def check(batch: int = 8) -> int:
     auto table picks) against the torch backend. Fails (exit 1, one line) when the default path is
     more than 10 % slower. A failing measurement is repeated once and judged on all rounds together,
     so that one burst of load on a shared machine does not fail CI; a real regression fails both."""
-    from skipdit_kernels.embedded import load_bundled
+    from skipdit_kernels.evaluation.bundled import load_bundled
 
     torch.set_num_threads(1)
     if not native.load():
@@ -201,7 +201,7 @@ def demo_overhead(batch: int = 200, out_dir: str = "") -> dict:
     """The bundled demo model's forward at the sampling batch of ``skipdit demo`` (100 samples with
     CFG: batch 200), one thread, against its GEMMs, convolution and attention alone at the same
     shapes (replayed from a capture). Thread CPU time of interleaved rounds (see paired_ratio)."""
-    from skipdit_kernels.embedded import load_bundled
+    from skipdit_kernels.evaluation.bundled import load_bundled
 
     torch.set_num_threads(1)
     model = load_bundled("skipdit")

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import environment, markdown_table, write_results  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
 from skipdit_kernels.sampling.batched import BatchedSampler  # noqa: E402
 
 SCHEDULES = [sk.SkipCache(interval=2, shallow_blocks=1), sk.SkipCache(interval=3, shallow_blocks=1),

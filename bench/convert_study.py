@@ -4,9 +4,9 @@ with the original DiT and with the same DiT fine-tuned for the same number of st
     nice -n 10 python bench/convert_study.py                    # the full study (CPU, ~30 min, 1 thread)
     python bench/convert_study.py --skip-steps 4 --all-steps 4 --samples 20 --tag smoke   # a smoke run
 
-1. Conversion (``skipdit_kernels.convert.convert_dit``) with both skip initialisations; the step-0
+1. Conversion (``skipdit_kernels.training.convert.convert_dit``) with both skip initialisations; the step-0
    output change (relative L2 vs the original DiT) on held-out noised digits.
-2. Fine-tuning on the bundled digits (``skipdit_kernels.train.train``, batch 64, EMA 0.999 with
+2. Fine-tuning on the bundled digits (``skipdit_kernels.training.loop.train``, batch 64, EMA 0.999 with
    warm-up): stage ``skip`` (only the skip branches) for each init, then stage ``all`` from the
    identity run; the plain DiT fine-tuned (stage ``all``) for skip + all steps at stage all's lr.
 3. Samples (DDIM-50, CFG 3, 10 per digit, two noise seeds): classifier accuracy and Frechet
@@ -35,11 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
-from skipdit_kernels import convert as cv  # noqa: E402
-from skipdit_kernels.data import load_digits_tensors  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-from skipdit_kernels.metrics import classifier_accuracy, classifier_features, frechet_distance, psnr  # noqa: E402
-from skipdit_kernels.train import train  # noqa: E402
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.metrics import classifier_accuracy, classifier_features, frechet_distance, psnr  # noqa: E402
+from skipdit_kernels.training import convert as cv  # noqa: E402
+from skipdit_kernels.training.data import load_digits_tensors  # noqa: E402
+from skipdit_kernels.training.loop import train  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -171,7 +171,7 @@ def main() -> None:
         args.skip_steps + args.all_steps,
         args.all_lr,
         args,
-        sk.embedded.asset_path("dit"),
+        sk.bundled.asset_path("dit"),
     )
     runs["plain-dit"] = dict(result=r, seconds=sec)
     print(f"plain DiT fine-tune: {sec:.0f} s", flush=True)

@@ -34,7 +34,7 @@ WORKER = """
 import json, time, torch
 torch.set_num_threads({threads})
 from skipdit_kernels import SkipCache, sample
-from skipdit_kernels.embedded import load_bundled
+from skipdit_kernels.evaluation.bundled import load_bundled
 model = load_bundled("skipdit")
 labels = torch.arange(10).repeat_interleave(10)
 common = dict(steps=50, method="ddim", cfg_scale=3.0, seed=0, progress=False)

@@ -46,8 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-from skipdit_kernels.metrics import psnr  # noqa: E402
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.metrics import psnr  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OURS = {

@@ -28,9 +28,9 @@ import skipdit_kernels as sk  # noqa: E402
 
 def model_from(args):
     try:
-        from skipdit_kernels import embedded  # type: ignore
+        from skipdit_kernels.evaluation import bundled  # type: ignore
 
-        return embedded.load_bundled("skipdit"), "bundled SkipDiT"
+        return bundled.load_bundled("skipdit"), "bundled SkipDiT"
     except Exception:  # noqa: BLE001
         model = sk.SkipDiT(input_size=16, patch_size=args.patch, in_channels=1, hidden_size=128, depth=8,
                            num_heads=4, num_classes=10, learn_sigma=False)  # fmt: skip

@@ -7,7 +7,7 @@ FLOP bound (block fraction) and the CPU speedup composed from interleaved full a
     python bench/forecast_fidelity.py                       # defaults below
     python bench/forecast_fidelity.py --samples 100 --ddpm-samples 100   # the full size
 
-Model: the bundled SkipDiT (``skipdit_kernels.embedded.load_bundled("skipdit")``) when the package
+Model: the bundled SkipDiT (``skipdit_kernels.evaluation.bundled.load_bundled("skipdit")``) when the package
 has it; otherwise a SkipDiT trained here on sklearn's digits upscaled to 16x16 (the report says
 which). Samples live in [-1, 1]; PSNR uses peak-to-peak 2: 10 log10(4 / MSE) (``metrics.fidelity``).
 Writes bench/results/forecast-fidelity-<device>-<date>.{md,json,png}.
@@ -30,16 +30,16 @@ import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
-from skipdit_kernels.metrics import fidelity  # noqa: E402
+from skipdit_kernels.evaluation.metrics import fidelity  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def load_model(args):
     try:
-        from skipdit_kernels import embedded  # type: ignore
+        from skipdit_kernels.evaluation import bundled  # type: ignore
 
-        return embedded.load_bundled("skipdit"), "bundled SkipDiT (skipdit_kernels.embedded)"
+        return bundled.load_bundled("skipdit"), "bundled SkipDiT (skipdit_kernels.evaluation.bundled)"
     except Exception as exc:  # noqa: BLE001  (absent: train our own)
         why = f"{type(exc).__name__}: {exc}"
     path = args.model_cache

@@ -33,18 +33,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
-from skipdit_kernels.data import load_digits_tensors  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-from skipdit_kernels.images import save_grid  # noqa: E402
-from skipdit_kernels.metrics import (
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.metrics import (
     classifier_accuracy,
     classifier_features,
     frechet_distance,
     psnr,
 )  # noqa: E402
-from skipdit_kernels.metrics import (
+from skipdit_kernels.evaluation.metrics import (
     fidelity as score_fidelity,
 )
+from skipdit_kernels.io.images import save_grid  # noqa: E402
+from skipdit_kernels.training.data import load_digits_tensors  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

@@ -36,8 +36,8 @@ import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.commands import demo  # noqa: E402
-from skipdit_kernels.embedded import load_bundled  # noqa: E402
-from skipdit_kernels.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
+from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
+from skipdit_kernels.evaluation.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REFERENCE = "reuse@2"  # the paper's "almost free" schedule: the fidelity a faster setting must match
@@ -83,7 +83,7 @@ def run(args) -> dict:
     caches = settings(args)
     meta = dict(
         date=datetime.date.today().isoformat(), cpu=report.environment()["name"], cpu_count=os.cpu_count(), threads=args.threads,
-        torch=torch.__version__, loadavg_start=loadavg(), model="bundled SkipDiT (skipdit_kernels.embedded)",
+        torch=torch.__version__, loadavg_start=loadavg(), model="bundled SkipDiT (skipdit_kernels.evaluation.bundled)",
         num_units=model.num_units, samples=len(labels), sampler=f"{d.method.upper()}-{d.steps}", cfg=d.cfg,
         settings=args.settings or "all", per_class=args.per_class, seed=seed, shallow_blocks=args.shallow, rounds=args.rounds,
         scoring="samples clamped to [-1, 1]; PSNR with peak-to-peak 2; worst 5% = mean over the worst "

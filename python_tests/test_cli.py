@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels import cli, embedded
+from skipdit_kernels import cli
+from skipdit_kernels.evaluation import bundled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLED = embedded.asset_path("skipdit")
+BUNDLED = bundled.asset_path("skipdit")
 
 
 @pytest.fixture
@@ -31,8 +32,8 @@ def no_sampling(monkeypatch):
     for target in (
         "skipdit_kernels.sample",
         "skipdit_kernels.sampling.sample",
-        "skipdit_kernels.train.train",
-        "skipdit_kernels.train.build_model",
+        "skipdit_kernels.training.loop.train",
+        "skipdit_kernels.training.loop.build_model",
     ):
         monkeypatch.setattr(target, refuse)
 
@@ -233,12 +234,12 @@ def test_sample_pngs_of_small_models_are_upscaled(tmp_path, scale, side):
 
 
 def test_weight_files_get_the_usual_mode(tmp_path):
-    from skipdit_kernels.files import save_safetensors
+    from skipdit_kernels.io.files import save_safetensors
 
     previous = os.umask(0o022)
     try:
         save_safetensors({"w": torch.ones(2, 3)}, tmp_path / "w.safetensors", {"a": "b"})
-        embedded.save_half(sk.DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2,
+        bundled.save_half(sk.DiT(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2,
                                   num_classes=3), str(tmp_path / "h.safetensors"))  # fmt: skip
         torch.save({}, tmp_path / "plain.pt")
     finally:
@@ -282,7 +283,7 @@ def test_classifier_training_run_files_get_the_usual_mode(tmp_path):
 
 def test_bundled_digits_are_scikit_learns():
     datasets = pytest.importorskip("sklearn.datasets")
-    from skipdit_kernels.data import load_digits_tensors
+    from skipdit_kernels.training.data import load_digits_tensors
 
     x, y = load_digits_tensors(size=8)
     digits = datasets.load_digits()
@@ -331,7 +332,9 @@ def test_read_only_out_dir_names_the_option(capsys, tmp_path, no_sampling):
 
 
 def test_sample_out_is_checked_before_the_model_and_sampling(capsys, tmp_path, no_sampling, monkeypatch):
-    monkeypatch.setattr("skipdit_kernels.embedded.load_bundled", lambda *a, **k: pytest.fail("model loaded first"))
+    monkeypatch.setattr(
+        "skipdit_kernels.evaluation.bundled.load_bundled", lambda *a, **k: pytest.fail("model loaded first")
+    )
     err = refused(capsys, ["sample", "--bundled", "skipdit", "--out", str(tmp_path / "folder.png" / "x.png")])
     assert "--out" in err and "does not exist" in err
     (tmp_path / "folder.png").mkdir()
@@ -454,7 +457,7 @@ def test_threads_default_is_chosen_and_printed(tmp_path, capsys):
 
 
 def test_every_skipdit_environment_variable_is_registered_and_printed(capsys):
-    from skipdit_kernels import environment
+    from skipdit_kernels.io import environment
 
     names = set(
         subprocess.run(

@@ -5,9 +5,9 @@ and the two initialisations' step-0 output change."""
 import pytest
 import torch
 
-from skipdit_kernels import convert as cv
 from skipdit_kernels.cli import main
 from skipdit_kernels.models import DiT, LatteSkip, SkipDiT, load_checkpoint, save_checkpoint
+from skipdit_kernels.training import convert as cv
 
 DIT_CFG = dict(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=4, num_heads=2, num_classes=5)
 LATTE_CFG = dict(

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from skipdit_kernels.data import as_tensors, encode_latents, load_latents, load_video_folder
-from skipdit_kernels.train import build_model, train
+from skipdit_kernels.training.data import as_tensors, encode_latents, load_latents, load_video_folder
+from skipdit_kernels.training.loop import build_model, train
 
 
 def tiny_vae():

@@ -8,9 +8,9 @@ import torch
 from safetensors import safe_open
 
 import skipdit_kernels as sk
-from skipdit_kernels import embedded
 from skipdit_kernels.cli import main
 from skipdit_kernels.commands import demo
+from skipdit_kernels.evaluation import bundled
 
 BUNDLED = dict(
     input_size=16,
@@ -27,28 +27,28 @@ BUNDLED = dict(
 
 
 def test_assets_fit_the_size_budget():
-    total = sum(os.path.getsize(embedded.asset_path(n)) for n in embedded.FILES)
+    total = sum(os.path.getsize(bundled.asset_path(n)) for n in bundled.FILES)
     assert total <= 10 * 1000 * 1000
 
 
 @pytest.mark.parametrize("name,cls", [("skipdit", sk.SkipDiT), ("dit", sk.DiT)])
 def test_bundled_dits_load_through_the_public_loader(name, cls):
-    model = sk.load_checkpoint(embedded.asset_path(name))  # the public loader, no help
+    model = sk.load_checkpoint(bundled.asset_path(name))  # the public loader, no help
     assert type(model) is cls and model.config == BUNDLED
-    bundled = embedded.load_bundled(name)
-    assert type(bundled) is cls and not bundled.training and bundled.config == BUNDLED
-    assert next(bundled.parameters()).dtype == torch.float32
-    for a, b in zip(model.state_dict().values(), bundled.state_dict().values()):
+    loaded = bundled.load_bundled(name)
+    assert type(loaded) is cls and not loaded.training and loaded.config == BUNDLED
+    assert next(loaded.parameters()).dtype == torch.float32
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
-    with safe_open(embedded.asset_path(name), "pt") as f:
+    with safe_open(bundled.asset_path(name), "pt") as f:
         assert "skipdit_config" in f.metadata()
 
 
 def test_bundled_classifier_is_accurate_on_held_out_digits():
-    from skipdit_kernels.data import digits_split
-    from skipdit_kernels.metrics import classifier_accuracy
+    from skipdit_kernels.evaluation.metrics import classifier_accuracy
+    from skipdit_kernels.training.data import digits_split
 
-    clf = embedded.load_bundled("classifier")
+    clf = bundled.load_bundled("classifier")
     assert not clf.training
     _, (x, y) = digits_split()  # the split the classifier was trained with (seed 0)
     assert classifier_accuracy(clf, x, y) > 0.95
@@ -57,7 +57,7 @@ def test_bundled_classifier_is_accurate_on_held_out_digits():
 
 def test_unknown_bundled_name():
     with pytest.raises(ValueError, match="unknown bundled"):
-        embedded.load_bundled("nope")
+        bundled.load_bundled("nope")
 
 
 def test_demo_end_to_end_small(tmp_path, capsys):
@@ -174,17 +174,17 @@ BUNDLED_LATTE = dict(
 
 
 def test_bundled_latte_loads_through_the_public_loader():
-    model = sk.load_checkpoint(embedded.asset_path("latte"))
+    model = sk.load_checkpoint(bundled.asset_path("latte"))
     assert type(model) is sk.LatteSkip and model.config == BUNDLED_LATTE
-    bundled = embedded.load_bundled("latte")
-    assert not bundled.training and next(bundled.parameters()).dtype == torch.float32
-    with safe_open(embedded.asset_path("latte"), "pt") as f:
+    loaded = bundled.load_bundled("latte")
+    assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
+    with safe_open(bundled.asset_path("latte"), "pt") as f:
         assert f.get_tensor("temp_embed").dtype == torch.float32  # positions kept fp32, weights fp16
         assert f.get_tensor("blocks.0.attn.qkv.weight").dtype == torch.float16
 
 
 def test_moving_digits_move_one_pixel_per_frame_and_bounce():
-    from skipdit_kernels.data import load_digits_tensors, moving_digits
+    from skipdit_kernels.training.data import load_digits_tensors, moving_digits
 
     x, _ = load_digits_tensors(12)
     videos = moving_digits(x[:64], 8, generator=torch.Generator().manual_seed(0))
@@ -252,10 +252,10 @@ def test_video_demo_end_to_end_small(tmp_path, capsys):
 def test_frame_accuracy_reads_real_moving_digits_and_refuses_noise():
     """The video accuracy's protocol on the training data itself: real moving digits read as their
     label (the ceiling a model can reach), pure noise does not."""
-    from skipdit_kernels.data import load_digits_tensors, moving_digits
-    from skipdit_kernels.metrics import frame_accuracy
+    from skipdit_kernels.evaluation.metrics import frame_accuracy
+    from skipdit_kernels.training.data import load_digits_tensors, moving_digits
 
-    clf = embedded.load_bundled("classifier")
+    clf = bundled.load_bundled("classifier")
     x, y = load_digits_tensors(12)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(x), (200,), generator=g)

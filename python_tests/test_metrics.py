@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from skipdit_kernels.data import digits_split, load_digits_tensors
-from skipdit_kernels.metrics import (
+from skipdit_kernels.evaluation.metrics import (
     DigitClassifier,
     classifier_accuracy,
     fidelity,
@@ -14,6 +13,7 @@ from skipdit_kernels.metrics import (
     ssim,
     worst_mean,
 )
+from skipdit_kernels.training.data import digits_split, load_digits_tensors
 
 
 def test_psnr_known_values_and_identical():

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import skipdit_kernels as sk
 from skipdit_kernels.cli import main
-from skipdit_kernels.train import STATE_FILE, build_model, train
+from skipdit_kernels.training.loop import STATE_FILE, build_model, train
 
 CFG = dict(
     input_size=8,
@@ -168,7 +168,7 @@ def test_cli_train_on_a_tensor_file(tmp_path, capsys):
 def test_train_on_an_image_folder(tmp_path):
     from PIL import Image
 
-    from skipdit_kernels.data import load_image_folder
+    from skipdit_kernels.training.data import load_image_folder
 
     rng = torch.Generator().manual_seed(0)
     for cls in ("cat", "dog", "eel"):
@@ -187,7 +187,7 @@ def test_train_on_an_image_folder(tmp_path):
 
 
 def converted(seed=0):
-    from skipdit_kernels.convert import convert_dit
+    from skipdit_kernels.training.convert import convert_dit
 
     torch.manual_seed(seed)
     dit = train(
@@ -197,7 +197,7 @@ def converted(seed=0):
 
 
 def test_stage_skip_trains_only_the_skip_branches(tmp_path):
-    from skipdit_kernels.convert import is_skip_parameter
+    from skipdit_kernels.training.convert import is_skip_parameter
 
     model = converted()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -279,8 +279,8 @@ def test_stage_all_starts_from_the_skip_stage(tmp_path):
 
 
 def test_the_same_recipe_trains_a_latte_skip_on_videos():
-    from skipdit_kernels.convert import convert_latte, is_skip_parameter
     from skipdit_kernels.models import LatteSkip
+    from skipdit_kernels.training.convert import convert_latte, is_skip_parameter
 
     cfg = dict(
         input_size=8,
@@ -311,7 +311,7 @@ def test_the_same_recipe_trains_a_latte_skip_on_videos():
 
 
 def test_data_order_visits_every_sample_once_per_epoch():
-    from skipdit_kernels.train import RankShard, global_batch_indices
+    from skipdit_kernels.training.loop import RankShard, global_batch_indices
 
     stream = torch.cat([global_batch_indices(10, s, 4, seed=3) for s in range(5)])  # 20 = two epochs
     assert sorted(stream[:10].tolist()) == list(range(10)) and sorted(stream[10:].tolist()) == list(range(10))

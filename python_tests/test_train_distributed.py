@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
-    from skipdit_kernels.train import build_model, train
+    from skipdit_kernels.training.loop import build_model, train
 
     out, steps, fail_rank = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     fsdp = len(sys.argv) > 4 and sys.argv[4] == "fsdp"

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import skipdit_kernels as sk
-from skipdit_kernels import cli, embedded
+from skipdit_kernels import cli
+from skipdit_kernels.evaluation import bundled
 
 from .test_cli import no_sampling, refused  # noqa: F401  (fixture)
 
-LATTE = embedded.asset_path("latte")
+LATTE = bundled.asset_path("latte")
 
 
 def gif_frames(path):
@@ -48,7 +49,7 @@ def test_video_latents_are_decoded_frame_by_frame_through_a_local_vae(tmp_path, 
     frames, (width, height) = gif_frames(out)
     assert frames == 3 and width == height == 8 + 2 * 2  # one 8x8 decoded frame (VAE of one level: 1x) + padding
     latents = torch.zeros(1, 3, 4, 8, 8)
-    from skipdit_kernels.images import decode_latents
+    from skipdit_kernels.io.images import decode_latents
 
     assert decode_latents(latents, str(tmp_path / "vae")).shape == (1, 3, 3, 8, 8)
 

@@ -14,8 +14,8 @@ from skipdit_kernels.cache.forecast import AUTO_DETERMINISTIC_ORDER
 @pytest.fixture(scope="session")
 def trained_skipdit():
     """A depth-4 SkipDiT trained for a few seconds on the bundled 8x8 digits: enough temporal structure."""
-    from skipdit_kernels.data import load_digits_tensors
     from skipdit_kernels.sampling import GaussianDiffusion
+    from skipdit_kernels.training.data import load_digits_tensors
 
     torch.manual_seed(0)
     x, y = load_digits_tensors(size=8)

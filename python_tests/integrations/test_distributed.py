@@ -204,7 +204,7 @@ def test_cli_data_parallel_under_torchrun(tmp_path):
     done = torchrun(tmp_path, "--num-samples", "3", "--batch-size", "2", "--seed", "5", "--out-dir", "run")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3 samples, data parallel over 2 rank(s)" in done.stdout
-    from skipdit_kernels.embedded import load_bundled
+    from skipdit_kernels.evaluation.bundled import load_bundled
 
     model = load_bundled("skipdit")
     with np.load(tmp_path / "run" / "samples.npz") as z:
@@ -234,8 +234,8 @@ def test_cli_refuses_to_mix_runs_without_a_traceback(tmp_path, capsys):
 def test_cli_cfg_parallel_under_torchrun(tmp_path):
     done = torchrun(tmp_path, "--cfg-parallel", "--labels", "0", "7", "--seed", "2", "--out-dir", "one")
     assert done.returncode == 0, done.stderr[-3000:]
-    from skipdit_kernels.embedded import load_bundled
-    from skipdit_kernels.images import to_uint8
+    from skipdit_kernels.evaluation.bundled import load_bundled
+    from skipdit_kernels.io.images import to_uint8
 
     expected = sample(load_bundled("skipdit"), [0, 7], seed=2, steps=3, method="ddim", cfg_scale=3.0,
                       cache=SkipCache(interval=2, shallow_blocks=1), progress=False)  # fmt: skip

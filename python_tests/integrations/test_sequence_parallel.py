@@ -206,8 +206,8 @@ def test_cli_sequence_parallel_under_torchrun(tmp_path):
     import numpy as np
 
     from python_tests.integrations.test_distributed import torchrun
-    from skipdit_kernels.embedded import load_bundled
-    from skipdit_kernels.images import to_uint8
+    from skipdit_kernels.evaluation.bundled import load_bundled
+    from skipdit_kernels.io.images import to_uint8
 
     done = torchrun(tmp_path, "--sequence-parallel", "2", "--labels", "0", "7", "--seed", "2", "--out-dir", "one")
     assert done.returncode == 0, done.stderr[-3000:]

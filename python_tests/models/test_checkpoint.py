@@ -80,7 +80,7 @@ def _out(model, seed=0):
 
 def test_train_state_builds_the_trained_architecture(tmp_path):
     """skipdit train's train_state.pt (hidden 64, 4 heads: no official size) loads with 4 heads."""
-    from skipdit_kernels.train import save_state
+    from skipdit_kernels.training.loop import save_state
 
     model, ema = randomize(sk.SkipDiT(**TINY), seed=1), randomize(sk.SkipDiT(**TINY), seed=2)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -51,7 +51,7 @@ def _calibration(args):
     if args.calibration is None:
         return None
     if args.calibration == "digits":
-        from skipdit_kernels.data import load_digits_tensors
+        from skipdit_kernels.training.data import load_digits_tensors
 
         x = load_digits_tensors()[0]
     elif os.path.isfile(args.calibration):
@@ -67,7 +67,7 @@ def _calibration(args):
 def run(args) -> int:
     import torch
 
-    from skipdit_kernels.convert import convert_checkpoint
+    from skipdit_kernels.training.convert import convert_checkpoint
 
     if not os.path.exists(args.ckpt):
         raise CommandError(f"--ckpt {args.ckpt}: no such file or folder")

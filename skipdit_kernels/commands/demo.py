@@ -94,9 +94,9 @@ def run_demo(args) -> dict:
 
     from skipdit_kernels import SkipCache, sample
     from skipdit_kernels.cache import as_skip_stack
-    from skipdit_kernels.embedded import load_bundled
-    from skipdit_kernels.images import save_comparison, save_comparison_gif, save_grid
-    from skipdit_kernels.metrics import classifier_accuracy, fidelity, frame_accuracy
+    from skipdit_kernels.evaluation.bundled import load_bundled
+    from skipdit_kernels.evaluation.metrics import classifier_accuracy, fidelity, frame_accuracy
+    from skipdit_kernels.io.images import save_comparison, save_comparison_gif, save_grid
 
     per_class = per_class_of(args)
     model = load_bundled("latte" if args.video else args.model)

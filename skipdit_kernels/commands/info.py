@@ -50,7 +50,7 @@ def run(args) -> int:
     print(f"backend         {ops.current_backend()} (set with SKIPDIT_BACKEND or ops.use_backend)")
     for name, (ok, why) in ops.backend_status().items():
         print(f"  {name:<7} {'available' if ok else 'missing':<10} {why}")
-    from skipdit_kernels.environment import current
+    from skipdit_kernels.io.environment import current
 
     print("environment     SKIPDIT_* variables (read at: run time, cli, build, bench, ci)")
     for variable, value in current():

@@ -23,7 +23,7 @@ from skipdit_kernels.commands._common import (
 )
 from skipdit_kernels.commands._timing import add_threads_option
 
-# --bundled NAME -> the embedded model's name (skipdit_kernels.embedded)
+# --bundled NAME -> the embedded model's name (skipdit_kernels.evaluation.bundled)
 BUNDLED = {"skipdit": "skipdit", "dit": "dit", "video": "latte"}
 IMAGENET_LABELS = [207, 360, 387, 974, 88, 979, 417, 279]  # DiT's sample.py
 
@@ -127,7 +127,7 @@ def check_request(args) -> None:
     if args.out.endswith(".png") and args.random_init and not args.vae:
         raise CommandError("random-init models make 4-channel latents: pass --vae DIR for images, or use --out x.npz")
     if args.vae:
-        from skipdit_kernels.images import check_vae
+        from skipdit_kernels.io.images import check_vae
 
         check_vae(args.vae)
     if args.preset:
@@ -177,7 +177,7 @@ def build_model(args):
     from skipdit_kernels.models.presets import preset_config
 
     if args.bundled:
-        from skipdit_kernels.embedded import load_bundled
+        from skipdit_kernels.evaluation.bundled import load_bundled
 
         return load_bundled(BUNDLED[args.bundled])
     if args.ckpt:
@@ -217,13 +217,13 @@ def run(args) -> int:
     if not args.out.endswith(".npz") and not args.vae and not pixel_model:
         raise CommandError(f"{model.in_channels}-channel latents need --vae DIR to become pixels; or use --out x.npz")
     if video_model and not args.out.endswith(".npz"):
-        from skipdit_kernels.images import check_video_path
+        from skipdit_kernels.io.images import check_video_path
 
         check_video_path(args.out)
 
     import numpy as np
 
-    from skipdit_kernels.images import decode_latents, save_grid, save_video_grid
+    from skipdit_kernels.io.images import decode_latents, save_grid, save_video_grid
     from skipdit_kernels.sampling import sample
 
     cache = cache_from_args(args, model)

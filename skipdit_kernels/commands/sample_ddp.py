@@ -82,7 +82,7 @@ def _model(args):
     if args.bundled:
         if args.ckpt or args.random_init:
             raise ValueError("give one of --bundled, --ckpt, --random-init")
-        from skipdit_kernels.embedded import load_bundled
+        from skipdit_kernels.evaluation.bundled import load_bundled
 
         return load_bundled(args.bundled)
     from skipdit_kernels.commands.sample import build_model
@@ -121,7 +121,7 @@ def run(args) -> int:
             path = None
             if info.rank == 0:
                 from skipdit_kernels.cache import as_skip_stack
-                from skipdit_kernels.images import load_vae
+                from skipdit_kernels.io.images import load_vae
 
                 stack = as_skip_stack(model)
                 kind = ddp.output_kind(stack, tuple(latents.shape[1:]), args.vae)

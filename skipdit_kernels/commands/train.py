@@ -110,7 +110,7 @@ def check_request(args) -> None:
 
 
 def _load_data(spec: str):
-    from skipdit_kernels.data import load_tensor_file
+    from skipdit_kernels.training.data import load_tensor_file
 
     if spec == "digits" or os.path.isdir(spec):
         return spec
@@ -128,21 +128,21 @@ def _classifier_eval(args):
     """eval_fn: Frechet distance (classifier features) of EMA samples vs all digits, and their accuracy."""
     import torch
 
-    from skipdit_kernels import embedded
-    from skipdit_kernels.data import load_digits_tensors
-    from skipdit_kernels.metrics import classifier_accuracy, classifier_features, frechet_distance
+    from skipdit_kernels.evaluation import bundled
+    from skipdit_kernels.evaluation.metrics import classifier_accuracy, classifier_features, frechet_distance
     from skipdit_kernels.sampling import sample
+    from skipdit_kernels.training.data import load_digits_tensors
 
     if args.classifier:
         from safetensors.torch import load_file
 
-        from skipdit_kernels.metrics import DigitClassifier
+        from skipdit_kernels.evaluation.metrics import DigitClassifier
 
         clf = DigitClassifier()
         clf.load_state_dict({k: v.float() for k, v in load_file(args.classifier).items()})
         clf.eval()
     else:
-        clf = embedded.load_bundled("classifier")
+        clf = bundled.load_bundled("classifier")
     real_x, _ = load_digits_tensors()
     real = classifier_features(clf, real_x)
     labels = torch.arange(args.eval_samples) % 10
@@ -163,10 +163,10 @@ def _classifier_eval(args):
 def _run_classifier(args) -> int:
     import torch
 
-    from skipdit_kernels.data import digits_split
-    from skipdit_kernels.embedded import save_half
-    from skipdit_kernels.metrics import DigitClassifier
-    from skipdit_kernels.train import train_classifier
+    from skipdit_kernels.evaluation.bundled import save_half
+    from skipdit_kernels.evaluation.metrics import DigitClassifier
+    from skipdit_kernels.training.data import digits_split
+    from skipdit_kernels.training.loop import train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,7 +178,7 @@ def _run_classifier(args) -> int:
         model, train_data, test_data, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
     )
     os.makedirs(args.out, exist_ok=True)
-    from skipdit_kernels.files import save_safetensors
+    from skipdit_kernels.io.files import save_safetensors
 
     save_safetensors(
         model.state_dict(),
@@ -203,8 +203,8 @@ def run(args) -> int:
     check_request(args)
     if args.model == "classifier":
         return _run_classifier(args)
-    from skipdit_kernels.data import as_tensors
-    from skipdit_kernels.train import build_model, model_for_init, train
+    from skipdit_kernels.training.data import as_tensors
+    from skipdit_kernels.training.loop import build_model, model_for_init, train
 
     data = _load_data(args.data)
     if args.threads:
@@ -243,7 +243,7 @@ def run(args) -> int:
         activation_checkpointing=args.activation_checkpointing, fsdp=args.fsdp, on_resume=_print_resume,
     )  # fmt: skip
     if args.export:
-        from skipdit_kernels.embedded import save_half
+        from skipdit_kernels.evaluation.bundled import save_half
 
         save_half(result.ema, args.export, {"step": str(result.step)})
     last = result.log[-1] if result.log else {}

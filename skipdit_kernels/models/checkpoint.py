@@ -353,7 +353,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = getattr(model, "config", None)
     if path.endswith(".safetensors"):
-        from ..files import save_safetensors
+        from ..io.files import save_safetensors
 
         metadata = dict(metadata or {})
         if config is not None:

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ...cache import SkipCache, as_skip_stack
-from ...images import decode_latents, load_vae, to_uint8
+from ...io.images import decode_latents, load_vae, to_uint8
 from ...sampling.executor import SkipStackExecutor, executor_for
 from ...sampling.sample import prepare_request, resolve_device, sample
 from ...sampling.trajectory import SamplerTrajectory

@@ -110,9 +110,9 @@ def main() -> None:
 
     import diffusers
 
-    from skipdit_kernels.data import load_digits_tensors
     from skipdit_kernels.sampling import GaussianDiffusion
-    from skipdit_kernels.train import ema_decay_at, update_ema
+    from skipdit_kernels.training.data import load_digits_tensors
+    from skipdit_kernels.training.loop import ema_decay_at, update_ema
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

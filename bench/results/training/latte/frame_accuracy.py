@@ -17,9 +17,9 @@ import json
 import torch
 
 from skipdit_kernels import sample
-from skipdit_kernels.data import load_digits_tensors, moving_digits
-from skipdit_kernels.embedded import load_bundled
-from skipdit_kernels.metrics import frame_accuracy
+from skipdit_kernels.evaluation.bundled import load_bundled
+from skipdit_kernels.evaluation.metrics import frame_accuracy
+from skipdit_kernels.training.data import load_digits_tensors, moving_digits
 
 DIGIT = 12  # the moving digits are 12x12 on the 16x16 canvas
 

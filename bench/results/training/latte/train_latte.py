@@ -1,10 +1,10 @@
-"""Train the bundled class-to-video LatteSkip ("latte" in skipdit_kernels/embedded.py) on moving digits.
+"""Train the bundled class-to-video LatteSkip ("latte" in skipdit_kernels/evaluation/bundled.py) on moving digits.
 
-``skipdit_kernels.train.train`` takes images (N, C, H, W) and ``GaussianDiffusion`` splits the model
+``skipdit_kernels.training.loop.train`` takes images (N, C, H, W) and ``GaussianDiffusion`` splits the model
 output on dim 1, while LatteSkip works on (N, F, C, H, W) videos (channels on dim 2); this loop is
 DiT's recipe (eps-MSE + variational bound, AdamW, EMA with warm-up, class dropout) on channels-first
 views (N, C, F, H, W) of the videos, reusing the library's pieces. Each batch draws fresh motions
-(``skipdit_kernels.data.moving_digits``). Run from the repository root (see bench/train_bundled.sh);
+(``skipdit_kernels.training.data.moving_digits``). Run from the repository root (see bench/train_bundled.sh);
 writes log.jsonl and model.safetensors (EMA, fp32) next to this file and the fp16 asset with --export.
 """
 
@@ -19,11 +19,11 @@ import time
 import torch
 
 from skipdit_kernels import LatteSkip
-from skipdit_kernels.data import load_digits_tensors, moving_digits
-from skipdit_kernels.embedded import save_half
+from skipdit_kernels.evaluation.bundled import save_half
 from skipdit_kernels.models import save_checkpoint
 from skipdit_kernels.sampling import GaussianDiffusion
-from skipdit_kernels.train import ema_decay_at, update_ema
+from skipdit_kernels.training.data import load_digits_tensors, moving_digits
+from skipdit_kernels.training.loop import ema_decay_at, update_ema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 CONFIG_KEY = "skipdit_config"  # the key save_checkpoint / load_checkpoint use
 FILES = {
     "skipdit": "skipdit.safetensors",
@@ -51,7 +51,7 @@ def load_bundled(name: str = "skipdit", dtype: torch.dtype = torch.float32) -> t
         model = DigitClassifier(**config)
         model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
     else:
-        from .models import load_checkpoint
+        from ..models import load_checkpoint
 
         model = load_checkpoint(path)
     return model.to(dtype).eval()
@@ -59,7 +59,7 @@ def load_bundled(name: str = "skipdit", dtype: torch.dtype = torch.float32) -> t
 
 def save_half(model: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
     """Save a model with fp16 weights (fp32 position embeddings); the config goes into the metadata."""
-    from .files import save_safetensors
+    from ..io.files import save_safetensors
 
     positions = ("pos_embed", "temp_embed")
     state = {

@@ -5,7 +5,7 @@ standard DiTs by adding, for a stack of L units, L/2 skip branches: unit i >= L/
 input x by ``skip_linears[j](LayerNorm(cat([x, skip])))``, j = i - L/2, where ``skip`` is the output
 of unit L-1-i. The backbone (every block, embedder and the final layer) is the pretrained model's,
 unchanged; only ``skip_norms`` and ``skip_linears`` are new, and they are then fine-tuned (stage
-``skip`` of ``skipdit_kernels.train``, then stage ``all``).
+``skip`` of ``skipdit_kernels.training.loop``, then stage ``all``).
 
 Conversions (each returns the new model and a ``Conversion`` record of carried and new tensors):
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import DiT, LatteSkip, SkipDiT
+from ..models import DiT, LatteSkip, SkipDiT
 
 INITS = ("identity", "official")
 SKIP_PREFIXES = ("skip_norms.", "skip_linears.")
@@ -206,7 +206,7 @@ def calibration_inputs(
     standard normal, the distribution of x_T), noised to uniform random timesteps in
     [0, num_timesteps) with DiT's linear schedule; ``cond``: what ``model.condition`` takes (default:
     random class labels for a class-conditional model; a text model needs its ``cond``)."""
-    from .sampling import GaussianDiffusion
+    from ..sampling import GaussianDiffusion
 
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -268,7 +268,7 @@ def convert_latte(
     """A ``LatteSkip`` from an official class-to-video ``Latte`` state_dict (the keys of Latte's
     models/latte.py, without skip branches). ``config``: constructor arguments the shapes cannot
     settle (e.g. ``num_heads`` for a size that is not official)."""
-    from .models.checkpoint import infer_config
+    from ..models.checkpoint import infer_config
 
     _check_init(init)
     if "temp_embed" not in state_dict:
@@ -288,7 +288,7 @@ def convert_diffusers_dit(
 ) -> tuple[SkipDiT, Conversion]:
     """A ``SkipDiT`` from a diffusers ``DiTTransformer2DModel``, through ``dit_from_diffusers`` (see
     its notes on diffusers' timestep frequencies); the carried keys are the DiT's."""
-    from .integrations.diffusers import dit_from_diffusers
+    from ..integrations.diffusers import dit_from_diffusers
 
     model, conversion = convert_dit(dit_from_diffusers(transformer), init, calibration)
     conversion.source = "DiTTransformer2DModel"
@@ -299,7 +299,7 @@ def convert_diffusers_latte(transformer, init: str = "identity", calibration: tu
     """A ``LatteT2VSkip`` (official ``LatteT2V_skip``) from a diffusers ``LatteTransformer3DModel``
     with the same config. ``calibration``: (x_t, t, cond) with text embeddings in cond (default:
     random latents and random text embeddings of 8 tokens, enough to fit the projections' scale)."""
-    from .integrations.latte_t2v import LatteT2VSkip
+    from ..integrations.latte_t2v import LatteT2VSkip
 
     _check_init(init)
     if isinstance(transformer, LatteT2VSkip):
@@ -338,8 +338,8 @@ def convert_checkpoint(
     identity fit, e.g. the bundled digits for a pixel-space model (default: standard normal
     latents). ``config``: constructor arguments the checkpoint cannot settle. Returns the
     ``Conversion``; ValueError (``CheckpointError``) for anything it cannot convert."""
-    from .models import load_checkpoint, save_checkpoint
-    from .models.checkpoint import read_checkpoint
+    from ..models import load_checkpoint, save_checkpoint
+    from ..models.checkpoint import read_checkpoint
 
     path, out = os.fspath(path), os.fspath(out)
     if os.path.isdir(path):

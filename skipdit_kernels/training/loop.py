@@ -1,7 +1,7 @@
 """Train a DiT, SkipDiT or LatteSkip with DiT's recipe: AdamW, EMA, eps-MSE + variational-bound loss,
 class dropout for classifier-free guidance; safetensors checkpoints, exact resume, seeded; one
 process or many (DDP under ``torchrun``, optionally FSDP); from scratch or in Skip-DiT's two stages
-after ``skipdit_kernels.convert`` (``stage="skip"``: only the skip branches train, ``"all"``: everything).
+after ``skipdit_kernels.training.convert`` (``stage="skip"``: only the skip branches train, ``"all"``: everything).
 
 Files written to ``out_dir`` (by rank 0, each atomically: written aside, then renamed):
 
@@ -31,9 +31,9 @@ from typing import Callable
 
 import torch
 
+from ..models import save_checkpoint
+from ..sampling import GaussianDiffusion
 from .data import as_tensors
-from .models import save_checkpoint
-from .sampling import GaussianDiffusion
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
@@ -117,7 +117,7 @@ def init_from(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
     folder holding one): its online weights, and returns an EMA model with its EMA weights; a model
     file (``.safetensors`` / ``.pt``, e.g. ``skipdit convert``'s output or a stage's
     ``model.safetensors``): its weights, returns None (the EMA starts from them)."""
-    from .models.checkpoint import check_state_dict, read_checkpoint
+    from ..models.checkpoint import check_state_dict, read_checkpoint
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -138,8 +138,8 @@ def init_from(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Modul
 def model_for_init(path: str | os.PathLike) -> torch.nn.Module:
     """A model of the architecture ``init_from(model, path)`` loads (built from the checkpoint's
     shapes and carried config; its weights are loaded by ``init_from``, e.g. through ``train``)."""
-    from .models import load_checkpoint
-    from .models.checkpoint import infer_config
+    from ..models import load_checkpoint
+    from ..models.checkpoint import infer_config
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -215,7 +215,7 @@ def _fully_shard(model: torch.nn.Module) -> None:
     """FSDP2: shard every transformer block, then the rest of the model."""
     from torch.distributed.fsdp import fully_shard
 
-    from .models.layers import DiTBlock
+    from ..models.layers import DiTBlock
 
     for block in [m for m in model.modules() if isinstance(m, DiTBlock)]:
         fully_shard(block)
@@ -265,7 +265,7 @@ def _checkpointed_blocks(model: torch.nn.Module) -> contextlib.AbstractContextMa
     blocks), undone on exit."""
     from torch.utils.checkpoint import checkpoint
 
-    from .models.layers import DiTBlock
+    from ..models.layers import DiTBlock
 
     @contextlib.contextmanager
     def ctx():
@@ -559,7 +559,7 @@ def train(
 
 def build_model(kind: str = "skipdit", preset: str | None = None, **config) -> torch.nn.Module:
     """A fresh DiT / SkipDiT: a preset (e.g. "DiT-S/2") with overrides, or custom sizes."""
-    from .models import DiT, SkipDiT
+    from ..models import DiT, SkipDiT
 
     cls = {"skipdit": SkipDiT, "dit": DiT}[kind.lower()]
     return cls.from_preset(preset, **config) if preset else cls(**config)

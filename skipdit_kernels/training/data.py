@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 DIGITS_SIZE = 16
-DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "digits.npz")
+DIGITS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "digits.npz")
 
 
 def load_digits_tensors(size: int = DIGITS_SIZE, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +210,7 @@ def encode_latents(
     Returns the index. Train on it with ``train(model, out_dir)`` (``load_latents``)."""
     import json
 
-    from .files import save_safetensors
+    from ..io.files import save_safetensors
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
