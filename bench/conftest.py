@@ -1,6 +1,6 @@
-"""pytest configuration for the benchmarks (python -m pytest bench/<file>.py --benchmark-only).
+"""pytest configuration for the benchmarks (python -m pytest bench/<kind>/<file>.py --benchmark-only).
 
-Benchmarks import their helpers (report.py) from this directory, run on at most
+Benchmarks (in kernels/, e2e/, quality/, ab/) import their helpers (report.py) from this directory, run on at most
 SKIPDIT_BENCH_THREADS CPU threads (default 2), and never put Triton into its interpreter: on a CPU
 machine the Triton columns are skipped, with the reason, rather than simulated.
 """

@@ -28,18 +28,18 @@ PARTS = [
     ("The demo's sampling (full compute and Skip-Cache), this code against the code before the performance work",
      "demo-ab-amd-epyc-avx512-bf16.md",
      "The original `skipdit demo`'s work (100 digits, DDIM-50, CFG 3), old and new code in alternating "
-     "fresh processes; `python bench/demo_ab.py --old <checkout>`."),
+     "fresh processes; `python bench/ab/demo_ab.py --old <checkout>`."),
     ("SkipDiT-B/2 forward against the official model", "forward-amd-epyc-avx512-bf16.md",
      "Batch 4, 256 tokens; speedup over the official model in eager mode (and its torch.compile); "
-     "`python bench/bench_forward.py`."),
+     "`python bench/kernels/bench_forward.py`."),
     ("fp32 GEMMs: why the native driver uses oneDNN on this CPU", "gemm-amd-epyc-avx512-bf16.md",
      "torch's F.linear runs MKL's sgemm, which on x86 CPUs not made by Intel is about half as fast as "
-     "oneDNN; `python bench/bench_gemm.py`."),
+     "oneDNN; `python bench/kernels/bench_gemm.py`."),
     ("Fused ops against their eager chains, copy bandwidth and the bare GEMM", "ops-amd-epyc-avx512-bf16.md",
-     "`python bench/bench_ops.py`."),
+     "`python bench/kernels/bench_ops.py`."),
     ("Skip-Cache against cache-dit inside diffusers pipelines: trained models", "diffusers-trained-*-amd-epyc-avx512-bf16.md",
      "The bundled DiT converted into a `DiTPipeline` and a tiny HunyuanDiT trained on the digits; equal blocks "
-     "computed per step; fidelity of each cache against the uncached call; `python bench/bench_diffusers.py "
+     "computed per step; fidelity of each cache against the uncached call; `python bench/e2e/bench_diffusers.py "
      "--cases trained` (cache-dit is a benchmark-only dependency). Shown: uncached, cache-dit (plain DBCache "
      "and, in runs that have them, its TaylorSeer and DMD calibrators) and the Skip-Cache variant "
      "`forecast=\"auto\"` picks for the scheduler. A table without calibrator rows compares against plain "
@@ -49,7 +49,7 @@ PARTS = [
      "ratio of blocks computed).", "auto-vs-cache-dit"),
     ("Skip-Cache against cache-dit inside diffusers pipelines: random weights", "diffusers-random-*-amd-epyc-avx512-bf16.md",
      "Random-weight pipelines (features not smooth across timesteps, so forecasting does not help there); "
-     "`python bench/bench_diffusers.py --cases random`. Shown as above.", "auto-vs-cache-dit"),
+     "`python bench/e2e/bench_diffusers.py --cases random`. Shown as above.", "auto-vs-cache-dit"),
 ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The benchmarks' interleaved timer, environment record, device tag and results writer: the package's
 ``skipdit_kernels.testing.report`` (which ``skipdit_kernels.testing.gpu_check`` writes with too),
-importable as ``report`` by the scripts of bench/ (``sys.path`` holds this folder).
+importable as ``report`` by the scripts of bench/'s subfolders (each puts this folder on ``sys.path``).
 
     import report
     env = report.environment()

@@ -168,7 +168,7 @@ def test_skipdit_bench_outside_a_source_checkout_says_so(monkeypatch, capsys):
     from skipdit_kernels import cli
     from skipdit_kernels.commands import bench
 
-    monkeypatch.setattr(bench, "BENCH_FILE", "/nonexistent/bench/bench_sampling.py")
+    monkeypatch.setattr(bench, "BENCH_FILE", "/nonexistent/bench/e2e/bench_sampling.py")
     assert cli.main(["bench", "--rounds", "1"]) == 2
     assert "source checkout" in capsys.readouterr().err
 

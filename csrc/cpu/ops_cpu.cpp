@@ -3,7 +3,7 @@
 //
 // GEMM ops run either as one GEMM over all rows followed by a parallel epilogue pass (default), or,
 // with SKIPDIT_CPU_GEMM_ROWS=n > 0, as row blocks of n rows spread over the threads, each block's
-// epilogue applied while its output is still in cache (measured in bench/bench_native.py).
+// epilogue applied while its output is still in cache (measured in bench/kernels/bench_native.py).
 #include <skipdit/ops.h>
 
 #include <ATen/ATen.h>

@@ -21,8 +21,8 @@ a * alpha_t + b * sigma_t through the last two full steps and evaluated at the c
 Host weights again (float64, from timesteps only). The weights need not sum to 1. The noise schedule
 is DDPM's linear betas 1e-4..0.02 over 1000 training steps (DiT's, and diffusers' DDPM/DDIM
 defaults) unless the caller gives its own ``alphas_cumprod``; timesteps between integers interpolate
-it linearly. Chosen by bench/forecast_study.py among host-weight candidates and measured by
-bench/forecast_compare.py (DDIM-50, 20 samples, pooled PSNR; bench/results/forecast-compare-*.md):
+it linearly. Chosen by bench/quality/forecast_study.py among host-weight candidates and measured by
+bench/quality/forecast_compare.py (DDIM-50, 20 samples, pooled PSNR; bench/results/forecast-compare-*.md):
 trained HunyuanDiT pipeline +1.8..+3.2 dB over order 1 at intervals 2-8 (+2.2 dB over cache-dit's best
 calibrator at interval 8, FLOP bound 3.21x); trained DiT pipeline +0.6 dB over cache-dit's best at
 interval 10 (3.08x); the bundled SkipDiT's deep state +1.9 / +1.1 dB over order 1 at intervals 4 / 6

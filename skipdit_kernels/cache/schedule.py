@@ -45,7 +45,7 @@ _PRESETS = {
     # (stop_t 49: the official rule is strict, ours is t <= stop_t; equal on integer timesteps).
     "latte-c2v": dict(interval=2, shallow_blocks=1, start_t=900, stop_t=49),
     # Quality-matched speed (beyond the paper): forecast order 1 at interval 4 after a warm start of
-    # full steps while t >= 950. Chosen by bench/quality_sweep.py on the bundled SkipDiT (DDIM-50,
+    # full steps while t >= 950. Chosen by bench/quality/quality_sweep.py on the bundled SkipDiT (DDIM-50,
     # CFG 3, 100 samples): 2.11x measured wall time (FLOP bound 2.11x) at PSNR 48.6 dB pooled /
     # 50.1 dB per-sample mean against full compute, above the paper's "almost free" reuse at interval
     # 2 (1.60x, 47.4 / 49.4 dB); bench/results/quality-sweep-*-cpu-bundled-2026-11-29.md.

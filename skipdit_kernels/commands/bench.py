@@ -1,4 +1,4 @@
-"""``skipdit bench``: the end-to-end sampling benchmark, bench/bench_sampling.py of a source checkout:
+"""``skipdit bench``: the end-to-end sampling benchmark, bench/e2e/bench_sampling.py of a source checkout:
 latency per sampled batch for the official-style baseline, ours, Skip-Cache, CUDA graphs and fused
 kernels, with speedups, FLOP bounds and peak memory; results under bench/results/.
 
@@ -16,13 +16,13 @@ import subprocess
 import sys
 
 BENCH_FILE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "bench_sampling.py"
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench", "e2e", "bench_sampling.py"
 )
 
 
 def configure(parser) -> None:
     parser.description = (parser.description or "") + (
-        ". Every argument is passed on to bench/bench_sampling.py of the source checkout "
+        ". Every argument is passed on to bench/e2e/bench_sampling.py of the source checkout "
         "(its options: skipdit bench -- --help)"
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's options")

@@ -1,5 +1,5 @@
 """The models bundled in the package (``skipdit_kernels/assets``), trained on CPU on the 16x16
-digits (see bench/train_bundled.sh and bench/results/training/):
+digits (see bench/training/train_bundled.sh and bench/results/training/):
 
 - ``"skipdit"``: SkipDiT, input 16, patch 4, hidden 96, depth 8, heads 4, 10 classes, learned sigma,
   class dropout 0.1 (so classifier-free guidance works); EMA weights, stored fp16, loaded fp32;
@@ -7,7 +7,7 @@ digits (see bench/train_bundled.sh and bench/results/training/):
 - ``"classifier"``: ``metrics.DigitClassifier``; its 64-d penultimate features give Frechet distances;
 - ``"latte"``: a class-to-video LatteSkip, 8 frames of 16x16, patch 4, hidden 64, 4 (spatial,
   temporal) pairs, heads 4, 10 classes, learned sigma, class dropout 0.1, trained on 12x12 digits
-  moving on a 16x16 canvas (``data.moving_digits``; bench/results/training/latte/train_latte.py);
+  moving on a 16x16 canvas (``data.moving_digits``; bench/training/train_latte.py);
   EMA weights, stored fp16, loaded fp32.
 """
 

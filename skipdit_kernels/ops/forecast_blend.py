@@ -10,7 +10,7 @@ Backends: the torch path (one ``torch.lerp`` pass for K = 2, since Lagrange weig
 scaled adds otherwise) and a Triton kernel (one read of each input, one write; weights read from a
 device tensor so the launch is graph-capturable). Triton is imported only when its kernel runs.
 The op is memory-bound: K reads and one write of a deep state, negligible beside the shallow blocks
-of a cached step (see bench/forecast_cost.py).
+of a cached step (see bench/quality/forecast_cost.py).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 same loss (DiT's eps-MSE + variational bound, ``GaussianDiffusion.training_losses``) and the same
 AdamW step, timed interleaved round by round (``report.time_fns``).
 
-    python bench/bench_train.py                      # batch 8, 32x32x4 latents, fp32 and bf16, 1 thread
-    python bench/bench_train.py --threads 2 --budget 120
+    python bench/e2e/bench_train.py                      # batch 8, 32x32x4 latents, fp32 and bf16, 1 thread
+    python bench/e2e/bench_train.py --threads 2 --budget 120
 
 While an input requires grad the op dispatcher runs the torch reference for any backend without a
 backward (the native kernels are inference-only), so a training step never goes through a fused op
@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 from official_dit import OfficialSkipDiT  # noqa: E402
 

@@ -8,7 +8,7 @@ median of per-round ratios old / new. The old checkout must be built (its ``_C``
 
     git worktree add --detach /tmp/demo_old a741581
     (cd /tmp/demo_old && SKIPDIT_BUILD_CUDA=0 python setup.py -q build_ext --inplace)
-    python bench/demo_ab.py --old /tmp/demo_old [--rounds 5] [--threads 1]
+    python bench/ab/demo_ab.py --old /tmp/demo_old [--rounds 5] [--threads 1]
 
 ``skipdit demo`` itself now samples three variants over two timing rounds (six ``sample()`` calls
 where the original made two), so its total wall time is not the measure; this work is.
@@ -23,12 +23,12 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 from report import environment, stats, write_results  # noqa: E402
 
-NEW = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEW = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WORKER = """
 import json, time, torch

@@ -6,7 +6,7 @@ somewhere on a 16x16 canvas, so each frame is first cropped to the 12x12 window 
 and resized to 16x16 (bilinear; ``metrics.frame_accuracy``). The same protocol on the training data itself (real moving digits)
 gives the ceiling, printed first. Usage (repository root):
 
-    PYTHONPATH=. python bench/results/training/latte/frame_accuracy.py [--model PATH] [--per-class 10]
+    PYTHONPATH=. python bench/training/frame_accuracy.py [--model PATH] [--per-class 10]
 """
 
 from __future__ import annotations

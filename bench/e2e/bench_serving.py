@@ -1,6 +1,6 @@
 """Serving throughput: a stream of requests arriving at staggered times, served three ways.
 
-    nice -n 10 env OMP_NUM_THREADS=1 python bench/bench_serving.py            # 16 requests, 3 rounds
+    nice -n 10 env OMP_NUM_THREADS=1 python bench/e2e/bench_serving.py            # 16 requests, 3 rounds
 
 The bundled SkipDiT (16x16 latent, 8 blocks), DDIM-50, one sample per request, class label i % 10,
 guidance scale 1.5 on even requests and none on odd ones (one call class: CFG rows and plain rows
@@ -32,7 +32,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from report import environment, markdown_table, write_results  # noqa: E402
 

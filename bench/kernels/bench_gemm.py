@@ -6,7 +6,7 @@ Why it exists: on x86 CPUs not made by Intel, MKL's sgemm takes a code path abou
 oneDNN's JIT kernels, so the native CPU driver sends fp32 GEMMs to oneDNN there
 (``csrc/cpu/ops_cpu.cpp: gemm_nt``); this benchmark is the evidence, per CPU.
 
-    python bench/bench_gemm.py [--threads 1] [--budget 2]
+    python bench/kernels/bench_gemm.py [--threads 1] [--budget 2]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import report  # noqa: E402
 

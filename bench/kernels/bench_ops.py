@@ -1,10 +1,10 @@
 """Each op as torch eager vs torch.compile vs triton (vs native when built), at DiT-XL/2 shapes.
 
-    python bench/bench_ops.py                    # the device's default grid -> bench/results/ops-<device>.{json,md}
-    python bench/bench_ops.py --write-auto       # also refresh skipdit_kernels/ops/auto_backends.json
-    python -m pytest bench/bench_ops.py --benchmark-only     # the same cells under pytest-benchmark
+    python bench/kernels/bench_ops.py                    # the device's default grid -> bench/results/ops-<device>.{json,md}
+    python bench/kernels/bench_ops.py --write-auto       # also refresh skipdit_kernels/ops/auto_backends.json
+    python -m pytest bench/kernels/bench_ops.py --benchmark-only     # the same cells under pytest-benchmark
 
-    python bench/bench_ops.py --quick            # small timing budget, no torch.compile column
+    python bench/kernels/bench_ops.py --quick            # small timing budget, no torch.compile column
 
 Grid: hidden 1152; 256 and 1024 tokens; batch 2 and 16; bf16 (on CUDA). On a CPU the default grid
 is DiT-B/2 and DiT-XL/2 (hidden 768 and 1152), batch 4 x 256 tokens, fp32 and bf16, and the
@@ -39,7 +39,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
@@ -418,7 +418,7 @@ def main(argv=None):
         print("updated the auto table")
 
 
-# ---- pytest-benchmark entry points (python -m pytest bench/bench_ops.py --benchmark-only) ----------
+# ---- pytest-benchmark entry points (python -m pytest bench/kernels/bench_ops.py --benchmark-only) ----------
 try:
     import pytest
 

@@ -4,8 +4,8 @@ worst 5%) and pooled (one MSE over all samples), for reuse (order 0) and Lagrang
 forecast orders 1, 2 at several intervals, under DDIM (eta 0) and DDPM; beside the schedule's
 FLOP bound (block fraction) and the CPU speedup composed from interleaved full and cached step times.
 
-    python bench/forecast_fidelity.py                       # defaults below
-    python bench/forecast_fidelity.py --samples 100 --ddpm-samples 100   # the full size
+    python bench/quality/forecast_fidelity.py                       # defaults below
+    python bench/quality/forecast_fidelity.py --samples 100 --ddpm-samples 100   # the full size
 
 Model: the bundled SkipDiT (``skipdit_kernels.evaluation.bundled.load_bundled("skipdit")``) when the package
 has it; otherwise a SkipDiT trained here on sklearn's digits upscaled to 16x16 (the report says
@@ -25,14 +25,14 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.cache.forecast import resolve_forecast  # noqa: E402
 from skipdit_kernels.evaluation.metrics import fidelity  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
 
 def load_model(args):

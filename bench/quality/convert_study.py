@@ -1,8 +1,8 @@
 """Convert the bundled plain DiT to a SkipDiT, fine-tune it in Skip-DiT's two stages, and compare it
 with the original DiT and with the same DiT fine-tuned for the same number of steps.
 
-    nice -n 10 python bench/convert_study.py                    # the full study (CPU, ~30 min, 1 thread)
-    python bench/convert_study.py --skip-steps 4 --all-steps 4 --samples 20 --tag smoke   # a smoke run
+    nice -n 10 python bench/quality/convert_study.py                    # the full study (CPU, ~30 min, 1 thread)
+    python bench/quality/convert_study.py --skip-steps 4 --all-steps 4 --samples 20 --tag smoke   # a smoke run
 
 1. Conversion (``skipdit_kernels.training.convert.convert_dit``) with both skip initialisations; the step-0
    output change (relative L2 vs the original DiT) on held-out noised digits.
@@ -31,7 +31,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
@@ -41,7 +41,7 @@ from skipdit_kernels.training import convert as cv  # noqa: E402
 from skipdit_kernels.training.data import load_digits_tensors  # noqa: E402
 from skipdit_kernels.training.loop import train  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
 
 def loadavg():
@@ -267,7 +267,7 @@ def write(results, args, base) -> None:
         f"average {results['load_start']} at the start, {results['load_end']} at the end of the evaluation run. "
         f"Training {sum(r['seconds'] for r in results['training'].values()) / 60:.1f} min of wall time (per run "
         f"below; the machine's load varied, so minutes are not comparable between runs), evaluation "
-        f"{results['total_seconds'] / 60:.1f} min. Command: `nice -n 10 python bench/convert_study.py --tag "
+        f"{results['total_seconds'] / 60:.1f} min. Command: `nice -n 10 python bench/quality/convert_study.py --tag "
         f"{args.tag} --skip-steps {args.skip_steps} --all-steps {args.all_steps}` (a rerun resumes finished runs).",
         "",
         "## Step 0: output change of the conversion",

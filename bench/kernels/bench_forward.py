@@ -1,9 +1,9 @@
 """End-to-end SkipDiT-B/2 forward (batch 4, 256 tokens): the package on its torch and native backends
 against an official-style eager model (bench/official_dit.py) and torch.compile of it.
 
-    python bench/bench_forward.py [--threads 1] [--dtypes fp32 bf16] [--no-compile] [--out bench/results]
-    python bench/bench_forward.py --check     # CI regression guard, < 1 minute (see check())
-    python bench/bench_forward.py --demo      # bundled model: forward vs its GEMMs + attention alone
+    python bench/kernels/bench_forward.py [--threads 1] [--dtypes fp32 bf16] [--no-compile] [--out bench/results]
+    python bench/kernels/bench_forward.py --check     # CI regression guard, < 1 minute (see check())
+    python bench/kernels/bench_forward.py --demo      # bundled model: forward vs its GEMMs + attention alone
 
 fp32 rows: official eager, official torch.compile, package torch backend, package native backend
 (and, with --compile-native, native under torch.compile). bf16 rows: official under bf16 autocast
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 from official_dit import OfficialSkipDiT  # noqa: E402
 
@@ -292,7 +292,9 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-native", action="store_true")
     p.add_argument("--budget", type=float, default=30.0)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    )
     args = p.parse_args(argv)
     if args.check:
         raise SystemExit(check())

@@ -1,5 +1,5 @@
 """A/B of two source trees' sampling speed per step, each in fresh processes, old and new alternated
-round by round (ABBA): python bench/protocol_ab.py ROUNDS [OLD NEW], the trees' roots (default
+round by round (ABBA): python bench/ab/protocol_ab.py ROUNDS [OLD NEW], the trees' roots (default
 /tmp/ab/old and /tmp/ab/new). Prints median, min and max seconds per step, the new/old ratio, the CPU and the load
 average at start and end."""
 
@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 env = report.environment()

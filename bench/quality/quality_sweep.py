@@ -1,8 +1,8 @@
 """Quality-matched speed sweep: forecast order 1 with a warm start of full steps, on the
 bundled SkipDiT with the demo's settings, against reuse at interval 2 (the paper's "almost free").
 
-    python bench/quality_sweep.py                 # the issue's sweep: DDIM-50, 100 samples, 3 rounds
-    python bench/quality_sweep.py --rounds 5 --threads 2
+    python bench/quality/quality_sweep.py                 # the issue's sweep: DDIM-50, 100 samples, 3 rounds
+    python bench/quality/quality_sweep.py --rounds 5 --threads 2
 
 Settings: full compute; reuse (``forecast=0``) at intervals 2..6; forecast order 1 at interval 2 and,
 for intervals 3..6, with ``start_t`` in {1000 (no warm start), 950, 900, 850, 800} (every step with
@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402
@@ -39,7 +39,7 @@ from skipdit_kernels.commands import demo  # noqa: E402
 from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
 from skipdit_kernels.evaluation.metrics import classifier_accuracy, fidelity, psnr  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 REFERENCE = "reuse@2"  # the paper's "almost free" schedule: the fidelity a faster setting must match
 
 

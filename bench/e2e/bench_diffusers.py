@@ -27,7 +27,7 @@ where the installed version has it, DMD; the summary compares against the best o
 cache-dit is a benchmark-only dependency (``pip install cache-dit``); without it the cache-dit rows
 are skipped and the report says so.
 
-    python bench/bench_diffusers.py [--cases all|random|trained] [--match HunyuanDiT] [--rounds 7] [--quick] [--threads 1]
+    python bench/e2e/bench_diffusers.py [--cases all|random|trained] [--match HunyuanDiT] [--rounds 7] [--quick] [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import diffusers  # noqa: E402
 import report  # noqa: E402
@@ -159,7 +159,9 @@ def trained_dit_pipe(scheduler):
     return pipe, call, pipe.transformer.transformer_blocks
 
 
-HUNYUAN_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "hunyuandit-digits.safetensors")
+HUNYUAN_WEIGHTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "hunyuandit-digits.safetensors"
+)
 
 
 def trained_hunyuan_pipe(scheduler):
@@ -361,7 +363,7 @@ for _steps in (50, 20):
         )
     )
 _HUNYUAN = "trained HunyuanDiT 10L/64 16 tok x20"
-if os.path.exists(HUNYUAN_WEIGHTS):  # bench/results/training/hunyuandit/train_hunyuandit.py writes it
+if os.path.exists(HUNYUAN_WEIGHTS):  # bench/training/train_hunyuandit.py writes it
     for _label, _scheduler, _steps in (
         ("DDIM", _DDIM, 50),
         ("DDIM", _DDIM, 20),
@@ -565,7 +567,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="override every case's step count")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="one random and one trained case, 3 rounds (a smoke run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # Random weights leave denormal floats in diffusers' path, which slow it down and would flatter every

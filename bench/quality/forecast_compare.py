@@ -7,7 +7,7 @@ against full compute: PSNR per sample (mean), pooled (over all samples' pixels) 
 Models: the bundled SkipDiT through ``sample()`` (its deep state is forecast; 20 samples, CFG 3 as
 ``skipdit demo``), the bundled trained DiT converted into a ``DiTPipeline`` and the trained tiny
 HunyuanDiT of bench/assets (the middle residual / the long-skip boundary; 20 samples each, the
-pipelines of bench/bench_diffusers.py). Samplers: DDIM-50, DDIM-20, DDPM-250 (DiT's linear betas).
+pipelines of bench/e2e/bench_diffusers.py). Samplers: DDIM-50, DDIM-20, DDPM-250 (DiT's linear betas).
 
 Methods (all ``shallow_blocks=1``, ``start_t`` 1000, no reset before the end): reuse; polynomial
 forecast (Taylor) orders 1 and 2 in the step counter; the alpha-sigma forecast
@@ -20,11 +20,11 @@ FLOP bound: 1 / ``SkipCache.block_fraction``. Measured speedup (CPU): from per-s
 compute's time per step and the cached step's (from reuse at the largest interval, which runs the
 same units as every cached method of that model), timed interleaved over ``--rounds`` rounds, then
 speedup = N t_full / (F t_full + C t_cached) for F full and C cached steps (the forecast blend adds
-about 0.3% to a cached step, bench/forecast_cost.py). cache-dit's rows quote the same number (it
-computes the same blocks; its own per-call overheads are in bench/bench_diffusers.py's timings).
+about 0.3% to a cached step, bench/quality/forecast_cost.py). cache-dit's rows quote the same number (it
+computes the same blocks; its own per-call overheads are in bench/e2e/bench_diffusers.py's timings).
 
-    python bench/forecast_compare.py run --model skipdit --sampler ddim-50 --intervals 2,3,4,6,8,10
-    python bench/forecast_compare.py report parts/*.json      # -> results/forecast-compare-<tag>-<date>.{md,json,png}
+    python bench/quality/forecast_compare.py run --model skipdit --sampler ddim-50 --intervals 2,3,4,6,8,10
+    python bench/quality/forecast_compare.py report parts/*.json      # -> results/forecast-compare-<tag>-<date>.{md,json,png}
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))  # bench_diffusers
 
 import report  # noqa: E402
 
@@ -49,7 +50,7 @@ import skipdit_kernels as sk  # noqa: E402
 from skipdit_kernels.evaluation.bundled import load_bundled  # noqa: E402
 from skipdit_kernels.evaluation.metrics import psnr  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 OURS = {
     "reuse": dict(forecast=0),
     "taylor 1": dict(forecast=1),

@@ -1,8 +1,8 @@
 """Class-to-video Latte-skip sampling on CPU: full compute vs Skip-Cache (interval 2/3/4), against
 the FLOP bound of each schedule.
 
-    python bench/bench_video.py                 # the small configuration below, fp32, CPU
-    python bench/bench_video.py --preset xl     # Latte-XL/2, 16 x 256 x 256 (32 x 32 latents): for a GPU
+    python bench/e2e/bench_video.py                 # the small configuration below, fp32, CPU
+    python bench/e2e/bench_video.py --preset xl     # Latte-XL/2, 16 x 256 x 256 (32 x 32 latents): for a GPU
 
 Timing: the two distinct steps of a Skip-Cache trajectory, the model call on the CFG batch (2 x
 batch videos; random weights) as a full step and as a cached step (a step-by-step Skip-Cache request
@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402

@@ -4,8 +4,8 @@
 output on dim 1, while LatteSkip works on (N, F, C, H, W) videos (channels on dim 2); this loop is
 DiT's recipe (eps-MSE + variational bound, AdamW, EMA with warm-up, class dropout) on channels-first
 views (N, C, F, H, W) of the videos, reusing the library's pieces. Each batch draws fresh motions
-(``skipdit_kernels.training.data.moving_digits``). Run from the repository root (see bench/train_bundled.sh);
-writes log.jsonl and model.safetensors (EMA, fp32) next to this file and the fp16 asset with --export.
+(``skipdit_kernels.training.data.moving_digits``). Run from the repository root (see bench/training/train_bundled.sh);
+writes log.jsonl and model.safetensors (EMA, fp32) in bench/results/training/latte/ and the fp16 asset with --export.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from skipdit_kernels.sampling import GaussianDiffusion
 from skipdit_kernels.training.data import load_digits_tensors, moving_digits
 from skipdit_kernels.training.loop import ema_decay_at, update_ema
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the run's log and weights are results: bench/results/training/latte/
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "training", "latte")
 
 
 class ChannelsFirst(torch.nn.Module):
@@ -108,7 +109,7 @@ def main() -> None:
         f"{len(images)} digits, {args.frames} frames",
         flush=True,
     )
-    log = open(os.path.join(HERE, "log.jsonl"), "a" if args.init else "w")
+    log = open(os.path.join(OUT, "log.jsonl"), "a" if args.init else "w")
     started, window = time.perf_counter(), []
     model.train()
     lr_final = args.lr if args.lr_final is None else args.lr_final
@@ -141,13 +142,13 @@ def main() -> None:
             log.flush()
             print(row, flush=True)
         if args.save_every and step % args.save_every == 0:
-            save_checkpoint(ema, os.path.join(HERE, "model.safetensors"), metadata={"step": str(step)})
+            save_checkpoint(ema, os.path.join(OUT, "model.safetensors"), metadata={"step": str(step)})
         if out_of_time:
             print(f"stopping at step {step}: --max-minutes {args.max_minutes:g} reached", flush=True)
             break
     ema.eval()
     last = str(last)
-    save_checkpoint(ema, os.path.join(HERE, "model.safetensors"), metadata={"step": last})
+    save_checkpoint(ema, os.path.join(OUT, "model.safetensors"), metadata={"step": last})
     if args.export:
         save_half(ema, args.export, metadata={"step": last, "ema_decay": str(args.ema_decay)})
     print(f"done: step {last}, {time.perf_counter() - started:.0f} s this run", flush=True)

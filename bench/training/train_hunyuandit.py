@@ -1,4 +1,4 @@
-"""Train a tiny diffusers ``HunyuanDiT2DModel`` on the bundled 16x16 digits, for bench/bench_diffusers.py.
+"""Train a tiny diffusers ``HunyuanDiT2DModel`` on the bundled 16x16 digits, for bench/e2e/bench_diffusers.py.
 
 The benchmark's trained HunyuanDiT case needs a model whose features are smooth across timesteps (a
 random one's are not, which makes forecasting meaningless). Class conditioning goes through the
@@ -11,12 +11,12 @@ bound for the learned sigma, linear betas 1e-4..0.02 over 1000 steps, which diff
 defaults match), with the rotary embedding, image-size ids and style the pipeline computes for a
 128x128 call (latents 16x16 under a VAE of scale factor 8). AdamW, EMA with warm-up, gradient clip 1.
 
-Run from the repository root; writes log.jsonl next to this file and the EMA weights in fp16 plus
+Run from the repository root; writes log.jsonl to bench/results/training/hunyuandit/ and the EMA weights in fp16 plus
 the class prompts (``class_text.prompt_embeds`` (11, text_len, cross_attention_dim) and
 ``class_text.prompt_embeds_2`` (11, text_len_t5, cross_attention_dim_t5)) to --out; the model's
 constructor arguments are the file's "config" metadata (JSON):
 
-    PYTHONPATH=. python bench/results/training/hunyuandit/train_hunyuandit.py --minutes 14 --threads 1 \\
+    PYTHONPATH=. python bench/training/train_hunyuandit.py --minutes 14 --threads 1 \\
         --out bench/assets/hunyuandit-digits.safetensors
 """
 
@@ -30,7 +30,8 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the run's log and weights are results: bench/results/training/hunyuandit/
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "training", "hunyuandit")
 NUM_CLASSES = 10
 PROMPT_SEED = 1234
 HEIGHT = 128  # the pipeline call's pixel size: latents 16x16 under a VAE of scale factor 8
@@ -127,7 +128,7 @@ def main() -> None:
     images, labels = load_digits_tensors(16)
     print(f"HunyuanDiT2DModel {json.dumps(config)}: {sum(q.numel() for q in model.parameters()) / 1e6:.3f} M parameters, "
           f"{len(images)} digits", flush=True)  # fmt: skip
-    log = open(os.path.join(HERE, "log.jsonl"), "w")
+    log = open(os.path.join(OUT, "log.jsonl"), "w")
     started, window, step = time.perf_counter(), [], 0
     model.train()
     while step < args.max_steps and time.perf_counter() - started < args.minutes * 60:

@@ -6,7 +6,7 @@ Two copies of one model, one per cache, step through the same trajectory in lock
 so load on a shared machine hits both alike); each forward is timed and binned full / cached; the
 ratio of medians is reported, with min-max, the CPU and the load average at start and end.
 
-    python bench/forecast_cost.py [--ckpt /tmp/skipdit_forecast_model.pt] [--batch 4]
+    python bench/quality/forecast_cost.py [--ckpt /tmp/skipdit_forecast_model.pt] [--batch 4]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 import skipdit_kernels as sk  # noqa: E402

@@ -1,7 +1,7 @@
 """Screening of deep-state forecasters: any forecast whose weights are host floats from the step
 counters and timesteps of the last full steps (capture-safe: the cached step stays one weighted sum
 of history slots), run closed-loop on the bundled SkipDiT through ``sample()`` or on the trained DiT
-/ HunyuanDiT pipelines of bench/bench_diffusers.py, scored against full compute from the same noise.
+/ HunyuanDiT pipelines of bench/e2e/bench_diffusers.py, scored against full compute from the same noise.
 
 Candidates (``CANDIDATES``): reuse; Lagrange (Taylor) orders 1-2 in the step counter; damped or
 amplified linear extrapolation (the line evaluated at last + g * (s - last)); Lagrange order 1-2 in
@@ -11,11 +11,11 @@ through the last two full steps; the sampler's own coordinates: a * alpha_t + b 
 steps ("alpha-sigma", what a DDIM step moves along), with a constant (3 steps), or least squares over 3
 or 4; and mixtures of these. The weights are computed by overriding ``ScheduleCursor.blend_weights``.
 
-    python bench/forecast_study.py --intervals 4,6,10 --names reuse,taylor1,alpha-sigma
-    python bench/forecast_study.py --model dit --sampler ddim-50 --intervals 10
+    python bench/quality/forecast_study.py --intervals 4,6,10 --names reuse,taylor1,alpha-sigma
+    python bench/quality/forecast_study.py --model dit --sampler ddim-50 --intervals 10
 
 The winner is kept as ``SkipCache(forecast_basis="alpha-sigma")``; the numbers are in
-bench/results/forecast-study-*.md (``bench/forecast_compare.py`` is the full comparison).
+bench/results/forecast-study-*.md (``bench/quality/forecast_compare.py`` is the full comparison).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from forecast_compare import scores  # noqa: E402
 

@@ -1,7 +1,7 @@
 """End-to-end sampling latency: official-style eager vs ours, Skip-Cache, CUDA graphs, fused kernels.
 
-    python bench/bench_sampling.py                    # CPU: DiT-S/2, DiT-B/2, batch 2, CFG 4, fp32
-    python bench/bench_sampling.py --models DiT-XL/2 --batches 1 8 --dtype bf16   # a GPU
+    python bench/e2e/bench_sampling.py                    # CPU: DiT-S/2, DiT-B/2, batch 2, CFG 4, fp32
+    python bench/e2e/bench_sampling.py --models DiT-XL/2 --batches 1 8 --dtype bf16   # a GPU
     skipdit bench [same options]
 
 Rows, per model / batch / sampler (latency of one sampled batch, classifier-free guidance on, so the
@@ -40,7 +40,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 from official_dit import OfficialSkipDiT  # noqa: E402
 

@@ -5,8 +5,8 @@
   (each runs a batch of N; one all_gather of the model output per step);
 - data-parallel throughput: ``sample_ddp`` of a fixed set of samples on 1 rank vs 2 ranks.
 
-    python bench/bench_distributed.py [--rounds 3] [--models bundled DiT-S/2]
-    python bench/bench_distributed.py --sequence-parallel [--rounds 3]
+    python bench/e2e/bench_distributed.py [--rounds 3] [--models bundled DiT-S/2]
+    python bench/e2e/bench_distributed.py --sequence-parallel [--rounds 3]
 
 ``--sequence-parallel``: one guided request in 1 process (``sample()``) vs its tokens over 2
 processes (``sample_sequence_parallel``), SkipDiT DiT-S/2 and LatteSkip Latte-S/2, Skip-Cache off and
@@ -35,8 +35,10 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # python_tests (randomize)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(
+    1, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)  # python_tests (randomize)
 import report  # noqa: E402
 
 SETUPS = {"1x2": (1, 2), "1x1": (1, 1), "2x1": (2, 1)}  # processes, threads each

@@ -35,8 +35,8 @@ wait
 #    one thread, the CPU shared with other jobs, load average 2-4): stage 1 569 s, last logged loss
 #    0.0468; stage 2 600 s, last logged loss 0.0350. hidden 64 (not 96) to fit ~10 minutes a stage.
 LATTE="--hidden-size 64 --depth 8 --num-heads 4 --frames 8 --steps 2500 --batch-size 32 --threads 1 --log-every 50"
-PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 1e-3 --seed 0 > "$OUT/latte.log" 2>&1
-PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 5e-4 --seed 1 \
+PYTHONPATH=. python bench/training/train_latte.py $LATTE --lr 1e-3 --seed 0 > "$OUT/latte.log" 2>&1
+PYTHONPATH=. python bench/training/train_latte.py $LATTE --lr 5e-4 --seed 1 \
   --init bench/results/training/latte/model.safetensors \
   --export skipdit_kernels/assets/latte.safetensors > "$OUT/latte-stage2.log" 2>&1
 
@@ -44,9 +44,9 @@ PYTHONPATH=. python bench/results/training/latte/train_latte.py $LATTE --lr 5e-4
 #    towards 5e-5 over 14000 planned steps, bounded to 58 minutes of wall time, niced, one thread, on
 #    the 2-core machine shared with other jobs at load average 11-17 (it got ~15% of a core: about
 #    100 steps per 10-20 minutes). Judged by the frame accuracy of full-compute samples (DDIM-50, CFG 3,
-#    10 videos per digit): bench/results/training/latte/frame_accuracy.py; exported to the asset only
+#    10 videos per digit): bench/training/frame_accuracy.py; exported to the asset only
 #    if better than stage 2 (see bench/results/training/latte-stage3.log and the results file).
-PYTHONPATH=. nice -n 10 python bench/results/training/latte/train_latte.py $LATTE --steps 14000 --log-every 100 \
+PYTHONPATH=. nice -n 10 python bench/training/train_latte.py $LATTE --steps 14000 --log-every 100 \
   --lr 5e-4 --lr-final 5e-5 --seed 2 --init skipdit_kernels/assets/latte.safetensors --save-every 1000 \
   --max-minutes 58 --export /tmp/latte-stage3.safetensors > "$OUT/latte-stage3.log" 2>&1
-PYTHONPATH=. python bench/results/training/latte/frame_accuracy.py --model bench/results/training/latte/model.safetensors
+PYTHONPATH=. python bench/training/frame_accuracy.py --model bench/results/training/latte/model.safetensors

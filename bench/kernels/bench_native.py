@@ -1,7 +1,7 @@
 """Native ops against eager torch and torch.compile of the eager chain, on CPU (or CUDA).
 
-    python bench/bench_native.py [--threads 2] [--hidden 768 1152] [--dtypes fp32 bf16] [--out bench/results]
-    python -m pytest bench/bench_native.py --benchmark-only      # the same cells under pytest-benchmark
+    python bench/kernels/bench_native.py [--threads 2] [--hidden 768 1152] [--dtypes fp32 bf16] [--out bench/results]
+    python -m pytest bench/kernels/bench_native.py --benchmark-only      # the same cells under pytest-benchmark
 
 Shapes are DiT-B/2 and DiT-XL/2 blocks: batch 4, 256 tokens, hidden 768 / 1152; the ops (those with
 native kernels) and their inputs are the op specs' (skipdit_kernels/ops/spec.py). Each cell times its
@@ -19,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 
 from skipdit_kernels import ops  # noqa: E402
@@ -133,7 +133,9 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--ops", nargs="*", default=None)
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timing per cell")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not native.load():
