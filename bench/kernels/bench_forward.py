@@ -309,6 +309,24 @@ def main(argv=None):
     x, t, y = inputs()
     results = {"environment": env, "model": "SkipDiT-B/2", "batch": 4, "tokens": 256}
 
+    def measure(fns: dict, error_key: str) -> dict:
+        """Each forward's error against the official fp32 model, then all timed interleaved."""
+        ref = official(x, t, y)
+        errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
+        timing = report.time_fns(
+            {k: (lambda f=f: f(x, t, y)) for k, f in fns.items()},
+            budget_s=args.budget,
+            min_rounds=3,
+            max_rounds=50,
+            warmup=1,
+        )
+        return {
+            "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
+            "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
+            "rounds": {k: v["rounds"] for k, v in timing.items()},
+            error_key: errors,
+        }
+
     with torch.no_grad():
         if "fp32" in args.dtypes:
             fns = {
@@ -327,23 +345,14 @@ def main(argv=None):
                 fns["native_compile"] = torch.compile(on_backend(model, "native"))
                 fns["native_compile"](x, t, y)
                 compile_s["native_compile"] = time.perf_counter() - t0
-            ref = official(x, t, y)
-            errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = report.time_fns(
-                {k: (lambda f=f: f(x, t, y)) for k, f in fns.items()},
-                budget_s=args.budget,
-                min_rounds=3,
-                max_rounds=50,
-                warmup=1,
+            results["fp32"] = {**measure(fns, "rel_err_vs_official"), "compile_s": compile_s}
+            print(
+                "fp32",
+                {k: round(v, 1) for k, v in results["fp32"]["ms"].items()},
+                "errors",
+                results["fp32"]["rel_err_vs_official"],
+                flush=True,
             )
-            results["fp32"] = {
-                "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
-                "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
-                "rounds": {k: v["rounds"] for k, v in timing.items()},
-                "rel_err_vs_official": errors,
-                "compile_s": compile_s,
-            }
-            print("fp32", {k: round(v, 1) for k, v in results["fp32"]["ms"].items()}, "errors", errors, flush=True)
         if "bf16" in args.dtypes:
             model_bf16 = SkipDiT.from_preset("DiT-B/2").eval()
             model_bf16.load_state_dict(model.state_dict())
@@ -358,22 +367,14 @@ def main(argv=None):
                 "official_autocast_bf16": official_autocast,
                 "native_bf16": lambda x, t, y: native_bf16(x.bfloat16(), t, y),
             }
-            ref = official(x, t, y)
-            errors = {k: rel_err(fn(x, t, y), ref) for k, fn in fns.items()}
-            timing = report.time_fns(
-                {k: (lambda f=f: f(x, t, y)) for k, f in fns.items()},
-                budget_s=args.budget,
-                min_rounds=3,
-                max_rounds=50,
-                warmup=1,
+            results["bf16"] = measure(fns, "rel_err_vs_official_fp32")
+            print(
+                "bf16",
+                {k: round(v, 1) for k, v in results["bf16"]["ms"].items()},
+                "errors",
+                results["bf16"]["rel_err_vs_official_fp32"],
+                flush=True,
             )
-            results["bf16"] = {
-                "ms": {k: v["median_s"] * 1e3 for k, v in timing.items()},
-                "min_max_ms": {k: [v["min_s"] * 1e3, v["max_s"] * 1e3] for k, v in timing.items()},
-                "rounds": {k: v["rounds"] for k, v in timing.items()},
-                "rel_err_vs_official_fp32": errors,
-            }
-            print("bf16", {k: round(v, 1) for k, v in results["bf16"]["ms"].items()}, "errors", errors, flush=True)
 
     stem = report.write_results("forward", meta=results, env=env, body=markdown(results), out_dir=args.out)
     print("wrote", stem + ".{json,md}")
